@@ -1,0 +1,323 @@
+//! The `binance` dataflow: kline snapshot rows → per-symbol window metrics.
+//!
+//! Wire format and metric definitions: `formats.md` (topic `binance`, output stream `binance`).
+
+use std::borrow::Cow;
+
+use serde::{Deserialize, Serialize};
+use serde_json::value::RawValue;
+
+use crate::aggregate::{Latest, NumStats};
+use crate::source::{Decoded, Decoder};
+use crate::time::{EventTime, Timed};
+use crate::window::{row_key, ResultLine, WindowAggregate};
+
+use super::json;
+
+/// One kline row, reduced to what the metrics use.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Kline {
+    /// Grouping key.
+    pub symbol: String,
+    /// `close`.
+    pub price: Option<f64>,
+    /// `quote_asset_volume`.
+    pub usdt_volume: Option<f64>,
+    /// `taker_buy_quote / quote_asset_volume` when the volume is positive.
+    pub buy_sentiment: Option<f64>,
+}
+
+/// The fields of a wire row that matter; unknown fields (including the 19-digit nanosecond
+/// `timestamp`) are skipped without being parsed as numbers.
+#[derive(Deserialize)]
+struct Row<'a> {
+    #[serde(borrow)]
+    symbol: Option<Cow<'a, str>>,
+    snapshot_time: Option<u64>,
+    close: Option<f64>,
+    quote_asset_volume: Option<f64>,
+    taker_buy_quote: Option<f64>,
+}
+
+impl Kline {
+    /// Derives the per-record values of `formats.md`.
+    pub fn new(symbol: String, close: Option<f64>, qav: Option<f64>, taker_buy_quote: Option<f64>) -> Self {
+        let buy_sentiment = match (taker_buy_quote, qav) {
+            (Some(t), Some(q)) if q > 0.0 => Some(t / q),
+            _ => None,
+        };
+        Kline { symbol, price: close, usdt_volume: qav, buy_sentiment }
+    }
+}
+
+/// Decodes `binance` message values: a JSON array of rows, or one bare row object.
+#[derive(Clone, Default)]
+pub struct KlineDecoder;
+
+impl Decoder for KlineDecoder {
+    type Record = Kline;
+
+    fn decode(&mut self, value: &[u8], out: &mut Vec<Decoded<Kline>>) {
+        let text = match std::str::from_utf8(value) {
+            Ok(t) => t,
+            Err(e) => return out.push(malformed(0, "invalid UTF-8", e.to_string(), None)),
+        };
+        let rows = match json::elements(text) {
+            Ok(rows) => rows,
+            Err(e) => return out.push(malformed(0, reason_of(&e), e, None)),
+        };
+        let many = rows.len() > 1;
+        for (i, raw) in rows.into_iter().enumerate() {
+            let index = i as u32;
+            let excerpt = || many.then(|| raw.get().to_string());
+            match serde_json::from_str::<Row>(raw.get()) {
+                Ok(row) => match (row.symbol, row.snapshot_time) {
+                    (None, _) => out.push(malformed(index, "missing symbol", String::new(), excerpt())),
+                    (_, None) => out.push(malformed(index, "missing snapshot_time", String::new(), excerpt())),
+                    (Some(symbol), Some(time)) => out.push(Decoded::Record {
+                        index,
+                        time,
+                        rec: Kline::new(symbol.into_owned(), row.close, row.quote_asset_volume, row.taker_buy_quote),
+                    }),
+                },
+                Err(e) => {
+                    let (reason, detail) = diagnose(raw, &e);
+                    out.push(malformed(index, reason, detail, excerpt()));
+                }
+            }
+        }
+    }
+}
+
+fn reason_of(err: &str) -> &'static str {
+    if err.starts_with("invalid JSON") {
+        "invalid JSON"
+    } else if err == "empty message" {
+        "empty message"
+    } else {
+        "not an object or array"
+    }
+}
+
+fn malformed(index: u32, reason: impl Into<Cow<'static, str>>, detail: String, excerpt: Option<String>) -> Decoded<Kline> {
+    Decoded::Malformed { index, reason: reason.into(), detail, excerpt }
+}
+
+/// Names the field that failed to parse (the slow path, taken only for bad rows).
+fn diagnose(raw: &RawValue, err: &serde_json::Error) -> (Cow<'static, str>, String) {
+    let Ok(serde_json::Value::Object(map)) = serde_json::from_str::<serde_json::Value>(raw.get()) else {
+        return ("row is not an object".into(), err.to_string());
+    };
+    let checks: [(&str, fn(&serde_json::Value) -> bool); 5] = [
+        ("symbol", |v| v.is_string() || v.is_null()),
+        ("snapshot_time", |v| v.is_u64() || v.is_null()),
+        ("close", |v| v.is_number() || v.is_null()),
+        ("quote_asset_volume", |v| v.is_number() || v.is_null()),
+        ("taker_buy_quote", |v| v.is_number() || v.is_null()),
+    ];
+    for (field, ok) in checks {
+        if let Some(v) = map.get(field) {
+            if !ok(v) {
+                return (format!("wrong type for {field}").into(), format!("{field} is {}: {v}", json::kind(v)));
+            }
+        }
+    }
+    ("invalid row".into(), err.to_string())
+}
+
+/// Window accumulator for one symbol.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct KlineAcc {
+    ticks: u64,
+    price: NumStats,
+    usdt_volume: NumStats,
+    sentiment: NumStats,
+    current: Latest<(Option<f64>, Option<f64>)>,
+}
+
+/// One `binance` output line.
+#[derive(Serialize)]
+struct KlineWindow<'a> {
+    window_start: EventTime,
+    window_end: EventTime,
+    symbol: &'a str,
+    current_price: Option<f64>,
+    current_sentiment: Option<f64>,
+    avg_price: Option<f64>,
+    min_price: Option<f64>,
+    max_price: Option<f64>,
+    volatility: Option<f64>,
+    total_usdt_volume: Option<f64>,
+    avg_sentiment: Option<f64>,
+    ticks: u64,
+}
+
+/// The `binance` window metrics.
+pub struct KlineMetrics;
+
+impl WindowAggregate for KlineMetrics {
+    type Record = Kline;
+    type Acc = KlineAcc;
+    const STREAM: &'static str = "binance";
+
+    fn key(rec: &Kline) -> &str {
+        &rec.symbol
+    }
+
+    fn add(acc: &mut KlineAcc, r: &Timed<Kline>) {
+        acc.ticks += 1;
+        acc.price.add(r.rec.price);
+        acc.usdt_volume.add(r.rec.usdt_volume);
+        acc.sentiment.add(r.rec.buy_sentiment);
+        acc.current.offer(r.time, r.pos, (r.rec.price, r.rec.buy_sentiment));
+    }
+
+    fn merge(acc: &mut KlineAcc, o: &KlineAcc) {
+        acc.ticks += o.ticks;
+        acc.price.merge(&o.price);
+        acc.usdt_volume.merge(&o.usdt_volume);
+        acc.sentiment.merge(&o.sentiment);
+        acc.current.merge(&o.current);
+    }
+
+    fn finish(key: &str, window_start: EventTime, window_end: EventTime, a: &KlineAcc) -> ResultLine {
+        let (current_price, current_sentiment) = a.current.get().copied().unwrap_or((None, None));
+        let out = KlineWindow {
+            window_start,
+            window_end,
+            symbol: key,
+            current_price,
+            current_sentiment,
+            avg_price: a.price.avg(),
+            min_price: a.price.min(),
+            max_price: a.price.max(),
+            volatility: a.price.stddev_samp(),
+            total_usdt_volume: a.usdt_volume.sum(),
+            avg_sentiment: a.sentiment.avg(),
+            ticks: a.ticks,
+        };
+        ResultLine {
+            stream: Self::STREAM.to_string(),
+            window_start,
+            window_end,
+            key: key.to_string(),
+            row_key: row_key("BIN", key, window_end),
+            // A struct of numbers and a string always serializes.
+            json: serde_json::to_string(&out).unwrap(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn decode(s: &str) -> Vec<Decoded<Kline>> {
+        let mut out = Vec::new();
+        KlineDecoder.decode(s.as_bytes(), &mut out);
+        out
+    }
+
+    fn record(d: &Decoded<Kline>) -> (u32, EventTime, &Kline) {
+        match d {
+            Decoded::Record { index, time, rec } => (*index, *time, rec),
+            other => panic!("expected a record, got {other:?}"),
+        }
+    }
+
+    fn reason(d: &Decoded<Kline>) -> String {
+        match d {
+            Decoded::Malformed { reason, .. } => reason.to_string(),
+            other => panic!("expected malformed, got {other:?}"),
+        }
+    }
+
+    const ROW: &str = r#"{"snapshot_time":1758503759999,"timestamp":1758503700000000000,"symbol":"BTCUSDT","open":114623.68,"close":114660.0,"volume":26.19202,"quote_asset_volume":1.2009874512E7,"taker_buy_base":14.72112,"taker_buy_quote":6004937.256,"trades":5151,"is_closed":false,"date":"2025-09-22","__index_level_0__":3}"#;
+
+    #[test]
+    fn java_numbers_and_19_digit_ns_timestamp() {
+        let out = decode(&format!("[{ROW}]"));
+        let (_, time, k) = record(&out[0]);
+        assert_eq!(time, 1_758_503_759_999, "event time is snapshot_time, not the ns timestamp");
+        assert_eq!(k.symbol, "BTCUSDT");
+        assert_eq!(k.price, Some(114_660.0));
+        assert_eq!(k.usdt_volume, Some(12_009_874.512));
+        assert!((k.buy_sentiment.unwrap() - 0.5).abs() < 1e-12);
+        let small = decode(r#"{"snapshot_time":1,"symbol":"X","close":5.0E-4,"quote_asset_volume":0.0,"taker_buy_quote":0.0}"#);
+        assert_eq!(record(&small[0]).2.price, Some(0.0005));
+    }
+
+    #[test]
+    fn bare_object_is_one_row() {
+        let out = decode(ROW);
+        assert_eq!(out.len(), 1);
+        assert_eq!(record(&out[0]).0, 0);
+    }
+
+    #[test]
+    fn zero_quote_volume_gives_null_sentiment() {
+        let out = decode(r#"[{"snapshot_time":5,"symbol":"S","close":1.0,"quote_asset_volume":0.0,"taker_buy_quote":0.0}]"#);
+        let k = record(&out[0]).2;
+        assert_eq!((k.usdt_volume, k.buy_sentiment), (Some(0.0), None));
+    }
+
+    #[test]
+    fn bad_rows_are_malformed_one_by_one() {
+        let out = decode(&format!(
+            r#"[{ROW},{{"snapshot_time":5}},{{"symbol":"S"}},{{"symbol":"S","snapshot_time":"5"}},{{"symbol":"S","snapshot_time":5,"close":"abc"}},7,{ROW}]"#
+        ));
+        let reasons: Vec<String> = out[1..6].iter().map(reason).collect();
+        assert_eq!(
+            reasons,
+            ["missing symbol", "missing snapshot_time", "wrong type for snapshot_time", "wrong type for close", "row is not an object"]
+        );
+        assert_eq!(record(&out[6]).0, 6, "rows keep their position in the message");
+        assert_eq!(reason(&decode("not json")[0]), "invalid JSON");
+        assert_eq!(reason(&decode("\"x\"")[0]), "not an object or array");
+        assert_eq!(reason(&decode(r#"{"symbol":"S","snapshot_time":1.5}"#)[0]), "wrong type for snapshot_time");
+        assert!(decode("[]").is_empty());
+    }
+
+    fn timed(time: EventTime, offset: u64, index: u32, price: f64, qav: f64) -> Timed<Kline> {
+        Timed {
+            time,
+            pos: crate::time::Position { partition: 0, offset, index },
+            rec: Kline::new("S".into(), Some(price), Some(qav), Some(qav / 4.0)),
+        }
+    }
+
+    fn result(acc: &KlineAcc) -> serde_json::Value {
+        serde_json::from_str(&KlineMetrics::finish("S", 0, 60_000, acc).json).unwrap()
+    }
+
+    #[test]
+    fn window_metrics() {
+        let mut acc = KlineAcc::default();
+        KlineMetrics::add(&mut acc, &timed(10, 1, 0, 10.0, 100.0));
+        KlineMetrics::add(&mut acc, &timed(30, 2, 0, 14.0, 0.0)); // zero volume: null sentiment
+        KlineMetrics::add(&mut acc, &timed(30, 2, 1, 12.0, 200.0)); // tie on time: later row wins
+        KlineMetrics::add(&mut acc, &timed(20, 3, 0, 11.0, 100.0));
+        let r = result(&acc);
+        assert_eq!(r["current_price"], 12.0);
+        assert_eq!(r["current_sentiment"], 0.25);
+        assert_eq!(r["avg_price"], 11.75);
+        assert_eq!((r["min_price"].clone(), r["max_price"].clone()), (10.0.into(), 14.0.into()));
+        let sd = ((1.75f64.powi(2) + 2.25f64.powi(2) + 0.25f64.powi(2) + 0.75f64.powi(2)) / 3.0).sqrt();
+        assert!((r["volatility"].as_f64().unwrap() - sd).abs() < 1e-12);
+        assert_eq!(r["total_usdt_volume"], 400.0);
+        assert_eq!(r["avg_sentiment"], 0.25);
+        assert_eq!(r["ticks"], 4);
+        assert_eq!(r["symbol"], "S");
+        assert_eq!(r["window_end"], 60_000);
+    }
+
+    #[test]
+    fn single_row_has_null_volatility_and_null_current_kept() {
+        let mut acc = KlineAcc::default();
+        KlineMetrics::add(&mut acc, &timed(10, 1, 0, 10.0, 0.0));
+        let r = result(&acc);
+        assert!(r["volatility"].is_null());
+        assert!(r["current_sentiment"].is_null(), "the latest record's null is kept");
+        assert!(r["avg_sentiment"].is_null(), "an aggregate over only nulls is null");
+    }
+}

@@ -1,0 +1,198 @@
+//! The market dataflows: record types, wire-format parsing and metrics for each market, and the
+//! `run` job that wires engine parts into the binance and Polymarket dataflows.
+
+pub mod binance;
+mod json;
+pub mod polymarket;
+pub mod sim;
+
+use std::sync::Arc;
+
+use anyhow::{bail, Context};
+use timely::dataflow::operators::core::{Concat, OkErr};
+use timely::dataflow::operators::vec::Map;
+use timely::dataflow::{Scope, StreamVec};
+
+use crate::cli::{ClusterArgs, InputArgs, KafkaArgs, OutputArgs, WindowArgs};
+use crate::sink::{self, ConsoleSink, JsonlSink, ResultSink, SinkFactory, SinkItem};
+use crate::source::file::FileFactory;
+use crate::source::kafka::{plan_topic, KafkaFactory};
+use crate::source::{source, ReaderFactory};
+use crate::stats::RunStats;
+use crate::time::{now_ms, EventTime, Timed, WindowSpec};
+use crate::window::tumbling;
+
+use binance::{KlineDecoder, KlineMetrics};
+use polymarket::{BookMetrics, Event, FrameDecoder, TradeMetrics};
+use sim::{SimArgs, SimFactory, SimTopic};
+
+/// The output streams, in the order their tables are printed.
+pub const STREAMS: [&str; 3] = ["binance", "polymarket_books", "polymarket_trades"];
+
+/// Arguments of `speed-layer run`.
+#[derive(clap::Args, Clone, Debug)]
+pub struct RunArgs {
+    #[command(flatten)]
+    pub kafka: KafkaArgs,
+    #[command(flatten)]
+    pub input: InputArgs,
+    /// Kafka topic with Binance kline snapshots.
+    #[arg(long, default_value = "binance", value_name = "NAME")]
+    pub topic_binance: String,
+    /// Kafka topic with Polymarket websocket frames.
+    #[arg(long, default_value = "polymarket_trade", value_name = "NAME")]
+    pub topic_polymarket: String,
+    #[command(flatten)]
+    pub window: WindowArgs,
+    #[command(flatten)]
+    pub output: OutputArgs,
+    #[command(flatten)]
+    pub cluster: ClusterArgs,
+    #[command(flatten)]
+    pub sim: SimArgs,
+}
+
+/// Where each topic's messages come from.
+struct Inputs {
+    binance: Arc<dyn ReaderFactory>,
+    polymarket: Arc<dyn ReaderFactory>,
+    describe: String,
+}
+
+fn inputs(args: &RunArgs) -> anyhow::Result<Inputs> {
+    let (tb, tp) = (&args.topic_binance, &args.topic_polymarket);
+    if let Some(settings) = args.kafka.settings() {
+        if !args.input.inputs.is_empty() {
+            bail!("give either --brokers (Kafka) or --input (files), not both");
+        }
+        let pb = plan_topic(&settings, tb, args.input.start_from, args.input.until_end)?;
+        let pp = plan_topic(&settings, tp, args.input.start_from, args.input.until_end)?;
+        let describe = format!(
+            "Kafka {} ({tb}: {} partitions, {tp}: {} partitions, from {:?}{})",
+            settings.brokers,
+            pb.partitions.len(),
+            pp.partitions.len(),
+            args.input.start_from,
+            if args.input.until_end { ", until the end offsets" } else { "" }
+        );
+        let nb = pb.partitions.len();
+        return Ok(Inputs {
+            binance: Arc::new(KafkaFactory::new(settings.clone(), pb, 0)),
+            polymarket: Arc::new(KafkaFactory::new(settings, pp, nb)),
+            describe,
+        });
+    }
+    if args.input.until_end {
+        bail!("--until-end applies to Kafka input (--brokers); files always end");
+    }
+    if !args.input.inputs.is_empty() {
+        let (mut fb, mut fp) = (Vec::new(), Vec::new());
+        for (topic, path) in &args.input.inputs {
+            if topic == tb || topic == "binance" {
+                fb.push(path.clone());
+            } else if topic == tp || topic == "polymarket_trade" {
+                fp.push(path.clone());
+            } else {
+                bail!("unknown topic '{topic}' in --input {topic}={path}: expected binance or polymarket_trade");
+            }
+        }
+        if fb.iter().chain(&fp).filter(|p| *p == "-").count() > 1 {
+            bail!("standard input (-) can feed only one topic");
+        }
+        let describe = format!("files ({} binance, {} polymarket_trade)", fb.len(), fp.len());
+        let nb = fb.len();
+        return Ok(Inputs {
+            binance: Arc::new(FileFactory::new(fb, 0)?),
+            polymarket: Arc::new(FileFactory::new(fp, nb)?),
+            describe,
+        });
+    }
+    let start = args.sim.sim_start.unwrap_or_else(now_ms);
+    let describe = format!(
+        "the built-in simulator (speed {}x{}, seed {})",
+        args.sim.sim_speed,
+        args.sim.sim_duration.map_or(String::new(), |d| format!(", {} of event time", humantime::format_duration(d))),
+        args.sim.sim_seed
+    );
+    Ok(Inputs {
+        binance: Arc::new(SimFactory::new(SimTopic::Binance, 0, &args.sim, start)?),
+        polymarket: Arc::new(SimFactory::new(SimTopic::Polymarket, SimTopic::Binance.partitions(), &args.sim, start)?),
+        describe,
+    })
+}
+
+fn sinks(args: &OutputArgs) -> SinkFactory {
+    let dir = args.output.clone();
+    let console = args.console || dir.is_none();
+    Arc::new(move || {
+        let mut s: Vec<Box<dyn ResultSink>> = Vec::new();
+        if let Some(dir) = &dir {
+            s.push(Box::new(JsonlSink::create(dir, &STREAMS)?));
+        }
+        if console {
+            s.push(Box::new(ConsoleSink));
+        }
+        Ok(s)
+    })
+}
+
+/// Builds the market dataflows in `scope`.
+fn build<'s>(
+    scope: Scope<'s, EventTime>,
+    topics: (&str, &str),
+    inputs: &Inputs,
+    spec: WindowSpec,
+    sinks: SinkFactory,
+    stats: &RunStats,
+) {
+    let (klines, dead_b) = source(scope, topics.0, Arc::clone(&inputs.binance), KlineDecoder, spec, stats.clone());
+    let (events, dead_p) = source(scope, topics.1, Arc::clone(&inputs.polymarket), FrameDecoder, spec, stats.clone());
+    let (books, trades): (StreamVec<'s, EventTime, Timed<_>>, StreamVec<'s, EventTime, Timed<_>>) =
+        events.ok_err(|t: Timed<Event>| match t.rec {
+            Event::Book(b) => Ok(Timed { time: t.time, pos: t.pos, rec: b }),
+            Event::Trade(tr) => Err(Timed { time: t.time, pos: t.pos, rec: tr }),
+        });
+    let results = tumbling::<KlineMetrics>(klines, spec)
+        .concat(tumbling::<BookMetrics>(books, spec))
+        .concat(tumbling::<TradeMetrics>(trades, spec))
+        .map(SinkItem::Result);
+    let dead = dead_b.concat(dead_p).map(SinkItem::DeadLetter);
+    sink::write_all(results.concat(dead), sinks, stats.clone());
+}
+
+/// Runs the speed layer until its inputs end (files, `--until-end`, a bounded simulation) or
+/// forever (Kafka, the simulator).
+pub fn run(args: RunArgs) -> anyhow::Result<()> {
+    let spec = args.window.spec()?;
+    let config = args.cluster.timely_config()?;
+    let inputs = Arc::new(inputs(&args)?);
+    if let (Some(dir), 0) = (&args.output.output, args.cluster.process) {
+        std::fs::create_dir_all(dir).with_context(|| format!("cannot create output folder {}", dir.display()))?;
+    }
+    tracing::info!(
+        input = %inputs.describe,
+        window = %humantime::format_duration(args.window.window),
+        lateness = %humantime::format_duration(args.window.lateness),
+        workers = args.cluster.workers,
+        processes = args.cluster.processes,
+        process = args.cluster.process,
+        "speed-layer starting"
+    );
+    let stats = RunStats::default();
+    let sinks = sinks(&args.output);
+    let topics = (args.topic_binance.clone(), args.topic_polymarket.clone());
+    let worker_stats = stats.clone();
+    let guards = timely::execute(config, move |worker| {
+        let (inputs, sinks, stats) = (Arc::clone(&inputs), Arc::clone(&sinks), worker_stats.clone());
+        worker.dataflow::<EventTime, _, _>(|scope| {
+            build(scope, (&topics.0, &topics.1), &inputs, spec, sinks, &stats);
+        });
+    })
+    .map_err(|e| anyhow::anyhow!("cannot start the workers: {e}"))?;
+    let failures: Vec<String> = guards.join().into_iter().filter_map(Result::err).collect();
+    if !failures.is_empty() {
+        bail!("a worker failed: {}", failures.join("; "));
+    }
+    eprintln!("speed-layer finished (process {}):\n{}", args.cluster.process, stats.summary().trim_end());
+    Ok(())
+}

@@ -1,0 +1,433 @@
+//! The Polymarket dataflows: CLOB websocket frames → per-market order-book metrics
+//! (`polymarket_books`) and trade metrics (`polymarket_trades`).
+//!
+//! A message value holds one or more frames, one per line; a frame is one event object or an
+//! array of events. Every line and every array element is processed (the original Spark job read
+//! only the first line). Definitions: `formats.md`.
+
+use std::borrow::Cow;
+
+use serde::{Deserialize, Serialize};
+use serde_json::value::RawValue;
+
+use crate::aggregate::{Latest, NumStats};
+use crate::source::{Decoded, Decoder};
+use crate::time::{EventTime, Timed};
+use crate::window::{row_key, ResultLine, WindowAggregate};
+
+use super::json;
+
+/// One order-book update, reduced to its derived values.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Book {
+    /// Condition id.
+    pub market: String,
+    /// Mid price `(best_bid + best_ask) / 2`: the probability.
+    pub mid: Option<f64>,
+    /// `|best_ask − best_bid|`.
+    pub spread: Option<f64>,
+    /// `(bid_depth − ask_depth) / (bid_depth + ask_depth)`.
+    pub imbalance: Option<f64>,
+}
+
+/// One trade.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Trade {
+    /// Condition id.
+    pub market: String,
+    /// Shares traded.
+    pub size: Option<f64>,
+}
+
+/// A Polymarket event the metrics use.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub enum Event {
+    /// A `book` event.
+    Book(Book),
+    /// A `last_trade_price` event.
+    Trade(Trade),
+}
+
+/// The fields read from every event; the others stay unparsed.
+#[derive(Deserialize)]
+struct Head<'a> {
+    #[serde(borrow)]
+    event_type: Option<Cow<'a, str>>,
+    #[serde(borrow)]
+    market: Option<Cow<'a, str>>,
+    #[serde(borrow)]
+    timestamp: Option<&'a RawValue>,
+    #[serde(borrow)]
+    bids: Option<&'a RawValue>,
+    #[serde(borrow)]
+    asks: Option<&'a RawValue>,
+    #[serde(borrow)]
+    size: Option<&'a RawValue>,
+}
+
+#[derive(Deserialize)]
+struct Level<'a> {
+    #[serde(borrow)]
+    price: Option<&'a RawValue>,
+    #[serde(borrow)]
+    size: Option<&'a RawValue>,
+}
+
+/// Best price and the size of the first level at that price; `better(a, b)` says a beats b.
+fn best_level(side: Option<&RawValue>, name: &str, better: fn(f64, f64) -> bool) -> Result<(Option<f64>, Option<f64>), String> {
+    let Some(raw) = side.filter(|r| r.get().trim() != "null") else { return Ok((None, None)) };
+    let levels: Vec<Level> = serde_json::from_str(raw.get()).map_err(|e| format!("{name}: expected an array of {{price, size}} levels ({e})"))?;
+    let mut best: Option<(f64, Option<f64>)> = None;
+    for (i, l) in levels.iter().enumerate() {
+        let price = json::lenient_f64(l.price).map_err(|e| format!("{name}[{i}].price: {e}"))?;
+        let size = json::lenient_f64(l.size).map_err(|e| format!("{name}[{i}].size: {e}"))?;
+        let Some(price) = price else { return Err(format!("{name}[{i}] has no price")) };
+        if best.is_none_or(|(b, _)| better(price, b)) {
+            best = Some((price, size));
+        }
+    }
+    Ok(best.map_or((None, None), |(p, s)| (Some(p), s)))
+}
+
+impl Book {
+    /// Derives the book metrics of `formats.md` from the best levels of each side.
+    pub fn new(market: String, bid: (Option<f64>, Option<f64>), ask: (Option<f64>, Option<f64>)) -> Self {
+        let ((best_bid, bid_depth), (best_ask, ask_depth)) = (bid, ask);
+        let (mid, spread) = match (best_bid, best_ask) {
+            (Some(b), Some(a)) => (Some((b + a) / 2.0), Some((a - b).abs())),
+            _ => (None, None),
+        };
+        let imbalance = match (best_bid.and(bid_depth), best_ask.and(ask_depth)) {
+            (Some(b), Some(a)) if b + a > 0.0 => Some((b - a) / (b + a)),
+            _ => None,
+        };
+        Book { market, mid, spread, imbalance }
+    }
+}
+
+/// Decodes `polymarket_trade` message values.
+#[derive(Clone, Default)]
+pub struct FrameDecoder;
+
+impl Decoder for FrameDecoder {
+    type Record = Event;
+
+    fn decode(&mut self, value: &[u8], out: &mut Vec<Decoded<Event>>) {
+        let text = match std::str::from_utf8(value) {
+            Ok(t) => t,
+            Err(e) => return out.push(malformed(0, "invalid UTF-8", e.to_string(), None)),
+        };
+        let multi_line = text.trim_end().contains('\n');
+        let mut index: u32 = 0;
+        for line in text.split('\n') {
+            let line = line.trim_end_matches('\r');
+            if line.trim().is_empty() {
+                continue;
+            }
+            let events = match json::elements(line) {
+                Ok(events) => events,
+                Err(e) => {
+                    let reason = if e.starts_with("invalid JSON") { "invalid JSON" } else { "not an object or array" };
+                    out.push(malformed(index, reason, e, multi_line.then(|| line.to_string())));
+                    index += 1;
+                    continue;
+                }
+            };
+            let many = multi_line || events.len() > 1;
+            for raw in events {
+                out.push(decode_event(index, raw, many));
+                index += 1;
+            }
+        }
+        if index == 0 {
+            out.push(malformed(0, "empty message", String::new(), None));
+        }
+    }
+}
+
+fn malformed(index: u32, reason: impl Into<Cow<'static, str>>, detail: String, excerpt: Option<String>) -> Decoded<Event> {
+    Decoded::Malformed { index, reason: reason.into(), detail, excerpt }
+}
+
+fn decode_event(index: u32, raw: &RawValue, excerpt_needed: bool) -> Decoded<Event> {
+    let excerpt = || excerpt_needed.then(|| raw.get().to_string());
+    let head: Head = match serde_json::from_str(raw.get()) {
+        Ok(h) => h,
+        Err(e) => {
+            let reason = if raw.get().trim_start().starts_with('{') { "wrong field type" } else { "event is not an object" };
+            return malformed(index, reason, e.to_string(), excerpt());
+        }
+    };
+    let Some(kind) = head.event_type else {
+        return malformed(index, "missing event_type", String::new(), excerpt());
+    };
+    let time = head.timestamp.map(json::lenient_ms);
+    let used = matches!(kind.as_ref(), "book" | "last_trade_price");
+    if !used {
+        let time = match (&head.market, time) {
+            (Some(_), Some(Ok(t))) => Some(t),
+            _ => None,
+        };
+        return Decoded::Ignored { index, kind: Cow::Owned(kind.into_owned()), time };
+    }
+    let Some(market) = head.market else {
+        return malformed(index, "missing market", String::new(), excerpt());
+    };
+    let time = match time {
+        None => return malformed(index, "missing timestamp", String::new(), excerpt()),
+        Some(Err(e)) => return malformed(index, "invalid timestamp", e, excerpt()),
+        Some(Ok(t)) => t,
+    };
+    let market = market.into_owned();
+    let rec = if kind == "book" {
+        let bid = best_level(head.bids, "bids", |a, b| a > b);
+        let ask = best_level(head.asks, "asks", |a, b| a < b);
+        match (bid, ask) {
+            (Ok(bid), Ok(ask)) => Event::Book(Book::new(market, bid, ask)),
+            (Err(e), _) | (_, Err(e)) => return malformed(index, "invalid book level", e, excerpt()),
+        }
+    } else {
+        match json::lenient_f64(head.size) {
+            Ok(size) => Event::Trade(Trade { market, size }),
+            Err(e) => return malformed(index, "invalid trade size", e, excerpt()),
+        }
+    };
+    Decoded::Record { index, time, rec }
+}
+
+/// Window accumulator for one market's books.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct BookAcc {
+    updates: u64,
+    mid: NumStats,
+    imbalance: NumStats,
+    spread: NumStats,
+    current: Latest<(Option<f64>, Option<f64>, Option<f64>)>,
+}
+
+#[derive(Serialize)]
+struct BookWindow<'a> {
+    window_start: EventTime,
+    window_end: EventTime,
+    market_id: &'a str,
+    current_prob: Option<f64>,
+    current_spread: Option<f64>,
+    current_imbalance: Option<f64>,
+    avg_prob: Option<f64>,
+    min_prob: Option<f64>,
+    max_prob: Option<f64>,
+    avg_imbalance: Option<f64>,
+    avg_spread: Option<f64>,
+    num_updates: u64,
+}
+
+/// The first 16 characters of a market id, as the serving layer's row keys use.
+fn short_id(market: &str) -> &str {
+    market.char_indices().nth(16).map_or(market, |(i, _)| &market[..i])
+}
+
+fn result_line(stream: &str, kind: &str, key: &str, start: EventTime, end: EventTime, out: &impl Serialize) -> ResultLine {
+    ResultLine {
+        stream: stream.to_string(),
+        window_start: start,
+        window_end: end,
+        key: key.to_string(),
+        row_key: row_key(kind, short_id(key), end),
+        // Structs of numbers and strings always serialize.
+        json: serde_json::to_string(out).unwrap(),
+    }
+}
+
+/// The `polymarket_books` window metrics.
+pub struct BookMetrics;
+
+impl WindowAggregate for BookMetrics {
+    type Record = Book;
+    type Acc = BookAcc;
+    const STREAM: &'static str = "polymarket_books";
+
+    fn key(rec: &Book) -> &str {
+        &rec.market
+    }
+
+    fn add(acc: &mut BookAcc, r: &Timed<Book>) {
+        acc.updates += 1;
+        acc.mid.add(r.rec.mid);
+        acc.imbalance.add(r.rec.imbalance);
+        acc.spread.add(r.rec.spread);
+        acc.current.offer(r.time, r.pos, (r.rec.mid, r.rec.spread, r.rec.imbalance));
+    }
+
+    fn merge(acc: &mut BookAcc, o: &BookAcc) {
+        acc.updates += o.updates;
+        acc.mid.merge(&o.mid);
+        acc.imbalance.merge(&o.imbalance);
+        acc.spread.merge(&o.spread);
+        acc.current.merge(&o.current);
+    }
+
+    fn finish(key: &str, window_start: EventTime, window_end: EventTime, a: &BookAcc) -> ResultLine {
+        let (current_prob, current_spread, current_imbalance) = a.current.get().copied().unwrap_or_default();
+        let out = BookWindow {
+            window_start,
+            window_end,
+            market_id: key,
+            current_prob,
+            current_spread,
+            current_imbalance,
+            avg_prob: a.mid.avg(),
+            min_prob: a.mid.min(),
+            max_prob: a.mid.max(),
+            avg_imbalance: a.imbalance.avg(),
+            avg_spread: a.spread.avg(),
+            num_updates: a.updates,
+        };
+        result_line(Self::STREAM, "PB", key, window_start, window_end, &out)
+    }
+}
+
+/// Window accumulator for one market's trades.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct TradeAcc {
+    trades: u64,
+    shares: NumStats,
+}
+
+#[derive(Serialize)]
+struct TradeWindow<'a> {
+    window_start: EventTime,
+    window_end: EventTime,
+    market_id: &'a str,
+    total_shares_traded: Option<f64>,
+    num_trades: u64,
+}
+
+/// The `polymarket_trades` window metrics.
+pub struct TradeMetrics;
+
+impl WindowAggregate for TradeMetrics {
+    type Record = Trade;
+    type Acc = TradeAcc;
+    const STREAM: &'static str = "polymarket_trades";
+
+    fn key(rec: &Trade) -> &str {
+        &rec.market
+    }
+
+    fn add(acc: &mut TradeAcc, r: &Timed<Trade>) {
+        acc.trades += 1;
+        acc.shares.add(r.rec.size);
+    }
+
+    fn merge(acc: &mut TradeAcc, o: &TradeAcc) {
+        acc.trades += o.trades;
+        acc.shares.merge(&o.shares);
+    }
+
+    fn finish(key: &str, window_start: EventTime, window_end: EventTime, a: &TradeAcc) -> ResultLine {
+        let out = TradeWindow { window_start, window_end, market_id: key, total_shares_traded: a.shares.sum(), num_trades: a.trades };
+        result_line(Self::STREAM, "PT", key, window_start, window_end, &out)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const M: &str = "0xc48e17e33742004e4ec5d3386d05f7d723f1c2da37b5cbc56e9ce432e13d8ed4";
+
+    fn decode(s: &str) -> Vec<Decoded<Event>> {
+        let mut out = Vec::new();
+        FrameDecoder.decode(s.as_bytes(), &mut out);
+        out
+    }
+
+    fn book(bids: &str, asks: &str) -> Book {
+        let msg = format!(r#"{{"event_type":"book","market":"{M}","timestamp":"1790267353913","bids":{bids},"asks":{asks}}}"#);
+        match &decode(&msg)[0] {
+            Decoded::Record { rec: Event::Book(b), time, .. } => {
+                assert_eq!(*time, 1_790_267_353_913);
+                b.clone()
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn best_levels_by_numeric_value_not_order_or_string() {
+        // Best level listed last; ".48" and "0.5" compare as numbers; "9" < "10" numerically.
+        let b = book(
+            r#"[{"price":"0.01","size":"6"},{"price":".48","size":"30"},{"price":"0.4","size":"1"}]"#,
+            r#"[{"price":"0.99","size":"5"},{"price":"0.5","size":"10"},{"price":"0.6","size":"1"}]"#,
+        );
+        assert!((b.mid.unwrap() - 0.49).abs() < 1e-12);
+        assert!((b.spread.unwrap() - 0.02).abs() < 1e-12);
+        assert!((b.imbalance.unwrap() - 0.5).abs() < 1e-12); // (30-10)/(30+10)
+        let c = book(r#"[{"price":"9","size":"1"},{"price":"10","size":"3"}]"#, r#"[{"price":"11","size":"1"}]"#);
+        assert_eq!((c.mid, c.imbalance), (Some(10.5), Some(0.5)));
+    }
+
+    #[test]
+    fn first_level_at_the_best_price_gives_the_depth() {
+        let b = book(r#"[{"price":"0.4","size":"7"},{"price":"0.4","size":"99"}]"#, r#"[{"price":"0.6","size":"7"}]"#);
+        assert_eq!(b.imbalance, Some(0.0));
+    }
+
+    #[test]
+    fn empty_or_missing_side_still_counts_with_nulls() {
+        let b = book("[]", r#"[{"price":"0.6","size":"7"}]"#);
+        assert_eq!((b.mid, b.spread, b.imbalance), (None, None, None));
+        let msg = format!(r#"{{"event_type":"book","market":"{M}","timestamp":"5","asks":[{{"price":"0.6","size":"7"}}]}}"#);
+        assert!(matches!(&decode(&msg)[0], Decoded::Record { rec: Event::Book(b), .. } if b.mid.is_none()));
+        let zero = book(r#"[{"price":"0.4","size":"0"}]"#, r#"[{"price":"0.6","size":"0"}]"#);
+        assert_eq!((zero.mid, zero.imbalance), (Some(0.5), None), "zero depth: null imbalance");
+    }
+
+    #[test]
+    fn multi_frame_messages_and_array_frames() {
+        let book_ev = |ts: u32| format!(r#"{{"event_type":"book","market":"{M}","timestamp":"{ts}","bids":[],"asks":[]}}"#);
+        let trade = format!(r#"{{"event_type":"last_trade_price","market":"{M}","timestamp":"9","price":".5","size":"12.5","side":"BUY"}}"#);
+        let change = format!(r#"{{"event_type":"price_change","market":"{M}","timestamp":"8","price_changes":[]}}"#);
+        let msg = format!("[{},{}]\n{trade}\r\n\n{change}\n{{bad\n[1]", book_ev(1), book_ev(2));
+        let out = decode(&msg);
+        assert_eq!(out.len(), 6);
+        let idx: Vec<u32> = out
+            .iter()
+            .map(|d| match d {
+                Decoded::Record { index, .. } | Decoded::Ignored { index, .. } | Decoded::Malformed { index, .. } => *index,
+            })
+            .collect();
+        assert_eq!(idx, [0, 1, 2, 3, 4, 5]);
+        assert!(matches!(&out[2], Decoded::Record { time: 9, rec: Event::Trade(t), .. } if t.size == Some(12.5)));
+        assert!(matches!(&out[3], Decoded::Ignored { kind, time: Some(8), .. } if kind == "price_change"));
+        assert!(matches!(&out[4], Decoded::Malformed { reason, excerpt: Some(x), .. } if reason == "invalid JSON" && x == "{bad"));
+        assert!(matches!(&out[5], Decoded::Malformed { reason, .. } if reason == "event is not an object"));
+    }
+
+    #[test]
+    fn malformed_events() {
+        let reason = |s: &str| match &decode(s)[0] {
+            Decoded::Malformed { reason, .. } => reason.to_string(),
+            other => panic!("{other:?}"),
+        };
+        assert_eq!(reason(r#"{"event_type":"book","timestamp":"1"}"#), "missing market");
+        assert_eq!(reason(&format!(r#"{{"event_type":"book","market":"{M}"}}"#)), "missing timestamp");
+        assert_eq!(reason(&format!(r#"{{"event_type":"book","market":"{M}","timestamp":"x"}}"#)), "invalid timestamp");
+        assert_eq!(reason(&format!(r#"{{"event_type":"book","market":"{M}","timestamp":"1","bids":[{{"price":"zz","size":"1"}}]}}"#)), "invalid book level");
+        assert_eq!(reason(&format!(r#"{{"event_type":"last_trade_price","market":"{M}","timestamp":"1","size":"lots"}}"#)), "invalid trade size");
+        assert_eq!(reason(r#"{"market":5}"#), "wrong field type");
+        assert_eq!(reason(r#"{"market":"m"}"#), "missing event_type");
+        assert_eq!(reason(""), "empty message");
+    }
+
+    #[test]
+    fn row_keys_use_16_chars_of_the_market() {
+        let mut acc = TradeAcc::default();
+        TradeMetrics::add(&mut acc, &Timed { time: 1, pos: Default::default(), rec: Trade { market: M.into(), size: None } });
+        let r = TradeMetrics::finish(M, 0, 60_000, &acc);
+        assert_eq!(r.row_key, "PT#0xc48e17e337420#9999999939999");
+        let v: serde_json::Value = serde_json::from_str(&r.json).unwrap();
+        assert_eq!((v["market_id"].as_str(), v["num_trades"].as_u64()), (Some(M), Some(1)));
+        assert!(v["total_shares_traded"].is_null());
+    }
+}

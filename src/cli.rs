@@ -1,0 +1,159 @@
+//! Command-line argument groups shared by the engine's commands (inputs, Kafka, windows,
+//! outputs, cluster). The market dataflows add their own groups; `main.rs` assembles them.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::Args;
+
+use crate::source::kafka::{parse_override, KafkaSettings, StartFrom};
+use crate::time::{parse_duration, WindowSpec};
+
+/// Kafka connection options.
+#[derive(Args, Clone, Debug)]
+pub struct KafkaArgs {
+    /// Kafka bootstrap servers, HOST:PORT[,HOST:PORT]; reads from Kafka instead of files or the simulator.
+    #[arg(long, env = "KAFKA_BROKERS", value_name = "HOST:PORT,...")]
+    pub brokers: Option<String>,
+    /// Any librdkafka property, as kcat's -X (SASL, SSL, fetch sizes); repeatable.
+    #[arg(short = 'X', value_name = "KEY=VALUE", value_parser = parse_override)]
+    pub kafka_property: Vec<(String, String)>,
+    /// Consumer group id; offsets are committed to it for lag tools (no group rebalancing is used).
+    #[arg(long, default_value = "speed-layer", value_name = "ID")]
+    pub group_id: String,
+}
+
+impl KafkaArgs {
+    /// The settings, when `--brokers` was given.
+    pub fn settings(&self) -> Option<KafkaSettings> {
+        self.brokers.as_ref().map(|b| KafkaSettings {
+            brokers: b.clone(),
+            overrides: self.kafka_property.clone(),
+            group_id: self.group_id.clone(),
+        })
+    }
+}
+
+/// Where input comes from, when not from the simulator.
+#[derive(Args, Clone, Debug)]
+pub struct InputArgs {
+    /// Read a topic from a file instead of Kafka: one message value per line, `-` for stdin; repeatable.
+    #[arg(long = "input", value_name = "TOPIC=PATH", value_parser = parse_input)]
+    pub inputs: Vec<(String, String)>,
+    /// Where Kafka reading starts.
+    #[arg(long, value_enum, default_value_t = StartFrom::Latest)]
+    pub start_from: StartFrom,
+    /// Stop once every Kafka partition reaches the end offset it had at start-up (a bounded backfill).
+    #[arg(long)]
+    pub until_end: bool,
+}
+
+fn parse_input(s: &str) -> Result<(String, String), String> {
+    match s.split_once('=') {
+        Some((t, p)) if !t.is_empty() && !p.is_empty() => Ok((t.to_string(), p.to_string())),
+        _ => Err(format!("expected TOPIC=PATH (for example binance=klines.jsonl), got '{s}'")),
+    }
+}
+
+/// Window options.
+#[derive(Args, Clone, Debug)]
+pub struct WindowArgs {
+    /// Tumbling window length.
+    #[arg(long, default_value = "60s", value_parser = parse_duration, value_name = "DURATION")]
+    pub window: Duration,
+    /// How far the watermark trails the largest event time seen in each partition.
+    #[arg(long, default_value = "2m", value_parser = parse_duration, value_name = "DURATION")]
+    pub lateness: Duration,
+}
+
+impl WindowArgs {
+    /// The window spec, validated.
+    pub fn spec(&self) -> anyhow::Result<WindowSpec> {
+        WindowSpec::new(self.window, self.lateness)
+    }
+}
+
+/// Output options.
+#[derive(Args, Clone, Debug)]
+pub struct OutputArgs {
+    /// Write JSON-lines results and dead letters into this folder.
+    #[arg(long, value_name = "DIR")]
+    pub output: Option<PathBuf>,
+    /// Print result tables on the console too (the default when no other output is given).
+    #[arg(long)]
+    pub console: bool,
+}
+
+/// Parallelism: threads per process and the processes of a cluster.
+#[derive(Args, Clone, Debug)]
+pub struct ClusterArgs {
+    /// Worker threads per process.
+    #[arg(short = 'w', long, default_value_t = 1, value_name = "N")]
+    pub workers: usize,
+    /// Number of processes in the cluster.
+    #[arg(short = 'n', long, default_value_t = 1, value_name = "N")]
+    pub processes: usize,
+    /// This process's index, 0..N-1.
+    #[arg(short = 'p', long, default_value_t = 0, value_name = "I")]
+    pub process: usize,
+    /// File with one HOST:PORT per line, in process order (default: localhost:2101, 2102, ...).
+    #[arg(long, value_name = "PATH")]
+    pub hostfile: Option<PathBuf>,
+}
+
+impl ClusterArgs {
+    /// The timely configuration for these arguments.
+    pub fn timely_config(&self) -> anyhow::Result<timely::Config> {
+        use timely::CommunicationConfig;
+        anyhow::ensure!(self.workers >= 1, "--workers must be at least 1");
+        anyhow::ensure!(self.processes >= 1, "--processes must be at least 1");
+        anyhow::ensure!(
+            self.process < self.processes,
+            "--process {} is out of range for --processes {} (use 0..{})",
+            self.process,
+            self.processes,
+            self.processes - 1
+        );
+        let communication = if self.processes == 1 {
+            CommunicationConfig::Process(self.workers)
+        } else {
+            let addresses = match &self.hostfile {
+                Some(path) => read_hostfile(path)?,
+                None => (0..self.processes).map(|i| format!("localhost:{}", 2101 + i)).collect(),
+            };
+            anyhow::ensure!(
+                addresses.len() >= self.processes,
+                "the hostfile lists {} hosts but --processes is {}",
+                addresses.len(),
+                self.processes
+            );
+            CommunicationConfig::Cluster {
+                threads: self.workers,
+                process: self.process,
+                addresses: addresses[..self.processes].to_vec(),
+                report: false,
+                zerocopy: false,
+            }
+        };
+        Ok(timely::Config { communication, worker: timely::WorkerConfig::default() })
+    }
+}
+
+/// Reads a hostfile: one `host:port` per line; blank lines and `#` comments are skipped.
+pub fn read_hostfile(path: &std::path::Path) -> anyhow::Result<Vec<String>> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| anyhow::anyhow!("cannot read hostfile {}: {e}", path.display()))?;
+    let mut hosts = Vec::new();
+    for (i, line) in text.lines().enumerate() {
+        let line = line.split('#').next().unwrap_or("").trim();
+        if line.is_empty() {
+            continue;
+        }
+        let ok = line
+            .rsplit_once(':')
+            .is_some_and(|(h, p)| !h.is_empty() && p.parse::<u16>().is_ok());
+        anyhow::ensure!(ok, "hostfile {} line {}: expected HOST:PORT, got '{line}'", path.display(), i + 1);
+        hosts.push(line.to_string());
+    }
+    Ok(hosts)
+}

@@ -1,0 +1,54 @@
+//! The `speed-layer` command line.
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use speed_layer::dataflows::{self, RunArgs};
+
+/// Windowed market metrics from Binance and Polymarket feeds, on timely dataflow.
+#[derive(Parser)]
+#[command(name = "speed-layer", version, about)]
+struct Cli {
+    /// Log level (error, warn, info, debug, trace); RUST_LOG overrides it.
+    #[arg(long, global = true, default_value = "info", value_name = "LEVEL")]
+    log_level: String,
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the speed layer (default: on the built-in simulator, results on the console).
+    Run(Box<RunArgs>),
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .or_else(|_| tracing_subscriber::EnvFilter::try_new(&cli.log_level));
+    let filter = match filter {
+        Ok(f) => f,
+        Err(e) => {
+            eprintln!("error: invalid --log-level '{}': {e}", cli.log_level);
+            return ExitCode::from(2);
+        }
+    };
+    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).with_target(false).init();
+    let command = cli.command.unwrap_or_else(|| {
+        let args = Cli::parse_from(["speed-layer", "run"]);
+        match args.command {
+            Some(c) => c,
+            None => unreachable!("'run' parses as the run command"),
+        }
+    });
+    let result = match command {
+        Command::Run(args) => dataflows::run(*args),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

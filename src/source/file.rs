@@ -1,0 +1,138 @@
+//! File inputs: one message value per line; `-` reads standard input. Each file is one partition
+//! of its topic, positions are 1-based line numbers, and blank lines carry no message.
+
+use std::fs::File;
+use std::io::{BufRead, BufReader, Read};
+
+use anyhow::Context;
+
+use super::{owns, Origin, PartitionInfo, ReadStatus, Reader, ReaderFactory};
+
+/// Opens the files of one topic, partitioned over workers.
+pub struct FileFactory {
+    paths: Vec<String>,
+    /// Global index of this topic's first file, for the assignment rule.
+    base_index: usize,
+}
+
+impl FileFactory {
+    /// Checks that every file can be opened, so a bad path fails before the dataflow starts.
+    pub fn new(paths: Vec<String>, base_index: usize) -> anyhow::Result<Self> {
+        for p in &paths {
+            if p != "-" {
+                let meta = std::fs::metadata(p).with_context(|| format!("cannot read input file '{p}'"))?;
+                anyhow::ensure!(!meta.is_dir(), "input '{p}' is a directory, not a file");
+                File::open(p).with_context(|| format!("cannot read input file '{p}'"))?;
+            }
+        }
+        Ok(Self { paths, base_index })
+    }
+}
+
+impl ReaderFactory for FileFactory {
+    fn open(&self, index: usize, peers: usize) -> anyhow::Result<Box<dyn Reader>> {
+        let mut parts = Vec::new();
+        let mut inputs = Vec::new();
+        for (i, path) in self.paths.iter().enumerate() {
+            if !owns(self.base_index + i, index, peers) {
+                continue;
+            }
+            let input: Box<dyn Read + Send> = if path == "-" {
+                Box::new(std::io::stdin())
+            } else {
+                Box::new(File::open(path).with_context(|| format!("cannot read input file '{path}'"))?)
+            };
+            parts.push(PartitionInfo { id: i as u32, origin: Origin::File(path.clone()) });
+            inputs.push(Some(LineInput { reader: BufReader::with_capacity(1 << 20, input), line: 0 }));
+        }
+        Ok(Box::new(FileReader { parts, inputs, buf: Vec::with_capacity(1 << 16) }))
+    }
+}
+
+struct LineInput {
+    reader: BufReader<Box<dyn Read + Send>>,
+    line: u64,
+}
+
+/// Reads its files round-robin, so that every file's watermark advances together and open
+/// window state stays small.
+struct FileReader {
+    parts: Vec<PartitionInfo>,
+    /// `None` once a file has ended.
+    inputs: Vec<Option<LineInput>>,
+    buf: Vec<u8>,
+}
+
+impl Reader for FileReader {
+    fn partitions(&self) -> &[PartitionInfo] {
+        &self.parts
+    }
+
+    fn read(&mut self, budget: usize, out: &mut dyn FnMut(usize, u64, &[u8])) -> anyhow::Result<ReadStatus> {
+        let live = self.inputs.iter().filter(|i| i.is_some()).count();
+        if live == 0 {
+            return Ok(ReadStatus::Done);
+        }
+        let share = (budget / live).max(1);
+        for (slot, input) in self.inputs.iter_mut().enumerate() {
+            let Some(li) = input else { continue };
+            for _ in 0..share {
+                self.buf.clear();
+                let n = li
+                    .reader
+                    .read_until(b'\n', &mut self.buf)
+                    .with_context(|| format!("reading {:?}", self.parts[slot].origin))?;
+                if n == 0 {
+                    *input = None;
+                    break;
+                }
+                li.line += 1;
+                let mut line = &self.buf[..];
+                while let Some((last, rest)) = line.split_last() {
+                    if matches!(last, b'\n' | b'\r') { line = rest } else { break }
+                }
+                if line.iter().all(u8::is_ascii_whitespace) {
+                    continue;
+                }
+                out(slot, li.line, line);
+            }
+        }
+        Ok(if self.inputs.iter().all(Option::is_none) { ReadStatus::Done } else { ReadStatus::More })
+    }
+
+    fn is_done(&self, slot: usize) -> bool {
+        self.inputs[slot].is_none()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Write;
+
+    #[test]
+    fn reads_lines_round_robin_with_line_numbers() {
+        let dir = tempfile::tempdir().unwrap();
+        let a = dir.path().join("a");
+        let b = dir.path().join("b");
+        std::fs::File::create(&a).unwrap().write_all(b"a1\r\n\n a3\na4").unwrap();
+        std::fs::File::create(&b).unwrap().write_all(b"b1\n").unwrap();
+        let f = FileFactory::new(vec![a.display().to_string(), b.display().to_string()], 0).unwrap();
+        let mut r = f.open(0, 1).unwrap();
+        let mut got = Vec::new();
+        while r.read(2, &mut |s, o, v| got.push((s, o, String::from_utf8(v.to_vec()).unwrap()))).unwrap() != ReadStatus::Done {}
+        assert_eq!(
+            got,
+            vec![(0, 1, "a1".into()), (1, 1, "b1".into()), (0, 3, " a3".into()), (0, 4, "a4".into())]
+        );
+        assert!(r.is_done(0) && r.is_done(1));
+        // With two workers, the second file belongs to worker 1.
+        assert_eq!(f.open(1, 2).unwrap().partitions()[0].id, 1);
+    }
+
+    #[test]
+    fn missing_file_is_a_clear_error() {
+        let e = FileFactory::new(vec!["/no/such/file".into()], 0).err().unwrap();
+        assert!(format!("{e:#}").contains("cannot read input file '/no/such/file'"));
+    }
+}

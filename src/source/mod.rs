@@ -1,0 +1,362 @@
+//! Sources: readers of raw messages (files, Kafka, generators) and the timely operator that turns
+//! them into event-timestamped records.
+//!
+//! A [`Reader`] owns some partitions of one topic and hands out raw message values. A [`Decoder`]
+//! (supplied by a market dataflow) turns a value into records, ignored events and malformed
+//! records. The [`source`] operator applies the per-partition watermark and lateness rule of
+//! [`crate::time`], stamps records at its capability, sends malformed and late records to a
+//! dead-letter stream, and holds its capability at the minimum watermark of its live partitions,
+//! so the timely frontier is the watermark.
+
+pub mod file;
+pub mod kafka;
+
+use std::borrow::Cow;
+use std::rc::Rc;
+use std::time::Duration;
+
+use serde::Serialize;
+use timely::dataflow::operators::generic::builder_rc::OperatorBuilder;
+use timely::dataflow::operators::generic::OutputBuilder;
+use timely::dataflow::operators::Capability;
+use timely::dataflow::{Scope, StreamVec};
+use timely::ExchangeData;
+
+use crate::stats::{RunStats, TopicCounts};
+use crate::time::{EventTime, PartitionClock, Position, Timed, WindowSpec};
+
+/// Where a partition's messages come from; names the position in dead-letter records.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Origin {
+    /// A Kafka partition.
+    Kafka(i32),
+    /// An input file (`-` is standard input); positions are 1-based line numbers.
+    File(String),
+    /// A generated stream; positions are message sequence numbers.
+    Generated(String),
+}
+
+/// One partition owned by a reader.
+#[derive(Clone, Debug)]
+pub struct PartitionInfo {
+    /// Number used to order ties between partitions (Kafka partition, or file index).
+    pub id: u32,
+    /// Where its messages come from.
+    pub origin: Origin,
+}
+
+/// What a reader can say after a read.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ReadStatus {
+    /// More messages may be ready right away.
+    More,
+    /// Nothing ready now; try again after at most this long.
+    Idle(Duration),
+    /// Every partition of this reader has ended.
+    Done,
+}
+
+/// A per-worker reader of some partitions of one topic.
+pub trait Reader {
+    /// The partitions this reader owns, indexed by slot.
+    fn partitions(&self) -> &[PartitionInfo];
+    /// Reads up to `budget` messages, giving each as `(slot, offset, value)`.
+    fn read(
+        &mut self,
+        budget: usize,
+        out: &mut dyn FnMut(usize, u64, &[u8]),
+    ) -> anyhow::Result<ReadStatus>;
+    /// Whether the partition in `slot` has ended (it no longer holds the watermark back).
+    fn is_done(&self, slot: usize) -> bool;
+}
+
+/// Opens, on each worker, the reader for the partitions that worker owns.
+pub trait ReaderFactory: Send + Sync {
+    /// The reader for worker `index` of `peers`.
+    fn open(&self, index: usize, peers: usize) -> anyhow::Result<Box<dyn Reader>>;
+}
+
+/// The fixed partition assignment rule: the `i`-th partition (counted over all topics of the
+/// job, so topics spread over workers) belongs to worker `i % peers`.
+pub fn owns(global_index: usize, worker: usize, peers: usize) -> bool {
+    global_index % peers == worker
+}
+
+/// One outcome of decoding a message value.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Decoded<R> {
+    /// A well-formed record for the metrics.
+    Record {
+        /// Position of the record within the message.
+        index: u32,
+        /// Event time (ms).
+        time: EventTime,
+        /// The record.
+        rec: R,
+    },
+    /// A well-formed event the metrics do not use: only counted. It still advances the
+    /// partition's watermark when it has an event time.
+    Ignored {
+        /// Position within the message.
+        index: u32,
+        /// The event type, for the counters.
+        kind: Cow<'static, str>,
+        /// Its event time, when it has a valid key and time.
+        time: Option<EventTime>,
+    },
+    /// A malformed record: counted by `reason` and dead-lettered.
+    Malformed {
+        /// Position within the message.
+        index: u32,
+        /// Short, stable reason used for counting (e.g. `missing symbol`).
+        reason: Cow<'static, str>,
+        /// Details for the dead-letter record (parser message).
+        detail: String,
+        /// The offending part of the message, when it is not the whole value.
+        excerpt: Option<String>,
+    },
+}
+
+/// Turns one message value into records.
+pub trait Decoder: 'static {
+    /// The record type produced.
+    type Record: ExchangeData + Clone;
+    /// Decodes `value`, appending outcomes to `out` in input order.
+    fn decode(&mut self, value: &[u8], out: &mut Vec<Decoded<Self::Record>>);
+}
+
+/// Longest raw value kept in a dead-letter record.
+pub const DEAD_LETTER_RAW_MAX: usize = 2048;
+
+/// Cuts `s` to at most `max` bytes on a character boundary, marking the cut.
+pub fn cut(s: &str, max: usize) -> String {
+    if s.len() <= max {
+        return s.to_string();
+    }
+    let mut end = max;
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}…[{} bytes]", &s[..end], s.len())
+}
+
+/// A dead-letter record as written to `dead_letter.jsonl` (and later to Kafka).
+#[derive(Serialize)]
+struct DeadLetterJson<'a> {
+    topic: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    partition: Option<i32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    offset: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    file: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    line: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    stream: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    seq: Option<u64>,
+    index: u32,
+    reason: &'a str,
+    #[serde(skip_serializing_if = "str::is_empty")]
+    detail: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    event_time: Option<EventTime>,
+    raw: String,
+}
+
+/// Renders one dead-letter line (JSON, no newline).
+#[allow(clippy::too_many_arguments)]
+fn dead_letter_line(
+    topic: &str,
+    origin: &Origin,
+    offset: u64,
+    index: u32,
+    reason: &str,
+    detail: &str,
+    event_time: Option<EventTime>,
+    raw: &str,
+) -> String {
+    let mut d = DeadLetterJson {
+        topic,
+        partition: None,
+        offset: None,
+        file: None,
+        line: None,
+        stream: None,
+        seq: None,
+        index,
+        reason,
+        detail,
+        event_time,
+        raw: cut(raw, DEAD_LETTER_RAW_MAX),
+    };
+    match origin {
+        Origin::Kafka(p) => (d.partition, d.offset) = (Some(*p), Some(offset)),
+        Origin::File(f) => (d.file, d.line) = (Some(f.as_str()), Some(offset)),
+        Origin::Generated(s) => (d.stream, d.seq) = (Some(s.as_str()), Some(offset)),
+    }
+    // Serializing a struct of strings and integers cannot fail.
+    serde_json::to_string(&d).unwrap()
+}
+
+/// Reads up to this many messages per activation before yielding to other operators.
+const READ_BUDGET: usize = 4096;
+
+/// Builds the source operator for `topic`: records (stamped at the source's watermark) and
+/// dead-letter lines. `factory` is opened on each worker; `decoder` is cloned per worker.
+pub fn source<'s, D>(
+    scope: Scope<'s, EventTime>,
+    topic: &str,
+    factory: std::sync::Arc<dyn ReaderFactory>,
+    decoder: D,
+    spec: WindowSpec,
+    stats: RunStats,
+) -> (
+    StreamVec<'s, EventTime, Timed<D::Record>>,
+    StreamVec<'s, EventTime, String>,
+)
+where
+    D: Decoder,
+{
+    let mut builder = OperatorBuilder::new(format!("Source({topic})"), scope);
+    let info = builder.operator_info();
+    let activator = scope.activator_for(Rc::clone(&info.address));
+    let (records_out, records) = builder.new_output();
+    let (dead_out, dead) = builder.new_output();
+    let mut records_out: OutputBuilder<_, timely::container::CapacityContainerBuilder<Vec<_>>> =
+        OutputBuilder::from(records_out);
+    let mut dead_out: OutputBuilder<_, timely::container::CapacityContainerBuilder<Vec<String>>> =
+        OutputBuilder::from(dead_out);
+    let (index, peers) = (scope.index(), scope.peers());
+    let topic = topic.to_string();
+    let mut decoder = decoder;
+
+    builder.build(move |caps| {
+        let mut caps: Option<Vec<Capability<EventTime>>> = Some(caps);
+        let mut reader: Option<Box<dyn Reader>> = None;
+        let mut clocks: Vec<PartitionClock> = Vec::new();
+        let mut tally = TopicCounts::default();
+        let mut decoded = Vec::new();
+        let mut pending_records = Vec::new();
+        let mut pending_dead: Vec<String> = Vec::new();
+
+        move |_frontiers| {
+            let Some(held) = caps.as_mut() else { return };
+            if reader.is_none() {
+                match factory.open(index, peers) {
+                    Ok(r) => {
+                        clocks = vec![PartitionClock::default(); r.partitions().len()];
+                        reader = Some(r);
+                    }
+                    Err(e) => crate::fatal(&format!("cannot open input {topic}: {e:#}")),
+                }
+            }
+            // The reader was just set if it was missing.
+            let r = reader.as_mut().unwrap();
+            let status = {
+                let parts = r.partitions().to_vec();
+                let mut on_message = |slot: usize, offset: u64, value: &[u8]| {
+                    tally.messages += 1;
+                    decoded.clear();
+                    decoder.decode(value, &mut decoded);
+                    let clock = &mut clocks[slot];
+                    let part = &parts[slot];
+                    for item in decoded.drain(..) {
+                        match item {
+                            Decoded::Record { index, time, rec } => {
+                                if clock.is_late(&spec, time) {
+                                    tally.late += 1;
+                                    let detail = format!(
+                                        "window ends at {} but the partition watermark is {}",
+                                        spec.window_end(time),
+                                        clock.watermark(&spec)
+                                    );
+                                    pending_dead.push(dead_letter_line(
+                                        &topic,
+                                        &part.origin,
+                                        offset,
+                                        index,
+                                        "late",
+                                        &detail,
+                                        Some(time),
+                                        &String::from_utf8_lossy(value),
+                                    ));
+                                } else {
+                                    clock.observe(time);
+                                    tally.records += 1;
+                                    let pos = Position { partition: part.id, offset, index };
+                                    pending_records.push(Timed { time, pos, rec });
+                                }
+                            }
+                            Decoded::Ignored { kind, time, .. } => {
+                                if let Some(t) = time {
+                                    clock.observe(t);
+                                }
+                                *tally.ignored.entry(kind.into_owned()).or_default() += 1;
+                            }
+                            Decoded::Malformed { index, reason, detail, excerpt } => {
+                                *tally.malformed.entry(reason.to_string()).or_default() += 1;
+                                let raw = match &excerpt {
+                                    Some(x) => Cow::Borrowed(x.as_str()),
+                                    None => String::from_utf8_lossy(value),
+                                };
+                                pending_dead.push(dead_letter_line(
+                                    &topic,
+                                    &part.origin,
+                                    offset,
+                                    index,
+                                    &reason,
+                                    &detail,
+                                    None,
+                                    &raw,
+                                ));
+                            }
+                        }
+                    }
+                };
+                r.read(READ_BUDGET, &mut on_message)
+            };
+            let status = match status {
+                Ok(s) => s,
+                Err(e) => crate::fatal(&format!("reading {topic} failed: {e:#}")),
+            };
+
+            if !pending_records.is_empty() {
+                records_out
+                    .activate()
+                    .session(&held[0])
+                    .give_iterator(pending_records.drain(..));
+            }
+            if !pending_dead.is_empty() {
+                dead_out
+                    .activate()
+                    .session(&held[1])
+                    .give_iterator(pending_dead.drain(..));
+            }
+            stats.absorb(&topic, &mut tally);
+
+            // The new capability: the least watermark over partitions still running.
+            let live_min = (0..clocks.len())
+                .filter(|&slot| !r.is_done(slot))
+                .map(|slot| clocks[slot].watermark(&spec))
+                .min();
+            match (status, live_min) {
+                (ReadStatus::Done, _) | (_, None) => caps = None,
+                (status, Some(wm)) => {
+                    let t = spec.round_down(wm);
+                    if t > *held[0].time() {
+                        held.iter_mut().for_each(|c| c.downgrade(&t));
+                    }
+                    match status {
+                        ReadStatus::More => activator.activate(),
+                        ReadStatus::Idle(d) => activator.activate_after(d),
+                        ReadStatus::Done => {}
+                    }
+                }
+            }
+        }
+    });
+    (records, dead)
+}
+

@@ -1,0 +1,172 @@
+//! Event time, tumbling windows and per-partition watermarks.
+//!
+//! Timely time *is* event time in epoch milliseconds. Each partition keeps a [`PartitionClock`]:
+//! the largest event time it has seen minus the allowed lateness. A source holds its capability
+//! at the minimum of its partitions' watermarks (rounded down to a coarse grain), so the dataflow
+//! frontier is the job's watermark. The lateness rule looks only at a partition's own history, so
+//! which records are late never depends on timing, batching or the number of workers.
+
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+/// Event time: milliseconds since the Unix epoch.
+pub type EventTime = u64;
+
+/// Tumbling event-time windows aligned to the epoch, `[start, end)`, plus allowed lateness.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WindowSpec {
+    /// Window length in milliseconds (> 0).
+    pub size_ms: u64,
+    /// How far behind the largest event time of a partition its watermark trails.
+    pub lateness_ms: u64,
+    /// Progress granularity: capabilities move in steps of this many milliseconds so that
+    /// progress traffic stays small. Always divides `size_ms`.
+    pub grain_ms: u64,
+}
+
+impl WindowSpec {
+    /// A spec from durations; the grain is the largest of 1 s, 100 ms, 10 ms, 1 ms that divides
+    /// the window length.
+    pub fn new(size: Duration, lateness: Duration) -> anyhow::Result<Self> {
+        let size_ms = u64::try_from(size.as_millis()).unwrap_or(u64::MAX);
+        anyhow::ensure!(size_ms > 0, "--window must be at least 1ms");
+        let lateness_ms = u64::try_from(lateness.as_millis()).unwrap_or(u64::MAX);
+        let grain_ms = [1000, 100, 10, 1]
+            .into_iter()
+            .find(|g| size_ms % g == 0)
+            .unwrap_or(1);
+        Ok(Self { size_ms, lateness_ms, grain_ms })
+    }
+
+    /// End (exclusive) of the window holding `t`.
+    #[inline]
+    pub fn window_end(&self, t: EventTime) -> EventTime {
+        (t / self.size_ms).saturating_add(1).saturating_mul(self.size_ms)
+    }
+
+    /// Start of the window ending at `end`.
+    #[inline]
+    pub fn window_start(&self, end: EventTime) -> EventTime {
+        end - self.size_ms
+    }
+
+    /// Rounds a watermark down to the progress grain.
+    #[inline]
+    pub fn round_down(&self, t: EventTime) -> EventTime {
+        t - t % self.grain_ms
+    }
+}
+
+/// The watermark of one partition (one Kafka partition, one input file, one simulator stream).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PartitionClock {
+    /// Largest event time seen so far, if any.
+    pub max_seen: Option<EventTime>,
+}
+
+impl PartitionClock {
+    /// The partition's watermark: largest event time seen minus lateness (0 before any record).
+    #[inline]
+    pub fn watermark(&self, spec: &WindowSpec) -> EventTime {
+        self.max_seen
+            .map_or(0, |m| m.saturating_sub(spec.lateness_ms))
+    }
+
+    /// Whether a record at `t`, read now, is late: its window ended at or before the watermark
+    /// formed by the records read earlier from this partition.
+    #[inline]
+    pub fn is_late(&self, spec: &WindowSpec, t: EventTime) -> bool {
+        self.max_seen.is_some() && spec.window_end(t) <= self.watermark(spec)
+    }
+
+    /// Accounts for a well-formed record at `t`.
+    #[inline]
+    pub fn observe(&mut self, t: EventTime) {
+        self.max_seen = Some(self.max_seen.map_or(t, |m| m.max(t)));
+    }
+}
+
+/// Position of a record in its input, used to break ties between equal event times: the later
+/// record in input order wins. Compared as (partition, offset, index), so within one partition the
+/// higher offset (file line) wins, and across partitions the higher partition number.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct Position {
+    /// Partition number (Kafka partition, or the input file's index for its topic).
+    pub partition: u32,
+    /// Kafka offset or 1-based line number.
+    pub offset: u64,
+    /// Index of the record within its message (rows, lines and array elements, in order).
+    pub index: u32,
+}
+
+/// A record with its event time and input position.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Timed<R> {
+    /// Event time (ms).
+    pub time: EventTime,
+    /// Where the record was read.
+    pub pos: Position,
+    /// The record itself.
+    pub rec: R,
+}
+
+/// Parses a human-friendly duration such as `60s`, `2m`, `1m30s` or `500ms`.
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    humantime::parse_duration(s.trim())
+        .map_err(|e| format!("invalid duration '{s}': {e} (examples: 60s, 2m, 500ms)"))
+}
+
+/// Formats epoch milliseconds as an RFC 3339 UTC time (to the millisecond).
+pub fn format_ms(t: EventTime) -> String {
+    let st = std::time::UNIX_EPOCH + Duration::from_millis(t);
+    humantime::format_rfc3339_millis(st).to_string()
+}
+
+/// Wall-clock time as epoch milliseconds.
+pub fn now_ms() -> EventTime {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn spec() -> WindowSpec {
+        WindowSpec::new(Duration::from_secs(60), Duration::from_secs(120)).unwrap()
+    }
+
+    #[test]
+    fn windows_are_epoch_aligned_and_half_open() {
+        let s = spec();
+        assert_eq!(s.window_end(0), 60_000);
+        assert_eq!(s.window_end(59_999), 60_000);
+        assert_eq!(s.window_end(60_000), 120_000);
+        assert_eq!(s.window_start(120_000), 60_000);
+        assert_eq!(s.grain_ms, 1000);
+        let odd = WindowSpec::new(Duration::from_millis(1500), Duration::ZERO).unwrap();
+        assert_eq!(odd.grain_ms, 100);
+        assert!(WindowSpec::new(Duration::ZERO, Duration::ZERO).is_err());
+    }
+
+    #[test]
+    fn lateness_uses_only_earlier_records() {
+        let s = spec();
+        let mut c = PartitionClock::default();
+        assert!(!c.is_late(&s, 0), "nothing seen yet: nothing is late");
+        c.observe(300_000); // watermark 180_000
+        assert!(c.is_late(&s, 179_999), "window [120s,180s) ended at the watermark");
+        assert!(!c.is_late(&s, 180_000));
+        c.observe(10); // older records never move the watermark back
+        assert_eq!(c.watermark(&s), 180_000);
+    }
+
+    #[test]
+    fn durations_parse() {
+        assert_eq!(parse_duration("60s").unwrap(), Duration::from_secs(60));
+        assert_eq!(parse_duration("2m").unwrap(), Duration::from_secs(120));
+        assert!(parse_duration("soon").unwrap_err().contains("invalid duration"));
+    }
+}

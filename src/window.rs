@@ -1,0 +1,191 @@
+//! Tumbling event-time windows over keyed records.
+//!
+//! Records are first pre-aggregated on the worker that read them (one partial accumulator per
+//! window and key per batch), then partials are exchanged by a hash of the key so each
+//! (key, window) lives on exactly one worker, where they are merged. A window is final when the
+//! input frontier (the watermark) reaches its end; its results are emitted once, at time
+//! `window_end`, and its state is dropped, so memory is bounded by the open windows.
+
+use std::collections::{BTreeMap, HashMap};
+use std::hash::{Hash, Hasher};
+
+use serde::{Deserialize, Serialize};
+use timely::dataflow::channels::pact::{Exchange, Pipeline};
+use timely::dataflow::operators::generic::Operator;
+use timely::dataflow::operators::Capability;
+use timely::dataflow::StreamVec;
+use timely::ExchangeData;
+
+use crate::time::{EventTime, Timed, WindowSpec};
+
+/// One final window result, rendered for the sinks.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ResultLine {
+    /// Output stream name (`binance`, `polymarket_books`, …): the file name and table title.
+    pub stream: String,
+    /// Window start (ms).
+    pub window_start: EventTime,
+    /// Window end (ms, exclusive).
+    pub window_end: EventTime,
+    /// The grouping key (symbol, market id).
+    pub key: String,
+    /// The serving-layer row key (`TYPE#ID#reverse-end`), used as the Kafka message key.
+    pub row_key: String,
+    /// The result as one JSON object.
+    pub json: String,
+}
+
+/// A window metric definition: how records of one stream aggregate per key and window.
+pub trait WindowAggregate: 'static {
+    /// Input record.
+    type Record: ExchangeData;
+    /// Mergeable partial aggregate.
+    type Acc: ExchangeData + Default;
+    /// Output stream name.
+    const STREAM: &'static str;
+    /// The grouping key of a record.
+    fn key(rec: &Self::Record) -> &str;
+    /// Absorbs one record.
+    fn add(acc: &mut Self::Acc, rec: &Timed<Self::Record>);
+    /// Merges a partial aggregate of the same key and window.
+    fn merge(acc: &mut Self::Acc, other: &Self::Acc);
+    /// Renders a final result.
+    fn finish(key: &str, window_start: EventTime, window_end: EventTime, acc: &Self::Acc) -> ResultLine;
+}
+
+/// Stable hash of a key, identical in every process (routing must agree across the cluster).
+pub fn key_hash(key: &str) -> u64 {
+    // FNV-1a: tiny, fast on short keys, and fixed by definition.
+    let mut h = rustc_hash_fnv(key.as_bytes());
+    h ^= h >> 29;
+    h
+}
+
+fn rustc_hash_fnv(bytes: &[u8]) -> u64 {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in bytes {
+        h ^= u64::from(*b);
+        h = h.wrapping_mul(0x0000_0100_0000_01b3);
+    }
+    h
+}
+
+/// A `Hasher` that is the same in every process, for hashing non-string keys.
+#[derive(Default)]
+pub struct StableHasher(u64);
+
+impl Hasher for StableHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+    fn write(&mut self, bytes: &[u8]) {
+        self.0 = rustc_hash_fnv(bytes) ^ self.0.rotate_left(5);
+    }
+}
+
+/// Hashes any value with [`StableHasher`].
+pub fn stable_hash<T: Hash>(t: &T) -> u64 {
+    let mut h = StableHasher::default();
+    t.hash(&mut h);
+    h.finish()
+}
+
+/// A partial aggregate on its way to the worker that owns its key.
+type Partial<A> = (EventTime, String, <A as WindowAggregate>::Acc);
+
+/// Aggregates `records` in tumbling windows, emitting one [`ResultLine`] per (key, window) when
+/// the watermark passes the window's end.
+pub fn tumbling<'s, A: WindowAggregate>(
+    records: StreamVec<'s, EventTime, Timed<A::Record>>,
+    spec: WindowSpec,
+) -> StreamVec<'s, EventTime, ResultLine> {
+    let partials: StreamVec<'s, EventTime, Partial<A>> =
+        records.unary(Pipeline, "PreAggregate", move |_cap, _info| {
+            let mut local: HashMap<EventTime, HashMap<String, A::Acc>> = HashMap::new();
+            move |input, output| {
+                input.for_each_stamp(|cap, data| {
+                    for batch in data {
+                        for r in batch.drain(..) {
+                            let per_key = local.entry(spec.window_end(r.time)).or_default();
+                            let key = A::key(&r.rec);
+                            match per_key.get_mut(key) {
+                                Some(acc) => A::add(acc, &r),
+                                None => {
+                                    let mut acc = A::Acc::default();
+                                    A::add(&mut acc, &r);
+                                    per_key.insert(key.to_string(), acc);
+                                }
+                            }
+                        }
+                    }
+                    let mut session = output.session(&cap);
+                    for (end, keys) in local.drain() {
+                        session.give_iterator(keys.into_iter().map(|(k, acc)| (end, k, acc)));
+                    }
+                });
+            }
+        });
+
+    partials.unary_frontier(
+        Exchange::new(|p: &Partial<A>| key_hash(&p.1)),
+        &format!("Window({})", A::STREAM),
+        move |_cap, _info| {
+            let mut open: BTreeMap<EventTime, (Capability<EventTime>, HashMap<String, A::Acc>)> =
+                BTreeMap::new();
+            move |(input, frontier), output| {
+                input.for_each_stamp(|cap, data| {
+                    for batch in data {
+                        for (end, key, acc) in batch.drain(..) {
+                            let (_, per_key) = open
+                                .entry(end)
+                                .or_insert_with(|| (cap.delayed(&end, 0), HashMap::new()));
+                            match per_key.get_mut(&key) {
+                                Some(mine) => A::merge(mine, &acc),
+                                None => {
+                                    per_key.insert(key, acc);
+                                }
+                            }
+                        }
+                    }
+                });
+                while let Some(entry) = open.first_entry() {
+                    let end = *entry.key();
+                    if frontier.less_than(&end) {
+                        break;
+                    }
+                    let (cap, per_key) = entry.remove();
+                    let mut keys: Vec<_> = per_key.into_iter().collect();
+                    keys.sort_unstable_by(|a, b| a.0.cmp(&b.0));
+                    let start = spec.window_start(end);
+                    output
+                        .session(&cap)
+                        .give_iterator(keys.iter().map(|(k, acc)| A::finish(k, start, end, acc)));
+                }
+            }
+        },
+    )
+}
+
+/// Serving-layer row key: `TYPE#ID#(9999999999999 − window_end)`, newest window first.
+pub fn row_key(kind: &str, id: &str, window_end: EventTime) -> String {
+    format!("{kind}#{id}#{:013}", 9_999_999_999_999u64.saturating_sub(window_end))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn row_keys_sort_newest_first() {
+        let a = row_key("BIN", "BTCUSDT", 120_000);
+        let b = row_key("BIN", "BTCUSDT", 60_000);
+        assert_eq!(a, "BIN#BTCUSDT#9999999879999");
+        assert!(a < b);
+    }
+
+    #[test]
+    fn key_hash_is_stable() {
+        assert_eq!(key_hash("BTCUSDT"), key_hash("BTCUSDT"));
+        assert_ne!(key_hash("BTCUSDT"), key_hash("ETHUSDT"));
+    }
+}
