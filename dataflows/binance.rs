@@ -41,12 +41,22 @@ struct Row<'a> {
 
 impl Kline {
     /// Derives the per-record values of `formats.md`.
-    pub fn new(symbol: String, close: Option<f64>, qav: Option<f64>, taker_buy_quote: Option<f64>) -> Self {
+    pub fn new(
+        symbol: String,
+        close: Option<f64>,
+        qav: Option<f64>,
+        taker_buy_quote: Option<f64>,
+    ) -> Self {
         let buy_sentiment = match (taker_buy_quote, qav) {
             (Some(t), Some(q)) if q > 0.0 => Some(t / q),
             _ => None,
         };
-        Kline { symbol, price: close, usdt_volume: qav, buy_sentiment }
+        Kline {
+            symbol,
+            price: close,
+            usdt_volume: qav,
+            buy_sentiment,
+        }
     }
 }
 
@@ -72,12 +82,24 @@ impl Decoder for KlineDecoder {
             let excerpt = || many.then(|| raw.get().to_string());
             match serde_json::from_str::<Row>(raw.get()) {
                 Ok(row) => match (row.symbol, row.snapshot_time) {
-                    (None, _) => out.push(malformed(index, "missing symbol", String::new(), excerpt())),
-                    (_, None) => out.push(malformed(index, "missing snapshot_time", String::new(), excerpt())),
+                    (None, _) => {
+                        out.push(malformed(index, "missing symbol", String::new(), excerpt()))
+                    }
+                    (_, None) => out.push(malformed(
+                        index,
+                        "missing snapshot_time",
+                        String::new(),
+                        excerpt(),
+                    )),
                     (Some(symbol), Some(time)) => out.push(Decoded::Record {
                         index,
                         time,
-                        rec: Kline::new(symbol.into_owned(), row.close, row.quote_asset_volume, row.taker_buy_quote),
+                        rec: Kline::new(
+                            symbol.into_owned(),
+                            row.close,
+                            row.quote_asset_volume,
+                            row.taker_buy_quote,
+                        ),
                     }),
                 },
                 Err(e) => {
@@ -99,13 +121,24 @@ fn reason_of(err: &str) -> &'static str {
     }
 }
 
-fn malformed(index: u32, reason: impl Into<Cow<'static, str>>, detail: String, excerpt: Option<String>) -> Decoded<Kline> {
-    Decoded::Malformed { index, reason: reason.into(), detail, excerpt }
+fn malformed(
+    index: u32,
+    reason: impl Into<Cow<'static, str>>,
+    detail: String,
+    excerpt: Option<String>,
+) -> Decoded<Kline> {
+    Decoded::Malformed {
+        index,
+        reason: reason.into(),
+        detail,
+        excerpt,
+    }
 }
 
 /// Names the field that failed to parse (the slow path, taken only for bad rows).
 fn diagnose(raw: &RawValue, err: &serde_json::Error) -> (Cow<'static, str>, String) {
-    let Ok(serde_json::Value::Object(map)) = serde_json::from_str::<serde_json::Value>(raw.get()) else {
+    let Ok(serde_json::Value::Object(map)) = serde_json::from_str::<serde_json::Value>(raw.get())
+    else {
         return ("row is not an object".into(), err.to_string());
     };
     let checks: [(&str, fn(&serde_json::Value) -> bool); 5] = [
@@ -118,7 +151,10 @@ fn diagnose(raw: &RawValue, err: &serde_json::Error) -> (Cow<'static, str>, Stri
     for (field, ok) in checks {
         if let Some(v) = map.get(field) {
             if !ok(v) {
-                return (format!("wrong type for {field}").into(), format!("{field} is {}: {v}", json::kind(v)));
+                return (
+                    format!("wrong type for {field}").into(),
+                    format!("{field} is {}: {v}", json::kind(v)),
+                );
             }
         }
     }
@@ -169,7 +205,8 @@ impl WindowAggregate for KlineMetrics {
         acc.price.add(r.rec.price);
         acc.usdt_volume.add(r.rec.usdt_volume);
         acc.sentiment.add(r.rec.buy_sentiment);
-        acc.current.offer(r.time, r.pos, (r.rec.price, r.rec.buy_sentiment));
+        acc.current
+            .offer(r.time, r.pos, (r.rec.price, r.rec.buy_sentiment));
     }
 
     fn merge(acc: &mut KlineAcc, o: &KlineAcc) {
@@ -180,7 +217,12 @@ impl WindowAggregate for KlineMetrics {
         acc.current.merge(&o.current);
     }
 
-    fn finish(key: &str, window_start: EventTime, window_end: EventTime, a: &KlineAcc) -> ResultLine {
+    fn finish(
+        key: &str,
+        window_start: EventTime,
+        window_end: EventTime,
+        a: &KlineAcc,
+    ) -> ResultLine {
         let (current_price, current_sentiment) = a.current.get().copied().unwrap_or((None, None));
         let out = KlineWindow {
             window_start,
@@ -238,12 +280,17 @@ mod tests {
     fn java_numbers_and_19_digit_ns_timestamp() {
         let out = decode(&format!("[{ROW}]"));
         let (_, time, k) = record(&out[0]);
-        assert_eq!(time, 1_758_503_759_999, "event time is snapshot_time, not the ns timestamp");
+        assert_eq!(
+            time, 1_758_503_759_999,
+            "event time is snapshot_time, not the ns timestamp"
+        );
         assert_eq!(k.symbol, "BTCUSDT");
         assert_eq!(k.price, Some(114_660.0));
         assert_eq!(k.usdt_volume, Some(12_009_874.512));
         assert!((k.buy_sentiment.unwrap() - 0.5).abs() < 1e-12);
-        let small = decode(r#"{"snapshot_time":1,"symbol":"X","close":5.0E-4,"quote_asset_volume":0.0,"taker_buy_quote":0.0}"#);
+        let small = decode(
+            r#"{"snapshot_time":1,"symbol":"X","close":5.0E-4,"quote_asset_volume":0.0,"taker_buy_quote":0.0}"#,
+        );
         assert_eq!(record(&small[0]).2.price, Some(0.0005));
     }
 
@@ -256,7 +303,9 @@ mod tests {
 
     #[test]
     fn zero_quote_volume_gives_null_sentiment() {
-        let out = decode(r#"[{"snapshot_time":5,"symbol":"S","close":1.0,"quote_asset_volume":0.0,"taker_buy_quote":0.0}]"#);
+        let out = decode(
+            r#"[{"snapshot_time":5,"symbol":"S","close":1.0,"quote_asset_volume":0.0,"taker_buy_quote":0.0}]"#,
+        );
         let k = record(&out[0]).2;
         assert_eq!((k.usdt_volume, k.buy_sentiment), (Some(0.0), None));
     }
@@ -269,19 +318,36 @@ mod tests {
         let reasons: Vec<String> = out[1..6].iter().map(reason).collect();
         assert_eq!(
             reasons,
-            ["missing symbol", "missing snapshot_time", "wrong type for snapshot_time", "wrong type for close", "row is not an object"]
+            [
+                "missing symbol",
+                "missing snapshot_time",
+                "wrong type for snapshot_time",
+                "wrong type for close",
+                "row is not an object"
+            ]
         );
-        assert_eq!(record(&out[6]).0, 6, "rows keep their position in the message");
+        assert_eq!(
+            record(&out[6]).0,
+            6,
+            "rows keep their position in the message"
+        );
         assert_eq!(reason(&decode("not json")[0]), "invalid JSON");
         assert_eq!(reason(&decode("\"x\"")[0]), "not an object or array");
-        assert_eq!(reason(&decode(r#"{"symbol":"S","snapshot_time":1.5}"#)[0]), "wrong type for snapshot_time");
+        assert_eq!(
+            reason(&decode(r#"{"symbol":"S","snapshot_time":1.5}"#)[0]),
+            "wrong type for snapshot_time"
+        );
         assert!(decode("[]").is_empty());
     }
 
     fn timed(time: EventTime, offset: u64, index: u32, price: f64, qav: f64) -> Timed<Kline> {
         Timed {
             time,
-            pos: crate::time::Position { partition: 0, offset, index },
+            pos: crate::time::Position {
+                partition: 0,
+                offset,
+                index,
+            },
             rec: Kline::new("S".into(), Some(price), Some(qav), Some(qav / 4.0)),
         }
     }
@@ -301,8 +367,12 @@ mod tests {
         assert_eq!(r["current_price"], 12.0);
         assert_eq!(r["current_sentiment"], 0.25);
         assert_eq!(r["avg_price"], 11.75);
-        assert_eq!((r["min_price"].clone(), r["max_price"].clone()), (10.0.into(), 14.0.into()));
-        let sd = ((1.75f64.powi(2) + 2.25f64.powi(2) + 0.25f64.powi(2) + 0.75f64.powi(2)) / 3.0).sqrt();
+        assert_eq!(
+            (r["min_price"].clone(), r["max_price"].clone()),
+            (10.0.into(), 14.0.into())
+        );
+        let sd =
+            ((1.75f64.powi(2) + 2.25f64.powi(2) + 0.25f64.powi(2) + 0.75f64.powi(2)) / 3.0).sqrt();
         assert!((r["volatility"].as_f64().unwrap() - sd).abs() < 1e-12);
         assert_eq!(r["total_usdt_volume"], 400.0);
         assert_eq!(r["avg_sentiment"], 0.25);
@@ -317,7 +387,13 @@ mod tests {
         KlineMetrics::add(&mut acc, &timed(10, 1, 0, 10.0, 0.0));
         let r = result(&acc);
         assert!(r["volatility"].is_null());
-        assert!(r["current_sentiment"].is_null(), "the latest record's null is kept");
-        assert!(r["avg_sentiment"].is_null(), "an aggregate over only nulls is null");
+        assert!(
+            r["current_sentiment"].is_null(),
+            "the latest record's null is kept"
+        );
+        assert!(
+            r["avg_sentiment"].is_null(),
+            "an aggregate over only nulls is null"
+        );
     }
 }

@@ -7,7 +7,9 @@ use serde_json::value::RawValue;
 /// Anything else (or invalid JSON) is an error message.
 pub fn elements(text: &str) -> Result<Vec<&RawValue>, String> {
     match text.trim_start().as_bytes().first() {
-        Some(b'[') => serde_json::from_str::<Vec<&RawValue>>(text).map_err(|e| format!("invalid JSON: {e}")),
+        Some(b'[') => {
+            serde_json::from_str::<Vec<&RawValue>>(text).map_err(|e| format!("invalid JSON: {e}"))
+        }
         Some(b'{') => serde_json::from_str::<&RawValue>(text)
             .map(|v| vec![v])
             .map_err(|e| format!("invalid JSON: {e}")),
@@ -40,9 +42,11 @@ pub fn lenient_f64(raw: Option<&RawValue>) -> Result<Option<f64>, String> {
         return Ok(None);
     } else if let Some(s) = text.strip_prefix('"') {
         let s = s.strip_suffix('"').unwrap_or(s).trim();
-        s.parse::<f64>().map_err(|_| format!("not a number: \"{s}\""))?
+        s.parse::<f64>()
+            .map_err(|_| format!("not a number: \"{s}\""))?
     } else if text.starts_with(|c: char| c == '-' || c.is_ascii_digit()) {
-        text.parse::<f64>().map_err(|_| format!("not a number: {text}"))?
+        text.parse::<f64>()
+            .map_err(|_| format!("not a number: {text}"))?
     } else {
         return Err(format!("expected a number or numeric string, got {text}"));
     };
@@ -57,7 +61,11 @@ pub fn lenient_f64(raw: Option<&RawValue>) -> Result<Option<f64>, String> {
 /// (never through f64).
 pub fn lenient_ms(raw: &RawValue) -> Result<u64, String> {
     let text = raw.get().trim();
-    let digits = text.strip_prefix('"').and_then(|s| s.strip_suffix('"')).unwrap_or(text).trim();
+    let digits = text
+        .strip_prefix('"')
+        .and_then(|s| s.strip_suffix('"'))
+        .unwrap_or(text)
+        .trim();
     digits
         .parse::<u64>()
         .map_err(|_| format!("not an integer millisecond time: {text}"))
@@ -75,7 +83,10 @@ mod tests {
     fn numbers_as_strings_or_numbers() {
         assert_eq!(lenient_f64(Some(&raw("\".48\""))).unwrap(), Some(0.48));
         assert_eq!(lenient_f64(Some(&raw("\"0.48\""))).unwrap(), Some(0.48));
-        assert_eq!(lenient_f64(Some(&raw("1.2009874512E7"))).unwrap(), Some(12_009_874.512));
+        assert_eq!(
+            lenient_f64(Some(&raw("1.2009874512E7"))).unwrap(),
+            Some(12_009_874.512)
+        );
         assert_eq!(lenient_f64(Some(&raw("5.0E-4"))).unwrap(), Some(0.0005));
         assert_eq!(lenient_f64(Some(&raw("null"))).unwrap(), None);
         assert_eq!(lenient_f64(None).unwrap(), None);
@@ -86,8 +97,14 @@ mod tests {
 
     #[test]
     fn times_are_exact_integers() {
-        assert_eq!(lenient_ms(&raw("\"1790267353913\"")).unwrap(), 1_790_267_353_913);
-        assert_eq!(lenient_ms(&raw("1790267353913")).unwrap(), 1_790_267_353_913);
+        assert_eq!(
+            lenient_ms(&raw("\"1790267353913\"")).unwrap(),
+            1_790_267_353_913
+        );
+        assert_eq!(
+            lenient_ms(&raw("1790267353913")).unwrap(),
+            1_790_267_353_913
+        );
         assert!(lenient_ms(&raw("\"1.5\"")).is_err());
         assert!(lenient_ms(&raw("-5")).is_err());
     }

@@ -73,7 +73,11 @@ fn inputs(args: &RunArgs) -> anyhow::Result<Inputs> {
             pb.partitions.len(),
             pp.partitions.len(),
             args.input.start_from,
-            if args.input.until_end { ", until the end offsets" } else { "" }
+            if args.input.until_end {
+                ", until the end offsets"
+            } else {
+                ""
+            }
         );
         let nb = pb.partitions.len();
         return Ok(Inputs {
@@ -99,7 +103,11 @@ fn inputs(args: &RunArgs) -> anyhow::Result<Inputs> {
         if fb.iter().chain(&fp).filter(|p| *p == "-").count() > 1 {
             bail!("standard input (-) can feed only one topic");
         }
-        let describe = format!("files ({} binance, {} polymarket_trade)", fb.len(), fp.len());
+        let describe = format!(
+            "files ({} binance, {} polymarket_trade)",
+            fb.len(),
+            fp.len()
+        );
         let nb = fb.len();
         return Ok(Inputs {
             binance: Arc::new(FileFactory::new(fb, 0)?),
@@ -111,12 +119,20 @@ fn inputs(args: &RunArgs) -> anyhow::Result<Inputs> {
     let describe = format!(
         "the built-in simulator (speed {}x{}, seed {})",
         args.sim.sim_speed,
-        args.sim.sim_duration.map_or(String::new(), |d| format!(", {} of event time", humantime::format_duration(d))),
+        args.sim.sim_duration.map_or(String::new(), |d| format!(
+            ", {} of event time",
+            humantime::format_duration(d)
+        )),
         args.sim.sim_seed
     );
     Ok(Inputs {
         binance: Arc::new(SimFactory::new(SimTopic::Binance, 0, &args.sim, start)?),
-        polymarket: Arc::new(SimFactory::new(SimTopic::Polymarket, SimTopic::Binance.partitions(), &args.sim, start)?),
+        polymarket: Arc::new(SimFactory::new(
+            SimTopic::Polymarket,
+            SimTopic::Binance.partitions(),
+            &args.sim,
+            start,
+        )?),
         describe,
     })
 }
@@ -145,13 +161,37 @@ fn build<'s>(
     sinks: SinkFactory,
     stats: &RunStats,
 ) {
-    let (klines, dead_b) = source(scope, topics.0, Arc::clone(&inputs.binance), KlineDecoder, spec, stats.clone());
-    let (events, dead_p) = source(scope, topics.1, Arc::clone(&inputs.polymarket), FrameDecoder, spec, stats.clone());
-    let (books, trades): (StreamVec<'s, EventTime, Timed<_>>, StreamVec<'s, EventTime, Timed<_>>) =
-        events.ok_err(|t: Timed<Event>| match t.rec {
-            Event::Book(b) => Ok(Timed { time: t.time, pos: t.pos, rec: b }),
-            Event::Trade(tr) => Err(Timed { time: t.time, pos: t.pos, rec: tr }),
-        });
+    let (klines, dead_b) = source(
+        scope,
+        topics.0,
+        Arc::clone(&inputs.binance),
+        KlineDecoder,
+        spec,
+        stats.clone(),
+    );
+    let (events, dead_p) = source(
+        scope,
+        topics.1,
+        Arc::clone(&inputs.polymarket),
+        FrameDecoder,
+        spec,
+        stats.clone(),
+    );
+    let (books, trades): (
+        StreamVec<'s, EventTime, Timed<_>>,
+        StreamVec<'s, EventTime, Timed<_>>,
+    ) = events.ok_err(|t: Timed<Event>| match t.rec {
+        Event::Book(b) => Ok(Timed {
+            time: t.time,
+            pos: t.pos,
+            rec: b,
+        }),
+        Event::Trade(tr) => Err(Timed {
+            time: t.time,
+            pos: t.pos,
+            rec: tr,
+        }),
+    });
     let results = tumbling::<KlineMetrics>(klines, spec)
         .concat(tumbling::<BookMetrics>(books, spec))
         .concat(tumbling::<TradeMetrics>(trades, spec))
@@ -167,7 +207,8 @@ pub fn run(args: RunArgs) -> anyhow::Result<()> {
     let config = args.cluster.timely_config()?;
     let inputs = Arc::new(inputs(&args)?);
     if let (Some(dir), 0) = (&args.output.output, args.cluster.process) {
-        std::fs::create_dir_all(dir).with_context(|| format!("cannot create output folder {}", dir.display()))?;
+        std::fs::create_dir_all(dir)
+            .with_context(|| format!("cannot create output folder {}", dir.display()))?;
     }
     tracing::info!(
         input = %inputs.describe,
@@ -183,7 +224,11 @@ pub fn run(args: RunArgs) -> anyhow::Result<()> {
     let topics = (args.topic_binance.clone(), args.topic_polymarket.clone());
     let worker_stats = stats.clone();
     let guards = timely::execute(config, move |worker| {
-        let (inputs, sinks, stats) = (Arc::clone(&inputs), Arc::clone(&sinks), worker_stats.clone());
+        let (inputs, sinks, stats) = (
+            Arc::clone(&inputs),
+            Arc::clone(&sinks),
+            worker_stats.clone(),
+        );
         worker.dataflow::<EventTime, _, _>(|scope| {
             build(scope, (&topics.0, &topics.1), &inputs, spec, sinks, &stats);
         });
@@ -193,6 +238,10 @@ pub fn run(args: RunArgs) -> anyhow::Result<()> {
     if !failures.is_empty() {
         bail!("a worker failed: {}", failures.join("; "));
     }
-    eprintln!("speed-layer finished (process {}):\n{}", args.cluster.process, stats.summary().trim_end());
+    eprintln!(
+        "speed-layer finished (process {}):\n{}",
+        args.cluster.process,
+        stats.summary().trim_end()
+    );
     Ok(())
 }

@@ -74,14 +74,23 @@ struct Level<'a> {
 }
 
 /// Best price and the size of the first level at that price; `better(a, b)` says a beats b.
-fn best_level(side: Option<&RawValue>, name: &str, better: fn(f64, f64) -> bool) -> Result<(Option<f64>, Option<f64>), String> {
-    let Some(raw) = side.filter(|r| r.get().trim() != "null") else { return Ok((None, None)) };
-    let levels: Vec<Level> = serde_json::from_str(raw.get()).map_err(|e| format!("{name}: expected an array of {{price, size}} levels ({e})"))?;
+fn best_level(
+    side: Option<&RawValue>,
+    name: &str,
+    better: fn(f64, f64) -> bool,
+) -> Result<(Option<f64>, Option<f64>), String> {
+    let Some(raw) = side.filter(|r| r.get().trim() != "null") else {
+        return Ok((None, None));
+    };
+    let levels: Vec<Level> = serde_json::from_str(raw.get())
+        .map_err(|e| format!("{name}: expected an array of {{price, size}} levels ({e})"))?;
     let mut best: Option<(f64, Option<f64>)> = None;
     for (i, l) in levels.iter().enumerate() {
         let price = json::lenient_f64(l.price).map_err(|e| format!("{name}[{i}].price: {e}"))?;
         let size = json::lenient_f64(l.size).map_err(|e| format!("{name}[{i}].size: {e}"))?;
-        let Some(price) = price else { return Err(format!("{name}[{i}] has no price")) };
+        let Some(price) = price else {
+            return Err(format!("{name}[{i}] has no price"));
+        };
         if best.is_none_or(|(b, _)| better(price, b)) {
             best = Some((price, size));
         }
@@ -91,7 +100,11 @@ fn best_level(side: Option<&RawValue>, name: &str, better: fn(f64, f64) -> bool)
 
 impl Book {
     /// Derives the book metrics of `formats.md` from the best levels of each side.
-    pub fn new(market: String, bid: (Option<f64>, Option<f64>), ask: (Option<f64>, Option<f64>)) -> Self {
+    pub fn new(
+        market: String,
+        bid: (Option<f64>, Option<f64>),
+        ask: (Option<f64>, Option<f64>),
+    ) -> Self {
         let ((best_bid, bid_depth), (best_ask, ask_depth)) = (bid, ask);
         let (mid, spread) = match (best_bid, best_ask) {
             (Some(b), Some(a)) => (Some((b + a) / 2.0), Some((a - b).abs())),
@@ -101,7 +114,12 @@ impl Book {
             (Some(b), Some(a)) if b + a > 0.0 => Some((b - a) / (b + a)),
             _ => None,
         };
-        Book { market, mid, spread, imbalance }
+        Book {
+            market,
+            mid,
+            spread,
+            imbalance,
+        }
     }
 }
 
@@ -127,8 +145,17 @@ impl Decoder for FrameDecoder {
             let events = match json::elements(line) {
                 Ok(events) => events,
                 Err(e) => {
-                    let reason = if e.starts_with("invalid JSON") { "invalid JSON" } else { "not an object or array" };
-                    out.push(malformed(index, reason, e, multi_line.then(|| line.to_string())));
+                    let reason = if e.starts_with("invalid JSON") {
+                        "invalid JSON"
+                    } else {
+                        "not an object or array"
+                    };
+                    out.push(malformed(
+                        index,
+                        reason,
+                        e,
+                        multi_line.then(|| line.to_string()),
+                    ));
                     index += 1;
                     continue;
                 }
@@ -145,8 +172,18 @@ impl Decoder for FrameDecoder {
     }
 }
 
-fn malformed(index: u32, reason: impl Into<Cow<'static, str>>, detail: String, excerpt: Option<String>) -> Decoded<Event> {
-    Decoded::Malformed { index, reason: reason.into(), detail, excerpt }
+fn malformed(
+    index: u32,
+    reason: impl Into<Cow<'static, str>>,
+    detail: String,
+    excerpt: Option<String>,
+) -> Decoded<Event> {
+    Decoded::Malformed {
+        index,
+        reason: reason.into(),
+        detail,
+        excerpt,
+    }
 }
 
 fn decode_event(index: u32, raw: &RawValue, excerpt_needed: bool) -> Decoded<Event> {
@@ -154,7 +191,11 @@ fn decode_event(index: u32, raw: &RawValue, excerpt_needed: bool) -> Decoded<Eve
     let head: Head = match serde_json::from_str(raw.get()) {
         Ok(h) => h,
         Err(e) => {
-            let reason = if raw.get().trim_start().starts_with('{') { "wrong field type" } else { "event is not an object" };
+            let reason = if raw.get().trim_start().starts_with('{') {
+                "wrong field type"
+            } else {
+                "event is not an object"
+            };
             return malformed(index, reason, e.to_string(), excerpt());
         }
     };
@@ -168,7 +209,11 @@ fn decode_event(index: u32, raw: &RawValue, excerpt_needed: bool) -> Decoded<Eve
             (Some(_), Some(Ok(t))) => Some(t),
             _ => None,
         };
-        return Decoded::Ignored { index, kind: Cow::Owned(kind.into_owned()), time };
+        return Decoded::Ignored {
+            index,
+            kind: Cow::Owned(kind.into_owned()),
+            time,
+        };
     }
     let Some(market) = head.market else {
         return malformed(index, "missing market", String::new(), excerpt());
@@ -184,7 +229,9 @@ fn decode_event(index: u32, raw: &RawValue, excerpt_needed: bool) -> Decoded<Eve
         let ask = best_level(head.asks, "asks", |a, b| a < b);
         match (bid, ask) {
             (Ok(bid), Ok(ask)) => Event::Book(Book::new(market, bid, ask)),
-            (Err(e), _) | (_, Err(e)) => return malformed(index, "invalid book level", e, excerpt()),
+            (Err(e), _) | (_, Err(e)) => {
+                return malformed(index, "invalid book level", e, excerpt())
+            }
         }
     } else {
         match json::lenient_f64(head.size) {
@@ -223,10 +270,20 @@ struct BookWindow<'a> {
 
 /// The first 16 characters of a market id, as the serving layer's row keys use.
 fn short_id(market: &str) -> &str {
-    market.char_indices().nth(16).map_or(market, |(i, _)| &market[..i])
+    market
+        .char_indices()
+        .nth(16)
+        .map_or(market, |(i, _)| &market[..i])
 }
 
-fn result_line(stream: &str, kind: &str, key: &str, start: EventTime, end: EventTime, out: &impl Serialize) -> ResultLine {
+fn result_line(
+    stream: &str,
+    kind: &str,
+    key: &str,
+    start: EventTime,
+    end: EventTime,
+    out: &impl Serialize,
+) -> ResultLine {
     ResultLine {
         stream: stream.to_string(),
         window_start: start,
@@ -255,7 +312,8 @@ impl WindowAggregate for BookMetrics {
         acc.mid.add(r.rec.mid);
         acc.imbalance.add(r.rec.imbalance);
         acc.spread.add(r.rec.spread);
-        acc.current.offer(r.time, r.pos, (r.rec.mid, r.rec.spread, r.rec.imbalance));
+        acc.current
+            .offer(r.time, r.pos, (r.rec.mid, r.rec.spread, r.rec.imbalance));
     }
 
     fn merge(acc: &mut BookAcc, o: &BookAcc) {
@@ -266,8 +324,14 @@ impl WindowAggregate for BookMetrics {
         acc.current.merge(&o.current);
     }
 
-    fn finish(key: &str, window_start: EventTime, window_end: EventTime, a: &BookAcc) -> ResultLine {
-        let (current_prob, current_spread, current_imbalance) = a.current.get().copied().unwrap_or_default();
+    fn finish(
+        key: &str,
+        window_start: EventTime,
+        window_end: EventTime,
+        a: &BookAcc,
+    ) -> ResultLine {
+        let (current_prob, current_spread, current_imbalance) =
+            a.current.get().copied().unwrap_or_default();
         let out = BookWindow {
             window_start,
             window_end,
@@ -324,8 +388,19 @@ impl WindowAggregate for TradeMetrics {
         acc.shares.merge(&o.shares);
     }
 
-    fn finish(key: &str, window_start: EventTime, window_end: EventTime, a: &TradeAcc) -> ResultLine {
-        let out = TradeWindow { window_start, window_end, market_id: key, total_shares_traded: a.shares.sum(), num_trades: a.trades };
+    fn finish(
+        key: &str,
+        window_start: EventTime,
+        window_end: EventTime,
+        a: &TradeAcc,
+    ) -> ResultLine {
+        let out = TradeWindow {
+            window_start,
+            window_end,
+            market_id: key,
+            total_shares_traded: a.shares.sum(),
+            num_trades: a.trades,
+        };
         result_line(Self::STREAM, "PT", key, window_start, window_end, &out)
     }
 }
@@ -343,9 +418,15 @@ mod tests {
     }
 
     fn book(bids: &str, asks: &str) -> Book {
-        let msg = format!(r#"{{"event_type":"book","market":"{M}","timestamp":"1790267353913","bids":{bids},"asks":{asks}}}"#);
+        let msg = format!(
+            r#"{{"event_type":"book","market":"{M}","timestamp":"1790267353913","bids":{bids},"asks":{asks}}}"#
+        );
         match &decode(&msg)[0] {
-            Decoded::Record { rec: Event::Book(b), time, .. } => {
+            Decoded::Record {
+                rec: Event::Book(b),
+                time,
+                ..
+            } => {
                 assert_eq!(*time, 1_790_267_353_913);
                 b.clone()
             }
@@ -363,13 +444,19 @@ mod tests {
         assert!((b.mid.unwrap() - 0.49).abs() < 1e-12);
         assert!((b.spread.unwrap() - 0.02).abs() < 1e-12);
         assert!((b.imbalance.unwrap() - 0.5).abs() < 1e-12); // (30-10)/(30+10)
-        let c = book(r#"[{"price":"9","size":"1"},{"price":"10","size":"3"}]"#, r#"[{"price":"11","size":"1"}]"#);
+        let c = book(
+            r#"[{"price":"9","size":"1"},{"price":"10","size":"3"}]"#,
+            r#"[{"price":"11","size":"1"}]"#,
+        );
         assert_eq!((c.mid, c.imbalance), (Some(10.5), Some(0.5)));
     }
 
     #[test]
     fn first_level_at_the_best_price_gives_the_depth() {
-        let b = book(r#"[{"price":"0.4","size":"7"},{"price":"0.4","size":"99"}]"#, r#"[{"price":"0.6","size":"7"}]"#);
+        let b = book(
+            r#"[{"price":"0.4","size":"7"},{"price":"0.4","size":"99"}]"#,
+            r#"[{"price":"0.6","size":"7"}]"#,
+        );
         assert_eq!(b.imbalance, Some(0.0));
     }
 
@@ -377,31 +464,64 @@ mod tests {
     fn empty_or_missing_side_still_counts_with_nulls() {
         let b = book("[]", r#"[{"price":"0.6","size":"7"}]"#);
         assert_eq!((b.mid, b.spread, b.imbalance), (None, None, None));
-        let msg = format!(r#"{{"event_type":"book","market":"{M}","timestamp":"5","asks":[{{"price":"0.6","size":"7"}}]}}"#);
-        assert!(matches!(&decode(&msg)[0], Decoded::Record { rec: Event::Book(b), .. } if b.mid.is_none()));
-        let zero = book(r#"[{"price":"0.4","size":"0"}]"#, r#"[{"price":"0.6","size":"0"}]"#);
-        assert_eq!((zero.mid, zero.imbalance), (Some(0.5), None), "zero depth: null imbalance");
+        let msg = format!(
+            r#"{{"event_type":"book","market":"{M}","timestamp":"5","asks":[{{"price":"0.6","size":"7"}}]}}"#
+        );
+        assert!(
+            matches!(&decode(&msg)[0], Decoded::Record { rec: Event::Book(b), .. } if b.mid.is_none())
+        );
+        let zero = book(
+            r#"[{"price":"0.4","size":"0"}]"#,
+            r#"[{"price":"0.6","size":"0"}]"#,
+        );
+        assert_eq!(
+            (zero.mid, zero.imbalance),
+            (Some(0.5), None),
+            "zero depth: null imbalance"
+        );
     }
 
     #[test]
     fn multi_frame_messages_and_array_frames() {
-        let book_ev = |ts: u32| format!(r#"{{"event_type":"book","market":"{M}","timestamp":"{ts}","bids":[],"asks":[]}}"#);
-        let trade = format!(r#"{{"event_type":"last_trade_price","market":"{M}","timestamp":"9","price":".5","size":"12.5","side":"BUY"}}"#);
-        let change = format!(r#"{{"event_type":"price_change","market":"{M}","timestamp":"8","price_changes":[]}}"#);
-        let msg = format!("[{},{}]\n{trade}\r\n\n{change}\n{{bad\n[1]", book_ev(1), book_ev(2));
+        let book_ev = |ts: u32| {
+            format!(
+                r#"{{"event_type":"book","market":"{M}","timestamp":"{ts}","bids":[],"asks":[]}}"#
+            )
+        };
+        let trade = format!(
+            r#"{{"event_type":"last_trade_price","market":"{M}","timestamp":"9","price":".5","size":"12.5","side":"BUY"}}"#
+        );
+        let change = format!(
+            r#"{{"event_type":"price_change","market":"{M}","timestamp":"8","price_changes":[]}}"#
+        );
+        let msg = format!(
+            "[{},{}]\n{trade}\r\n\n{change}\n{{bad\n[1]",
+            book_ev(1),
+            book_ev(2)
+        );
         let out = decode(&msg);
         assert_eq!(out.len(), 6);
         let idx: Vec<u32> = out
             .iter()
             .map(|d| match d {
-                Decoded::Record { index, .. } | Decoded::Ignored { index, .. } | Decoded::Malformed { index, .. } => *index,
+                Decoded::Record { index, .. }
+                | Decoded::Ignored { index, .. }
+                | Decoded::Malformed { index, .. } => *index,
             })
             .collect();
         assert_eq!(idx, [0, 1, 2, 3, 4, 5]);
-        assert!(matches!(&out[2], Decoded::Record { time: 9, rec: Event::Trade(t), .. } if t.size == Some(12.5)));
-        assert!(matches!(&out[3], Decoded::Ignored { kind, time: Some(8), .. } if kind == "price_change"));
-        assert!(matches!(&out[4], Decoded::Malformed { reason, excerpt: Some(x), .. } if reason == "invalid JSON" && x == "{bad"));
-        assert!(matches!(&out[5], Decoded::Malformed { reason, .. } if reason == "event is not an object"));
+        assert!(
+            matches!(&out[2], Decoded::Record { time: 9, rec: Event::Trade(t), .. } if t.size == Some(12.5))
+        );
+        assert!(
+            matches!(&out[3], Decoded::Ignored { kind, time: Some(8), .. } if kind == "price_change")
+        );
+        assert!(
+            matches!(&out[4], Decoded::Malformed { reason, excerpt: Some(x), .. } if reason == "invalid JSON" && x == "{bad")
+        );
+        assert!(
+            matches!(&out[5], Decoded::Malformed { reason, .. } if reason == "event is not an object")
+        );
     }
 
     #[test]
@@ -410,11 +530,32 @@ mod tests {
             Decoded::Malformed { reason, .. } => reason.to_string(),
             other => panic!("{other:?}"),
         };
-        assert_eq!(reason(r#"{"event_type":"book","timestamp":"1"}"#), "missing market");
-        assert_eq!(reason(&format!(r#"{{"event_type":"book","market":"{M}"}}"#)), "missing timestamp");
-        assert_eq!(reason(&format!(r#"{{"event_type":"book","market":"{M}","timestamp":"x"}}"#)), "invalid timestamp");
-        assert_eq!(reason(&format!(r#"{{"event_type":"book","market":"{M}","timestamp":"1","bids":[{{"price":"zz","size":"1"}}]}}"#)), "invalid book level");
-        assert_eq!(reason(&format!(r#"{{"event_type":"last_trade_price","market":"{M}","timestamp":"1","size":"lots"}}"#)), "invalid trade size");
+        assert_eq!(
+            reason(r#"{"event_type":"book","timestamp":"1"}"#),
+            "missing market"
+        );
+        assert_eq!(
+            reason(&format!(r#"{{"event_type":"book","market":"{M}"}}"#)),
+            "missing timestamp"
+        );
+        assert_eq!(
+            reason(&format!(
+                r#"{{"event_type":"book","market":"{M}","timestamp":"x"}}"#
+            )),
+            "invalid timestamp"
+        );
+        assert_eq!(
+            reason(&format!(
+                r#"{{"event_type":"book","market":"{M}","timestamp":"1","bids":[{{"price":"zz","size":"1"}}]}}"#
+            )),
+            "invalid book level"
+        );
+        assert_eq!(
+            reason(&format!(
+                r#"{{"event_type":"last_trade_price","market":"{M}","timestamp":"1","size":"lots"}}"#
+            )),
+            "invalid trade size"
+        );
         assert_eq!(reason(r#"{"market":5}"#), "wrong field type");
         assert_eq!(reason(r#"{"market":"m"}"#), "missing event_type");
         assert_eq!(reason(""), "empty message");
@@ -423,11 +564,24 @@ mod tests {
     #[test]
     fn row_keys_use_16_chars_of_the_market() {
         let mut acc = TradeAcc::default();
-        TradeMetrics::add(&mut acc, &Timed { time: 1, pos: Default::default(), rec: Trade { market: M.into(), size: None } });
+        TradeMetrics::add(
+            &mut acc,
+            &Timed {
+                time: 1,
+                pos: Default::default(),
+                rec: Trade {
+                    market: M.into(),
+                    size: None,
+                },
+            },
+        );
         let r = TradeMetrics::finish(M, 0, 60_000, &acc);
-        assert_eq!(r.row_key, "PT#0xc48e17e337420#9999999939999");
+        assert_eq!(r.row_key, "PT#0xc48e17e3374200#9999999939999");
         let v: serde_json::Value = serde_json::from_str(&r.json).unwrap();
-        assert_eq!((v["market_id"].as_str(), v["num_trades"].as_u64()), (Some(M), Some(1)));
+        assert_eq!(
+            (v["market_id"].as_str(), v["num_trades"].as_u64()),
+            (Some(M), Some(1))
+        );
         assert!(v["total_shares_traded"].is_null());
     }
 }

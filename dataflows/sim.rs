@@ -28,7 +28,12 @@ pub struct SimArgs {
 }
 
 /// Symbols simulated on `binance`, with a starting price; each is one partition.
-const SYMBOLS: [(&str, f64); 4] = [("BTCUSDT", 96_000.0), ("ETHUSDT", 3_400.0), ("SOLUSDT", 180.0), ("XRPUSDT", 2.3)];
+const SYMBOLS: [(&str, f64); 4] = [
+    ("BTCUSDT", 96_000.0),
+    ("ETHUSDT", 3_400.0),
+    ("SOLUSDT", 180.0),
+    ("XRPUSDT", 2.3),
+];
 /// Polymarket partitions, each carrying this many markets.
 const MARKET_GROUPS: usize = 2;
 const MARKETS_PER_GROUP: usize = 3;
@@ -64,8 +69,16 @@ pub struct SimFactory {
 
 impl SimFactory {
     /// A factory for `topic` whose first partition has global index `base_index`.
-    pub fn new(topic: SimTopic, base_index: usize, args: &SimArgs, start: EventTime) -> anyhow::Result<Self> {
-        anyhow::ensure!(args.sim_speed >= 0.0 && args.sim_speed.is_finite(), "--sim-speed must be 0 or more");
+    pub fn new(
+        topic: SimTopic,
+        base_index: usize,
+        args: &SimArgs,
+        start: EventTime,
+    ) -> anyhow::Result<Self> {
+        anyhow::ensure!(
+            args.sim_speed >= 0.0 && args.sim_speed.is_finite(),
+            "--sim-speed must be 0 or more"
+        );
         Ok(Self {
             topic,
             base_index,
@@ -85,13 +98,29 @@ impl ReaderFactory for SimFactory {
             if !owns(self.base_index + p, index, peers) {
                 continue;
             }
-            let mut rng = fastrand::Rng::with_seed(self.seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ ((self.base_index + p) as u64));
+            let mut rng = fastrand::Rng::with_seed(
+                self.seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ ((self.base_index + p) as u64),
+            );
             let (name, gen) = match self.topic {
-                SimTopic::Binance => (SYMBOLS[p].0.to_string(), Gen::Binance(KlineGen::new(p, &mut rng))),
-                SimTopic::Polymarket => (format!("markets-{p}"), Gen::Poly(BookGen::new(p, self.seed))),
+                SimTopic::Binance => (
+                    SYMBOLS[p].0.to_string(),
+                    Gen::Binance(KlineGen::new(p, &mut rng)),
+                ),
+                SimTopic::Polymarket => (
+                    format!("markets-{p}"),
+                    Gen::Poly(BookGen::new(p, self.seed)),
+                ),
             };
-            parts.push(PartitionInfo { id: p as u32, origin: Origin::Generated(name) });
-            streams.push(Stream { rng, gen, next: self.start, seq: 0 });
+            parts.push(PartitionInfo {
+                id: p as u32,
+                origin: Origin::Generated(name),
+            });
+            streams.push(Stream {
+                rng,
+                gen,
+                next: self.start,
+                seq: 0,
+            });
         }
         Ok(Box::new(SimReader {
             parts,
@@ -147,7 +176,11 @@ impl Reader for SimReader {
         &self.parts
     }
 
-    fn read(&mut self, budget: usize, out: &mut dyn FnMut(usize, u64, &[u8])) -> anyhow::Result<ReadStatus> {
+    fn read(
+        &mut self,
+        budget: usize,
+        out: &mut dyn FnMut(usize, u64, &[u8]),
+    ) -> anyhow::Result<ReadStatus> {
         let horizon = self.horizon();
         let mut sent = 0;
         let mut progress = true;
@@ -173,12 +206,20 @@ impl Reader for SimReader {
         if self.streams.iter().all(|s| self.done(s)) {
             return Ok(ReadStatus::Done);
         }
-        let next_due = self.streams.iter().filter(|s| !self.done(s)).map(|s| s.next).min().unwrap_or(horizon);
+        let next_due = self
+            .streams
+            .iter()
+            .filter(|s| !self.done(s))
+            .map(|s| s.next)
+            .min()
+            .unwrap_or(horizon);
         if next_due <= horizon {
             Ok(ReadStatus::More)
         } else {
             let wait_ms = ((next_due - horizon) as f64 / self.speed).ceil() as u64;
-            Ok(ReadStatus::Idle(Duration::from_millis(wait_ms.clamp(1, 200))))
+            Ok(ReadStatus::Idle(Duration::from_millis(
+                wait_ms.clamp(1, 200),
+            )))
         }
     }
 
@@ -194,11 +235,19 @@ pub fn java_double(x: f64) -> String {
         "0.0".to_string()
     } else if (1e-3..1e7).contains(&a) {
         let s = format!("{x}");
-        if s.contains('.') { s } else { s + ".0" }
+        if s.contains('.') {
+            s
+        } else {
+            s + ".0"
+        }
     } else {
         let s = format!("{x:e}");
         let (mant, exp) = s.split_once('e').unwrap_or((&s, "0"));
-        let mant = if mant.contains('.') { mant.to_string() } else { format!("{mant}.0") };
+        let mant = if mant.contains('.') {
+            mant.to_string()
+        } else {
+            format!("{mant}.0")
+        };
         format!("{mant}E{exp}")
     }
 }
@@ -228,7 +277,11 @@ struct Kline {
 impl KlineGen {
     fn new(p: usize, rng: &mut fastrand::Rng) -> Self {
         let (symbol, price) = SYMBOLS[p];
-        Self { symbol, price: price * (0.95 + 0.1 * rng.f64()), klines: Vec::new() }
+        Self {
+            symbol,
+            price: price * (0.95 + 0.1 * rng.f64()),
+            klines: Vec::new(),
+        }
     }
 
     fn message(&mut self, rng: &mut fastrand::Rng, now: EventTime, buf: &mut String) -> u64 {
@@ -254,7 +307,11 @@ impl KlineGen {
             self.klines[last].trade(rng, &mut self.price, n);
         }
         // Bounded disorder: the collector's clock sometimes stamps a little early.
-        let stamp = if rng.f64() < 0.1 { now.saturating_sub(rng.u64(0..1500)) } else { now };
+        let stamp = if rng.f64() < 0.1 {
+            now.saturating_sub(rng.u64(0..1500))
+        } else {
+            now
+        };
         let rows = rng.usize(20..=30).min(self.klines.len());
         let first = self.klines.len() - rows;
         buf.push('[');
@@ -288,7 +345,18 @@ impl KlineGen {
 
 impl Kline {
     fn fresh(open_ms: EventTime, price: f64) -> Self {
-        Kline { open_ms, open: price, high: price, low: price, close: price, volume: 0.0, qav: 0.0, taker_base: 0.0, taker_quote: 0.0, trades: 0 }
+        Kline {
+            open_ms,
+            open: price,
+            high: price,
+            low: price,
+            close: price,
+            volume: 0.0,
+            qav: 0.0,
+            taker_base: 0.0,
+            taker_quote: 0.0,
+            trades: 0,
+        }
     }
 
     fn trade(&mut self, rng: &mut fastrand::Rng, price: &mut f64, n: u64) {
@@ -320,8 +388,12 @@ impl BookGen {
     fn new(group: usize, seed: u64) -> Self {
         let markets = (0..MARKETS_PER_GROUP)
             .map(|m| {
-                let mut r = fastrand::Rng::with_seed(seed ^ (0xC0FFEE + (group * MARKETS_PER_GROUP + m) as u64));
-                let id: String = (0..64).map(|_| char::from_digit(r.u32(0..16), 16).unwrap_or('0')).collect();
+                let mut r = fastrand::Rng::with_seed(
+                    seed ^ (0xC0FFEE + (group * MARKETS_PER_GROUP + m) as u64),
+                );
+                let id: String = (0..64)
+                    .map(|_| char::from_digit(r.u32(0..16), 16).unwrap_or('0'))
+                    .collect();
                 (format!("0x{id}"), 0.2 + 0.6 * r.f64())
             })
             .collect();
@@ -389,17 +461,28 @@ impl BookGen {
                 return;
             }
             let levels = rng.usize(1..8);
+            let gap = rng.usize(0..3) as f64;
             buf.push('[');
             for i in (1..=levels).rev() {
-                let price = (p + sign * 0.01 * i as f64).clamp(0.001, 0.999);
+                let price = (p + sign * 0.01 * (i as f64 + gap)).clamp(0.001, 0.999);
                 if i != levels {
                     buf.push(',');
                 }
-                let _ = write!(buf, r#"{{"price":"{}","size":"{}"}}"#, price_str(rng, price), (rng.f64() * 5000.0).round());
+                let _ = write!(
+                    buf,
+                    r#"{{"price":"{}","size":"{}"}}"#,
+                    price_str(rng, price),
+                    (rng.f64() * 5000.0).round()
+                );
             }
             buf.push(']');
         };
-        let _ = write!(buf, r#"{{"market":"{id}","asset_id":"{}","timestamp":"{ts}","hash":"{:x}","bids":"#, rng.u64(..), rng.u64(..));
+        let _ = write!(
+            buf,
+            r#"{{"market":"{id}","asset_id":"{}","timestamp":"{ts}","hash":"{:x}","bids":"#,
+            rng.u64(..),
+            rng.u64(..)
+        );
         side(rng, buf, -1.0);
         buf.push_str(r#","asks":"#);
         side(rng, buf, 1.0);
@@ -410,7 +493,11 @@ impl BookGen {
 /// Prices as the feed writes them: two decimals, sometimes without the leading zero (".48").
 fn price_str(rng: &mut fastrand::Rng, p: f64) -> String {
     let s = format!("{:.2}", p.clamp(0.001, 0.999));
-    if rng.f64() < 0.2 { s.trim_start_matches('0').to_string() } else { s }
+    if rng.f64() < 0.2 {
+        s.trim_start_matches('0').to_string()
+    } else {
+        s
+    }
 }
 
 #[cfg(test)]
@@ -425,4 +512,69 @@ mod tests {
         assert_eq!(java_double(0.0005), "5.0E-4");
         assert_eq!(java_double(0.25), "0.25");
     }
+}
+
+/// Arguments of `speed-layer generate`.
+#[derive(clap::Args, Clone, Debug)]
+pub struct GenerateArgs {
+    /// Folder for the files: `binance-p<N>.jsonl` and `polymarket_trade-p<N>.jsonl`, one per partition.
+    #[arg(long, value_name = "DIR")]
+    pub out_dir: std::path::PathBuf,
+    #[command(flatten)]
+    pub sim: SimArgs,
+}
+
+/// Writes simulator messages to files, one message value per line, one file per partition,
+/// as fast as possible. Needs `--sim-duration` (the stream must end).
+pub fn generate(args: &GenerateArgs) -> anyhow::Result<()> {
+    use anyhow::Context;
+    use std::io::Write;
+    anyhow::ensure!(
+        args.sim.sim_duration.is_some(),
+        "generate needs --sim-duration (how much event time to write)"
+    );
+    std::fs::create_dir_all(&args.out_dir)
+        .with_context(|| format!("cannot create {}", args.out_dir.display()))?;
+    let sim = SimArgs {
+        sim_speed: 0.0,
+        ..args.sim.clone()
+    };
+    let start = sim.sim_start.unwrap_or_else(crate::time::now_ms);
+    let mut total = 0u64;
+    for (topic, name, base) in [
+        (SimTopic::Binance, "binance", 0),
+        (
+            SimTopic::Polymarket,
+            "polymarket_trade",
+            SimTopic::Binance.partitions(),
+        ),
+    ] {
+        let mut reader = SimFactory::new(topic, base, &sim, start)?.open(0, 1)?;
+        let mut files = Vec::new();
+        for p in 0..topic.partitions() {
+            let path = args.out_dir.join(format!("{name}-p{p}.jsonl"));
+            let f = std::fs::File::create(&path)
+                .with_context(|| format!("cannot create {}", path.display()))?;
+            files.push(std::io::BufWriter::new(f));
+        }
+        let mut err = None;
+        while reader.read(4096, &mut |slot, _, value| {
+            if err.is_none() {
+                err = files[slot]
+                    .write_all(value)
+                    .and_then(|()| files[slot].write_all(b"\n"))
+                    .err();
+            }
+            total += 1;
+        })? != ReadStatus::Done
+        {}
+        if let Some(e) = err {
+            return Err(e).context("writing generated messages");
+        }
+        for mut f in files {
+            f.flush()?;
+        }
+    }
+    eprintln!("wrote {total} messages to {}", args.out_dir.display());
+    Ok(())
 }

@@ -108,7 +108,10 @@ pub struct Latest<V> {
 
 impl<V> Default for Latest<V> {
     fn default() -> Self {
-        Self { at: None, value: None }
+        Self {
+            at: None,
+            value: None,
+        }
     }
 }
 
@@ -148,21 +151,38 @@ mod tests {
     #[test]
     fn nulls_are_ignored_and_empty_is_null() {
         let s = stats(&[None, None]);
-        assert_eq!((s.count(), s.sum(), s.avg(), s.min(), s.max()), (0, None, None, None, None));
+        assert_eq!(
+            (s.count(), s.sum(), s.avg(), s.min(), s.max()),
+            (0, None, None, None, None)
+        );
         let s = stats(&[Some(2.0), None, Some(4.0)]);
-        assert_eq!((s.sum(), s.avg(), s.min(), s.max()), (Some(6.0), Some(3.0), Some(2.0), Some(4.0)));
+        assert_eq!(
+            (s.sum(), s.avg(), s.min(), s.max()),
+            (Some(6.0), Some(3.0), Some(2.0), Some(4.0))
+        );
     }
 
     #[test]
     fn sample_stddev() {
         assert_eq!(stats(&[Some(5.0)]).stddev_samp(), None);
-        let s = stats(&[Some(2.0), Some(4.0), Some(4.0), Some(4.0), Some(5.0), Some(5.0), Some(7.0), Some(9.0)]);
+        let s = stats(&[
+            Some(2.0),
+            Some(4.0),
+            Some(4.0),
+            Some(4.0),
+            Some(5.0),
+            Some(5.0),
+            Some(7.0),
+            Some(9.0),
+        ]);
         assert!((s.stddev_samp().unwrap() - (32.0f64 / 7.0).sqrt()).abs() < 1e-12);
     }
 
     #[test]
     fn merge_equals_sequential() {
-        let xs: Vec<Option<f64>> = (0..100).map(|i| Some(100_000.0 + (i as f64 * 0.37).sin())).collect();
+        let xs: Vec<Option<f64>> = (0..100)
+            .map(|i| Some(100_000.0 + (i as f64 * 0.37).sin()))
+            .collect();
         let whole = stats(&xs);
         let mut a = stats(&xs[..13]);
         let b = stats(&xs[13..60]);
@@ -173,12 +193,19 @@ mod tests {
         let rel = |x: f64, y: f64| ((x - y) / y).abs();
         assert!(rel(a.sum().unwrap(), whole.sum().unwrap()) < 1e-15);
         assert!(rel(a.stddev_samp().unwrap(), whole.stddev_samp().unwrap()) < 1e-9);
-        assert_eq!((a.min(), a.max(), a.count()), (whole.min(), whole.max(), whole.count()));
+        assert_eq!(
+            (a.min(), a.max(), a.count()),
+            (whole.min(), whole.max(), whole.count())
+        );
     }
 
     #[test]
     fn latest_breaks_ties_by_position() {
-        let p = |partition, offset, index| Position { partition, offset, index };
+        let p = |partition, offset, index| Position {
+            partition,
+            offset,
+            index,
+        };
         let mut l = Latest::default();
         l.offer(10, p(0, 5, 0), "a");
         l.offer(10, p(0, 5, 1), "b"); // later element of the same message

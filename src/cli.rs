@@ -51,7 +51,9 @@ pub struct InputArgs {
 fn parse_input(s: &str) -> Result<(String, String), String> {
     match s.split_once('=') {
         Some((t, p)) if !t.is_empty() && !p.is_empty() => Ok((t.to_string(), p.to_string())),
-        _ => Err(format!("expected TOPIC=PATH (for example binance=klines.jsonl), got '{s}'")),
+        _ => Err(format!(
+            "expected TOPIC=PATH (for example binance=klines.jsonl), got '{s}'"
+        )),
     }
 }
 
@@ -119,7 +121,9 @@ impl ClusterArgs {
         } else {
             let addresses = match &self.hostfile {
                 Some(path) => read_hostfile(path)?,
-                None => (0..self.processes).map(|i| format!("localhost:{}", 2101 + i)).collect(),
+                None => (0..self.processes)
+                    .map(|i| format!("localhost:{}", 2101 + i))
+                    .collect(),
             };
             anyhow::ensure!(
                 addresses.len() >= self.processes,
@@ -135,7 +139,10 @@ impl ClusterArgs {
                 zerocopy: false,
             }
         };
-        Ok(timely::Config { communication, worker: timely::WorkerConfig::default() })
+        Ok(timely::Config {
+            communication,
+            worker: timely::WorkerConfig::default(),
+        })
     }
 }
 
@@ -152,7 +159,12 @@ pub fn read_hostfile(path: &std::path::Path) -> anyhow::Result<Vec<String>> {
         let ok = line
             .rsplit_once(':')
             .is_some_and(|(h, p)| !h.is_empty() && p.parse::<u16>().is_ok());
-        anyhow::ensure!(ok, "hostfile {} line {}: expected HOST:PORT, got '{line}'", path.display(), i + 1);
+        anyhow::ensure!(
+            ok,
+            "hostfile {} line {}: expected HOST:PORT, got '{line}'",
+            path.display(),
+            i + 1
+        );
         hosts.push(line.to_string());
     }
     Ok(hosts)

@@ -1,8 +1,10 @@
 //! The `speed-layer` command line.
 
+use std::io::IsTerminal;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
+use speed_layer::dataflows::sim::GenerateArgs;
 use speed_layer::dataflows::{self, RunArgs};
 
 /// Windowed market metrics from Binance and Polymarket feeds, on timely dataflow.
@@ -20,6 +22,8 @@ struct Cli {
 enum Command {
     /// Run the speed layer (default: on the built-in simulator, results on the console).
     Run(Box<RunArgs>),
+    /// Write simulated `binance` and `polymarket_trade` messages to files (for tests, demos, benchmarks).
+    Generate(GenerateArgs),
 }
 
 fn main() -> ExitCode {
@@ -33,7 +37,12 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).with_target(false).init();
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_target(false)
+        .with_ansi(std::io::stderr().is_terminal())
+        .init();
     let command = cli.command.unwrap_or_else(|| {
         let args = Cli::parse_from(["speed-layer", "run"]);
         match args.command {
@@ -43,6 +52,7 @@ fn main() -> ExitCode {
     });
     let result = match command {
         Command::Run(args) => dataflows::run(*args),
+        Command::Generate(args) => dataflows::sim::generate(&args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

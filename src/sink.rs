@@ -11,8 +11,8 @@ use std::io::{BufWriter, Write};
 use std::path::{Path, PathBuf};
 
 use anyhow::Context;
-use timely::dataflow::channels::pact::Exchange;
 use serde::{Deserialize, Serialize};
+use timely::dataflow::channels::pact::Exchange;
 use timely::dataflow::operators::generic::Operator;
 use timely::dataflow::StreamVec;
 
@@ -33,7 +33,8 @@ pub trait ResultSink {
 }
 
 /// Builds the sinks; called once, on the worker that writes.
-pub type SinkFactory = std::sync::Arc<dyn Fn() -> anyhow::Result<Vec<Box<dyn ResultSink>>> + Send + Sync>;
+pub type SinkFactory =
+    std::sync::Arc<dyn Fn() -> anyhow::Result<Vec<Box<dyn ResultSink>>> + Send + Sync>;
 
 /// What reaches the sinks: a final window result or a dead-letter line.
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -51,58 +52,69 @@ pub fn write_all(items: StreamVec<'_, EventTime, SinkItem>, factory: SinkFactory
     let mut sinks: Option<Vec<Box<dyn ResultSink>>> = None;
     let mut pending: BTreeMap<EventTime, Vec<ResultLine>> = BTreeMap::new();
     let mut dead: Vec<String> = Vec::new();
-    items.sink(Exchange::new(|_: &SinkItem| 0), "Sinks", move |(input, frontier)| {
-        input.for_each_stamp(|cap, data| {
-            let t = cap.least().copied().unwrap_or_default();
-            for batch in data {
-                for item in batch.drain(..) {
-                    match item {
-                        SinkItem::Result(r) => pending.entry(t).or_default().push(r),
-                        SinkItem::DeadLetter(d) => dead.push(d),
+    items.sink(
+        Exchange::new(|_: &SinkItem| 0),
+        "Sinks",
+        move |(input, frontier)| {
+            input.for_each_stamp(|cap, data| {
+                let t = cap.least().copied().unwrap_or_default();
+                for batch in data {
+                    for item in batch.drain(..) {
+                        match item {
+                            SinkItem::Result(r) => pending.entry(t).or_default().push(r),
+                            SinkItem::DeadLetter(d) => dead.push(d),
+                        }
+                    }
+                }
+            });
+            let ready = pending
+                .first_key_value()
+                .is_some_and(|(t, _)| !frontier.less_equal(t));
+            if !ready && dead.is_empty() {
+                return;
+            }
+            let sinks = sinks.get_or_insert_with(|| match factory() {
+                Ok(s) => s,
+                Err(e) => crate::fatal(&format!("cannot open outputs: {e:#}")),
+            });
+            if !dead.is_empty() {
+                for s in sinks.iter_mut() {
+                    if let Err(e) = s.dead_letters(&dead) {
+                        crate::fatal(&format!("writing dead letters failed: {e:#}"));
+                    }
+                }
+                dead.clear();
+            }
+            while let Some(entry) = pending.first_entry() {
+                if frontier.less_equal(entry.key()) {
+                    break;
+                }
+                let (t, mut lines) = entry.remove_entry();
+                lines.sort_by(|a, b| {
+                    (&a.stream, &a.key, a.window_end).cmp(&(&b.stream, &b.key, b.window_end))
+                });
+                let mut i = 0;
+                while i < lines.len() {
+                    let n = lines[i..]
+                        .iter()
+                        .take_while(|l| l.stream == lines[i].stream)
+                        .count();
+                    stats.add_results(&lines[i].stream, n as u64);
+                    i += n;
+                }
+                for s in sinks.iter_mut() {
+                    if let Err(e) = s.write(t, &lines) {
+                        crate::fatal(&format!("writing results failed: {e:#}"));
                     }
                 }
             }
-        });
-        let ready = pending.first_key_value().is_some_and(|(t, _)| !frontier.less_equal(t));
-        if !ready && dead.is_empty() {
-            return;
-        }
-        let sinks = sinks.get_or_insert_with(|| match factory() {
-            Ok(s) => s,
-            Err(e) => crate::fatal(&format!("cannot open outputs: {e:#}")),
-        });
-        if !dead.is_empty() {
             for s in sinks.iter_mut() {
-                if let Err(e) = s.dead_letters(&dead) {
-                    crate::fatal(&format!("writing dead letters failed: {e:#}"));
+                if let Err(e) = s.flush() {
+                    crate::fatal(&format!("flushing outputs failed: {e:#}"));
                 }
             }
-            dead.clear();
-        }
-        while let Some(entry) = pending.first_entry() {
-            if frontier.less_equal(entry.key()) {
-                break;
-            }
-            let (t, mut lines) = entry.remove_entry();
-            lines.sort_by(|a, b| (&a.stream, &a.key, a.window_end).cmp(&(&b.stream, &b.key, b.window_end)));
-            let mut i = 0;
-            while i < lines.len() {
-                let n = lines[i..].iter().take_while(|l| l.stream == lines[i].stream).count();
-                stats.add_results(&lines[i].stream, n as u64);
-                i += n;
-            }
-            for s in sinks.iter_mut() {
-                if let Err(e) = s.write(t, &lines) {
-                    crate::fatal(&format!("writing results failed: {e:#}"));
-                }
-            }
-        }
-        for s in sinks.iter_mut() {
-            if let Err(e) = s.flush() {
-                crate::fatal(&format!("flushing outputs failed: {e:#}"));
-            }
-        }
-    });
+        },
+    );
 }
 
 /// JSON-lines files in one folder: `<stream>.jsonl` per output stream and `dead_letter.jsonl`.
@@ -114,8 +126,12 @@ pub struct JsonlSink {
 impl JsonlSink {
     /// Creates (truncating) one file per stream plus the dead-letter file.
     pub fn create(dir: &Path, streams: &[&str]) -> anyhow::Result<Self> {
-        std::fs::create_dir_all(dir).with_context(|| format!("cannot create output folder {}", dir.display()))?;
-        let mut sink = Self { dir: dir.to_path_buf(), files: BTreeMap::new() };
+        std::fs::create_dir_all(dir)
+            .with_context(|| format!("cannot create output folder {}", dir.display()))?;
+        let mut sink = Self {
+            dir: dir.to_path_buf(),
+            files: BTreeMap::new(),
+        };
         for s in streams.iter().chain(std::iter::once(&"dead_letter")) {
             sink.file(s)?;
         }
@@ -125,8 +141,10 @@ impl JsonlSink {
     fn file(&mut self, stream: &str) -> anyhow::Result<&mut BufWriter<File>> {
         if !self.files.contains_key(stream) {
             let path = self.dir.join(format!("{stream}.jsonl"));
-            let f = File::create(&path).with_context(|| format!("cannot create {}", path.display()))?;
-            self.files.insert(stream.to_string(), BufWriter::with_capacity(1 << 16, f));
+            let f =
+                File::create(&path).with_context(|| format!("cannot create {}", path.display()))?;
+            self.files
+                .insert(stream.to_string(), BufWriter::with_capacity(1 << 16, f));
         }
         // Inserted just above when missing.
         Ok(self.files.get_mut(stream).unwrap())
@@ -169,8 +187,17 @@ impl ResultSink for ConsoleSink {
         let mut i = 0;
         while i < lines.len() {
             let stream = &lines[i].stream;
-            let j = lines[i..].iter().position(|l| &l.stream != stream).map_or(lines.len(), |n| i + n);
-            render_table(&mut out, stream, lines[i].window_start, window_end, &lines[i..j]);
+            let j = lines[i..]
+                .iter()
+                .position(|l| &l.stream != stream)
+                .map_or(lines.len(), |n| i + n);
+            render_table(
+                &mut out,
+                stream,
+                lines[i].window_start,
+                window_end,
+                &lines[i..j],
+            );
             i = j;
         }
         let mut stdout = std::io::stdout().lock();
@@ -187,7 +214,13 @@ impl ResultSink for ConsoleSink {
 
 /// Renders results as an aligned text table; the window bounds go in the header, so the
 /// columns are the metrics and the key.
-fn render_table(out: &mut String, stream: &str, start: EventTime, end: EventTime, lines: &[ResultLine]) {
+fn render_table(
+    out: &mut String,
+    stream: &str,
+    start: EventTime,
+    end: EventTime,
+    lines: &[ResultLine],
+) {
     let rows: Vec<serde_json::Map<String, serde_json::Value>> = lines
         .iter()
         .filter_map(|l| serde_json::from_str(&l.json).ok())
@@ -201,9 +234,20 @@ fn render_table(out: &mut String, stream: &str, start: EventTime, end: EventTime
     let widths: Vec<usize> = cols
         .iter()
         .enumerate()
-        .map(|(i, c)| cells.iter().map(|r| r[i].chars().count()).chain([c.len()]).max().unwrap_or(0))
+        .map(|(i, c)| {
+            cells
+                .iter()
+                .map(|r| r[i].chars().count())
+                .chain([c.len()])
+                .max()
+                .unwrap_or(0)
+        })
         .collect();
-    let rule: String = widths.iter().map(|w| format!("+{}", "-".repeat(w + 2))).collect::<String>() + "+\n";
+    let rule: String = widths
+        .iter()
+        .map(|w| format!("+{}", "-".repeat(w + 2)))
+        .collect::<String>()
+        + "+\n";
     out.push_str(&format!(
         "\n{stream} · window {} → {} · {} row{}\n",
         format_ms(start),
@@ -233,10 +277,14 @@ fn cell(v: Option<&serde_json::Value>) -> String {
         Some(serde_json::Value::String(s)) => s.clone(),
         Some(serde_json::Value::Number(n)) if n.is_f64() => {
             let x = n.as_f64().unwrap_or(f64::NAN);
-            if x != 0.0 && (x.abs() >= 1e9 || x.abs() < 1e-4) {
+            if x != 0.0 && (x.abs() >= 1e15 || x.abs() < 1e-4) {
                 format!("{x:.4e}")
             } else {
-                let s = format!("{x:.6}");
+                let s = if x.abs() >= 1e6 {
+                    format!("{x:.2}")
+                } else {
+                    format!("{x:.6}")
+                };
                 s.trim_end_matches('0').trim_end_matches('.').to_string()
             }
         }

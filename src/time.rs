@@ -36,13 +36,19 @@ impl WindowSpec {
             .into_iter()
             .find(|g| size_ms % g == 0)
             .unwrap_or(1);
-        Ok(Self { size_ms, lateness_ms, grain_ms })
+        Ok(Self {
+            size_ms,
+            lateness_ms,
+            grain_ms,
+        })
     }
 
     /// End (exclusive) of the window holding `t`.
     #[inline]
     pub fn window_end(&self, t: EventTime) -> EventTime {
-        (t / self.size_ms).saturating_add(1).saturating_mul(self.size_ms)
+        (t / self.size_ms)
+            .saturating_add(1)
+            .saturating_mul(self.size_ms)
     }
 
     /// Start of the window ending at `end`.
@@ -90,7 +96,9 @@ impl PartitionClock {
 /// Position of a record in its input, used to break ties between equal event times: the later
 /// record in input order wins. Compared as (partition, offset, index), so within one partition the
 /// higher offset (file line) wins, and across partitions the higher partition number.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[derive(
+    Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize,
+)]
 pub struct Position {
     /// Partition number (Kafka partition, or the input file's index for its topic).
     pub partition: u32,
@@ -157,7 +165,10 @@ mod tests {
         let mut c = PartitionClock::default();
         assert!(!c.is_late(&s, 0), "nothing seen yet: nothing is late");
         c.observe(300_000); // watermark 180_000
-        assert!(c.is_late(&s, 179_999), "window [120s,180s) ended at the watermark");
+        assert!(
+            c.is_late(&s, 179_999),
+            "window [120s,180s) ended at the watermark"
+        );
         assert!(!c.is_late(&s, 180_000));
         c.observe(10); // older records never move the watermark back
         assert_eq!(c.watermark(&s), 180_000);
@@ -167,6 +178,8 @@ mod tests {
     fn durations_parse() {
         assert_eq!(parse_duration("60s").unwrap(), Duration::from_secs(60));
         assert_eq!(parse_duration("2m").unwrap(), Duration::from_secs(120));
-        assert!(parse_duration("soon").unwrap_err().contains("invalid duration"));
+        assert!(parse_duration("soon")
+            .unwrap_err()
+            .contains("invalid duration"));
     }
 }

@@ -50,7 +50,12 @@ pub trait WindowAggregate: 'static {
     /// Merges a partial aggregate of the same key and window.
     fn merge(acc: &mut Self::Acc, other: &Self::Acc);
     /// Renders a final result.
-    fn finish(key: &str, window_start: EventTime, window_end: EventTime, acc: &Self::Acc) -> ResultLine;
+    fn finish(
+        key: &str,
+        window_start: EventTime,
+        window_end: EventTime,
+        acc: &Self::Acc,
+    ) -> ResultLine;
 }
 
 /// Stable hash of a key, identical in every process (routing must agree across the cluster).
@@ -168,7 +173,10 @@ pub fn tumbling<'s, A: WindowAggregate>(
 
 /// Serving-layer row key: `TYPE#ID#(9999999999999 − window_end)`, newest window first.
 pub fn row_key(kind: &str, id: &str, window_end: EventTime) -> String {
-    format!("{kind}#{id}#{:013}", 9_999_999_999_999u64.saturating_sub(window_end))
+    format!(
+        "{kind}#{id}#{:013}",
+        9_999_999_999_999u64.saturating_sub(window_end)
+    )
 }
 
 #[cfg(test)]

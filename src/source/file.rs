@@ -20,7 +20,8 @@ impl FileFactory {
     pub fn new(paths: Vec<String>, base_index: usize) -> anyhow::Result<Self> {
         for p in &paths {
             if p != "-" {
-                let meta = std::fs::metadata(p).with_context(|| format!("cannot read input file '{p}'"))?;
+                let meta = std::fs::metadata(p)
+                    .with_context(|| format!("cannot read input file '{p}'"))?;
                 anyhow::ensure!(!meta.is_dir(), "input '{p}' is a directory, not a file");
                 File::open(p).with_context(|| format!("cannot read input file '{p}'"))?;
             }
@@ -40,12 +41,24 @@ impl ReaderFactory for FileFactory {
             let input: Box<dyn Read + Send> = if path == "-" {
                 Box::new(std::io::stdin())
             } else {
-                Box::new(File::open(path).with_context(|| format!("cannot read input file '{path}'"))?)
+                Box::new(
+                    File::open(path).with_context(|| format!("cannot read input file '{path}'"))?,
+                )
             };
-            parts.push(PartitionInfo { id: i as u32, origin: Origin::File(path.clone()) });
-            inputs.push(Some(LineInput { reader: BufReader::with_capacity(1 << 20, input), line: 0 }));
+            parts.push(PartitionInfo {
+                id: i as u32,
+                origin: Origin::File(path.clone()),
+            });
+            inputs.push(Some(LineInput {
+                reader: BufReader::with_capacity(1 << 20, input),
+                line: 0,
+            }));
         }
-        Ok(Box::new(FileReader { parts, inputs, buf: Vec::with_capacity(1 << 16) }))
+        Ok(Box::new(FileReader {
+            parts,
+            inputs,
+            buf: Vec::with_capacity(1 << 16),
+        }))
     }
 }
 
@@ -68,7 +81,11 @@ impl Reader for FileReader {
         &self.parts
     }
 
-    fn read(&mut self, budget: usize, out: &mut dyn FnMut(usize, u64, &[u8])) -> anyhow::Result<ReadStatus> {
+    fn read(
+        &mut self,
+        budget: usize,
+        out: &mut dyn FnMut(usize, u64, &[u8]),
+    ) -> anyhow::Result<ReadStatus> {
         let live = self.inputs.iter().filter(|i| i.is_some()).count();
         if live == 0 {
             return Ok(ReadStatus::Done);
@@ -89,7 +106,11 @@ impl Reader for FileReader {
                 li.line += 1;
                 let mut line = &self.buf[..];
                 while let Some((last, rest)) = line.split_last() {
-                    if matches!(last, b'\n' | b'\r') { line = rest } else { break }
+                    if matches!(last, b'\n' | b'\r') {
+                        line = rest
+                    } else {
+                        break;
+                    }
                 }
                 if line.iter().all(u8::is_ascii_whitespace) {
                     continue;
@@ -97,7 +118,11 @@ impl Reader for FileReader {
                 out(slot, li.line, line);
             }
         }
-        Ok(if self.inputs.iter().all(Option::is_none) { ReadStatus::Done } else { ReadStatus::More })
+        Ok(if self.inputs.iter().all(Option::is_none) {
+            ReadStatus::Done
+        } else {
+            ReadStatus::More
+        })
     }
 
     fn is_done(&self, slot: usize) -> bool {
@@ -115,15 +140,33 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let a = dir.path().join("a");
         let b = dir.path().join("b");
-        std::fs::File::create(&a).unwrap().write_all(b"a1\r\n\n a3\na4").unwrap();
-        std::fs::File::create(&b).unwrap().write_all(b"b1\n").unwrap();
-        let f = FileFactory::new(vec![a.display().to_string(), b.display().to_string()], 0).unwrap();
+        std::fs::File::create(&a)
+            .unwrap()
+            .write_all(b"a1\r\n\n a3\na4")
+            .unwrap();
+        std::fs::File::create(&b)
+            .unwrap()
+            .write_all(b"b1\n")
+            .unwrap();
+        let f =
+            FileFactory::new(vec![a.display().to_string(), b.display().to_string()], 0).unwrap();
         let mut r = f.open(0, 1).unwrap();
         let mut got = Vec::new();
-        while r.read(2, &mut |s, o, v| got.push((s, o, String::from_utf8(v.to_vec()).unwrap()))).unwrap() != ReadStatus::Done {}
+        while r
+            .read(2, &mut |s, o, v| {
+                got.push((s, o, String::from_utf8(v.to_vec()).unwrap()))
+            })
+            .unwrap()
+            != ReadStatus::Done
+        {}
         assert_eq!(
             got,
-            vec![(0, 1, "a1".into()), (1, 1, "b1".into()), (0, 3, " a3".into()), (0, 4, "a4".into())]
+            vec![
+                (0, 1, "a1".into()),
+                (1, 1, "b1".into()),
+                (0, 3, " a3".into()),
+                (0, 4, "a4".into())
+            ]
         );
         assert!(r.is_done(0) && r.is_done(1));
         // With two workers, the second file belongs to worker 1.
@@ -132,7 +175,9 @@ mod tests {
 
     #[test]
     fn missing_file_is_a_clear_error() {
-        let e = FileFactory::new(vec!["/no/such/file".into()], 0).err().unwrap();
+        let e = FileFactory::new(vec!["/no/such/file".into()], 0)
+            .err()
+            .unwrap();
         assert!(format!("{e:#}").contains("cannot read input file '/no/such/file'"));
     }
 }

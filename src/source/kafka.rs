@@ -57,7 +57,8 @@ impl KafkaSettings {
         for (k, v) in &self.overrides {
             c.set(k, v);
         }
-        c.create().context("cannot create a Kafka consumer (check the -X settings)")
+        c.create()
+            .context("cannot create a Kafka consumer (check the -X settings)")
     }
 }
 
@@ -65,7 +66,9 @@ impl KafkaSettings {
 pub fn parse_override(s: &str) -> Result<(String, String), String> {
     match s.split_once('=') {
         Some((k, v)) if !k.trim().is_empty() => Ok((k.trim().to_string(), v.to_string())),
-        _ => Err(format!("expected key=value (a librdkafka property), got '{s}'")),
+        _ => Err(format!(
+            "expected key=value (a librdkafka property), got '{s}'"
+        )),
     }
 }
 
@@ -124,9 +127,16 @@ pub fn plan_topic(
             StartFrom::Earliest => low,
             StartFrom::Latest => high,
         };
-        partitions.push(PartitionPlan { partition: p, start: first, end: until_end.then_some(high) });
+        partitions.push(PartitionPlan {
+            partition: p,
+            start: first,
+            end: until_end.then_some(high),
+        });
     }
-    Ok(TopicPlan { topic: topic.to_string(), partitions })
+    Ok(TopicPlan {
+        topic: topic.to_string(),
+        partitions,
+    })
 }
 
 /// Opens per-worker consumers for one topic plan.
@@ -139,7 +149,11 @@ pub struct KafkaFactory {
 impl KafkaFactory {
     /// A factory for `plan`, whose first partition has global index `base_index`.
     pub fn new(settings: KafkaSettings, plan: TopicPlan, base_index: usize) -> Self {
-        Self { settings, plan, base_index }
+        Self {
+            settings,
+            plan,
+            base_index,
+        }
     }
 }
 
@@ -171,9 +185,18 @@ impl ReaderFactory for KafkaFactory {
         };
         let parts = mine
             .iter()
-            .map(|p| PartitionInfo { id: p.partition as u32, origin: Origin::Kafka(p.partition) })
+            .map(|p| PartitionInfo {
+                id: p.partition as u32,
+                origin: Origin::Kafka(p.partition),
+            })
             .collect();
-        Ok(Box::new(KafkaReader { consumer, plan: mine, parts, done, last_error: None }))
+        Ok(Box::new(KafkaReader {
+            consumer,
+            plan: mine,
+            parts,
+            done,
+            last_error: None,
+        }))
     }
 }
 
@@ -196,11 +219,17 @@ impl Reader for KafkaReader {
         &self.parts
     }
 
-    fn read(&mut self, budget: usize, out: &mut dyn FnMut(usize, u64, &[u8])) -> anyhow::Result<ReadStatus> {
+    fn read(
+        &mut self,
+        budget: usize,
+        out: &mut dyn FnMut(usize, u64, &[u8]),
+    ) -> anyhow::Result<ReadStatus> {
         if self.done.iter().all(|d| *d) {
             return Ok(ReadStatus::Done);
         }
-        let Some(consumer) = self.consumer.as_ref() else { return Ok(ReadStatus::Done) };
+        let Some(consumer) = self.consumer.as_ref() else {
+            return Ok(ReadStatus::Done);
+        };
         for _ in 0..budget {
             match consumer.poll(Duration::ZERO) {
                 None => return Ok(ReadStatus::Idle(Duration::from_millis(5))),
@@ -215,7 +244,9 @@ impl Reader for KafkaReader {
                 }
                 Some(Ok(m)) => {
                     self.last_error = None;
-                    let Some(slot) = self.slot(m.partition()) else { continue };
+                    let Some(slot) = self.slot(m.partition()) else {
+                        continue;
+                    };
                     let end = self.plan[slot].end;
                     if self.done[slot] || end.is_some_and(|e| m.offset() >= e) {
                         continue;

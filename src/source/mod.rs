@@ -285,7 +285,11 @@ where
                                 } else {
                                     clock.observe(time);
                                     tally.records += 1;
-                                    let pos = Position { partition: part.id, offset, index };
+                                    let pos = Position {
+                                        partition: part.id,
+                                        offset,
+                                        index,
+                                    };
                                     pending_records.push(Timed { time, pos, rec });
                                 }
                             }
@@ -295,7 +299,12 @@ where
                                 }
                                 *tally.ignored.entry(kind.into_owned()).or_default() += 1;
                             }
-                            Decoded::Malformed { index, reason, detail, excerpt } => {
+                            Decoded::Malformed {
+                                index,
+                                reason,
+                                detail,
+                                excerpt,
+                            } => {
                                 *tally.malformed.entry(reason.to_string()).or_default() += 1;
                                 let raw = match &excerpt {
                                     Some(x) => Cow::Borrowed(x.as_str()),
@@ -359,4 +368,3 @@ where
     });
     (records, dead)
 }
-

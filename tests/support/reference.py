@@ -1,0 +1,261 @@
+#!/usr/bin/env python3
+"""Independent reference implementation of formats.md, for the integration tests.
+
+Written from the contract alone (not from the Rust code): reads the same input files as
+`speed-layer run --input ...` (one message value per line; each file is one partition, in the
+order given), applies the per-partition lateness rule and computes every final window of the
+three output streams with exact arithmetic where it matters (math.fsum, statistics.stdev).
+
+usage: reference.py --window-ms 60000 --lateness-ms 120000 --out DIR \
+           [--binance FILE]... [--polymarket FILE]...
+Writes DIR/{binance,polymarket_books,polymarket_trades}.jsonl and DIR/summary.json
+(counts of records, late and malformed per topic).
+"""
+import argparse
+import json
+import math
+import os
+import statistics
+from collections import defaultdict
+
+
+class Malformed(Exception):
+    pass
+
+
+def is_num(v):
+    return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+
+def opt_num(obj, field):
+    v = obj.get(field)
+    if v is None:
+        return None
+    if not is_num(v):
+        raise Malformed("wrong type for " + field)
+    return float(v)
+
+
+def lenient_num(v, what):
+    """A number as JSON number or string; None stays None."""
+    if v is None:
+        return None
+    if isinstance(v, str):
+        try:
+            x = float(v.strip())
+        except ValueError:
+            raise Malformed(what)
+    elif is_num(v):
+        x = float(v)
+    else:
+        raise Malformed(what)
+    if math.isinf(x) or math.isnan(x):
+        raise Malformed(what)
+    return x
+
+
+def parse_ms(v):
+    if isinstance(v, bool):
+        return None
+    if isinstance(v, int):
+        return v if v >= 0 else None
+    if isinstance(v, str) and v.strip().isdigit():
+        return int(v.strip())
+    return None
+
+
+def elements(line):
+    try:
+        v = json.loads(line)
+    except ValueError:
+        raise Malformed("invalid JSON")
+    if isinstance(v, list):
+        return v
+    if isinstance(v, dict):
+        return [v]
+    raise Malformed("not an object or array")
+
+
+def binance_records(value):
+    """Yields ('rec', time, rec) / ('bad', reason) per row, in order."""
+    try:
+        rows = elements(value)
+    except Malformed as e:
+        yield ("bad", str(e))
+        return
+    for row in rows:
+        try:
+            if not isinstance(row, dict):
+                raise Malformed("row is not an object")
+            sym, ts = row.get("symbol"), row.get("snapshot_time")
+            if sym is not None and not isinstance(sym, str):
+                raise Malformed("wrong type for symbol")
+            if ts is not None and (not isinstance(ts, int) or isinstance(ts, bool) or ts < 0):
+                raise Malformed("wrong type for snapshot_time")
+            close = opt_num(row, "close")
+            qav = opt_num(row, "quote_asset_volume")
+            tbq = opt_num(row, "taker_buy_quote")
+            if sym is None:
+                raise Malformed("missing symbol")
+            if ts is None:
+                raise Malformed("missing snapshot_time")
+        except Malformed as e:
+            yield ("bad", str(e))
+            continue
+        sentiment = tbq / qav if (tbq is not None and qav is not None and qav > 0) else None
+        yield ("rec", ts, ("binance", sym, {"price": close, "usdt_volume": qav, "sentiment": sentiment}))
+
+
+def best(levels, pick):
+    if levels is None:
+        return None, None
+    if not isinstance(levels, list):
+        raise Malformed("invalid book level")
+    best_p, best_s = None, None
+    for lv in levels:
+        if not isinstance(lv, dict):
+            raise Malformed("invalid book level")
+        p = lenient_num(lv.get("price"), "invalid book level")
+        s = lenient_num(lv.get("size"), "invalid book level")
+        if p is None:
+            raise Malformed("invalid book level")
+        if best_p is None or pick(p, best_p):
+            best_p, best_s = p, s
+    return best_p, best_s
+
+
+def poly_records(value):
+    """Yields ('rec', time, rec) / ('bad', reason) / ('ignored', time-or-None) per event."""
+    for line in value.split("\n"):
+        line = line.rstrip("\r")
+        if not line.strip():
+            continue
+        try:
+            events = elements(line)
+        except Malformed as e:
+            yield ("bad", str(e))
+            continue
+        for ev in events:
+            yield poly_event(ev)
+
+
+def poly_event(ev):
+    if not isinstance(ev, dict):
+        return ("bad", "event is not an object")
+    kind, market = ev.get("event_type"), ev.get("market")
+    if (kind is not None and not isinstance(kind, str)) or (market is not None and not isinstance(market, str)):
+        return ("bad", "wrong field type")
+    if kind is None:
+        return ("bad", "missing event_type")
+    ts = parse_ms(ev["timestamp"]) if "timestamp" in ev and ev["timestamp"] is not None else None
+    if kind not in ("book", "last_trade_price"):
+        return ("ignored", ts if market is not None else None)
+    if market is None:
+        return ("bad", "missing market")
+    if ev.get("timestamp") is None:
+        return ("bad", "missing timestamp")
+    if ts is None:
+        return ("bad", "invalid timestamp")
+    try:
+        if kind == "book":
+            bid, bid_depth = best(ev.get("bids"), lambda a, b: a > b)
+            ask, ask_depth = best(ev.get("asks"), lambda a, b: a < b)
+            mid = spread = imb = None
+            if bid is not None and ask is not None:
+                mid, spread = (bid + ask) / 2, abs(ask - bid)
+            if bid_depth is not None and ask_depth is not None and bid_depth + ask_depth > 0:
+                imb = (bid_depth - ask_depth) / (bid_depth + ask_depth)
+            return ("rec", ts, ("polymarket_books", market, {"mid": mid, "spread": spread, "imbalance": imb}))
+        size = lenient_num(ev.get("size"), "invalid trade size")
+        return ("rec", ts, ("polymarket_trades", market, {"size": size}))
+    except Malformed as e:
+        return ("bad", str(e))
+
+
+def nn(xs):
+    return [x for x in xs if x is not None]
+
+
+def avg(xs):
+    xs = nn(xs)
+    return math.fsum(xs) / len(xs) if xs else None
+
+
+def total(xs):
+    xs = nn(xs)
+    return math.fsum(xs) if xs else None
+
+
+def window_row(stream, key, start, end, recs):
+    # recs: list of (time, order, values); current_* is the greatest (time, order)
+    cur = max(recs, key=lambda r: (r[0], r[1]))[2]
+    col = lambda f: [r[2][f] for r in recs]
+    if stream == "binance":
+        prices = nn(col("price"))
+        return {"window_start": start, "window_end": end, "symbol": key,
+                "current_price": cur["price"], "current_sentiment": cur["sentiment"],
+                "avg_price": avg(prices), "min_price": min(prices) if prices else None,
+                "max_price": max(prices) if prices else None,
+                "volatility": statistics.stdev(prices) if len(prices) > 1 else None,
+                "total_usdt_volume": total(col("usdt_volume")), "avg_sentiment": avg(col("sentiment")),
+                "ticks": len(recs)}
+    if stream == "polymarket_books":
+        mids = nn(col("mid"))
+        return {"window_start": start, "window_end": end, "market_id": key,
+                "current_prob": cur["mid"], "current_spread": cur["spread"], "current_imbalance": cur["imbalance"],
+                "avg_prob": avg(mids), "min_prob": min(mids) if mids else None, "max_prob": max(mids) if mids else None,
+                "avg_imbalance": avg(col("imbalance")), "avg_spread": avg(col("spread")), "num_updates": len(recs)}
+    return {"window_start": start, "window_end": end, "market_id": key,
+            "total_shares_traded": total(col("size")), "num_trades": len(recs)}
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--window-ms", type=int, default=60000)
+    ap.add_argument("--lateness-ms", type=int, default=120000)
+    ap.add_argument("--binance", action="append", default=[])
+    ap.add_argument("--polymarket", action="append", default=[])
+    ap.add_argument("--out", required=True)
+    a = ap.parse_args()
+    W, L = a.window_ms, a.lateness_ms
+    windows = defaultdict(list)  # (stream, key, end) -> [(time, order, values)]
+    summary = {}
+    for topic, files, decode in (("binance", a.binance, binance_records), ("polymarket_trade", a.polymarket, poly_records)):
+        counts = {"records": 0, "late": 0, "malformed": 0, "ignored": 0}
+        for part, path in enumerate(files):
+            max_seen = None
+            with open(path, encoding="utf-8", errors="replace", newline="\n") as f:
+                for lineno, value in enumerate(f, start=1):
+                    value = value.rstrip("\n").rstrip("\r")
+                    if not value.strip():
+                        continue
+                    for index, item in enumerate(decode(value)):
+                        if item[0] == "bad":
+                            counts["malformed"] += 1
+                            continue
+                        if item[0] == "ignored":
+                            counts["ignored"] += 1
+                            if item[1] is not None:
+                                max_seen = item[1] if max_seen is None else max(max_seen, item[1])
+                            continue
+                        _, t, (stream, key, vals) = item
+                        end = (t // W + 1) * W
+                        if max_seen is not None and end <= max_seen - L:
+                            counts["late"] += 1
+                            continue
+                        max_seen = t if max_seen is None else max(max_seen, t)
+                        counts["records"] += 1
+                        windows[(stream, key, end)].append((t, (part, lineno, index), vals))
+        summary[topic] = counts
+    os.makedirs(a.out, exist_ok=True)
+    outs = {s: open(os.path.join(a.out, s + ".jsonl"), "w") for s in ("binance", "polymarket_books", "polymarket_trades")}
+    for (stream, key, end) in sorted(windows):
+        outs[stream].write(json.dumps(window_row(stream, key, end - W, end, windows[(stream, key, end)])) + "\n")
+    for f in outs.values():
+        f.close()
+    with open(os.path.join(a.out, "summary.json"), "w") as f:
+        json.dump(summary, f)
+
+
+if __name__ == "__main__":
+    main()
