@@ -7,6 +7,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
+pub mod kafka;
+
 pub const STREAMS: [&str; 3] = ["binance", "polymarket_books", "polymarket_trades"];
 
 /// The `speed-layer` binary under test.
