@@ -141,7 +141,8 @@ fn diagnose(raw: &RawValue, err: &serde_json::Error) -> (Cow<'static, str>, Stri
     else {
         return ("row is not an object".into(), err.to_string());
     };
-    let checks: [(&str, fn(&serde_json::Value) -> bool); 5] = [
+    type Check = fn(&serde_json::Value) -> bool;
+    let checks: [(&str, Check); 5] = [
         ("symbol", |v| v.is_string() || v.is_null()),
         ("snapshot_time", |v| v.is_u64() || v.is_null()),
         ("close", |v| v.is_number() || v.is_null()),

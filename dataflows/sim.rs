@@ -94,10 +94,7 @@ impl ReaderFactory for SimFactory {
     fn open(&self, index: usize, peers: usize) -> anyhow::Result<Box<dyn Reader>> {
         let mut streams = Vec::new();
         let mut parts = Vec::new();
-        for p in 0..self.topic.partitions() {
-            if !owns(self.base_index + p, index, peers) {
-                continue;
-            }
+        for p in (0..self.topic.partitions()).filter(|p| owns(self.base_index + p, index, peers)) {
             let mut rng = fastrand::Rng::with_seed(
                 self.seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ ((self.base_index + p) as u64),
             );

@@ -79,7 +79,7 @@ impl NumStats {
     }
     /// Sum of the non-null values, `None` if there were none.
     pub fn sum(&self) -> Option<f64> {
-        (self.n > 0).then(|| self.sum + self.comp)
+        (self.n > 0).then_some(self.sum + self.comp)
     }
     /// Arithmetic mean.
     pub fn avg(&self) -> Option<f64> {

@@ -95,6 +95,10 @@ pub fn stable_hash<T: Hash>(t: &T) -> u64 {
     h.finish()
 }
 
+/// The state of one open window on the worker that owns its keys: the capability to emit at
+/// its end, and the accumulator per key.
+type OpenWindow<Acc> = (Capability<EventTime>, HashMap<String, Acc>);
+
 /// A partial aggregate on its way to the worker that owns its key.
 type Partial<A> = (EventTime, String, <A as WindowAggregate>::Acc);
 
@@ -135,8 +139,7 @@ pub fn tumbling<'s, A: WindowAggregate>(
         Exchange::new(|p: &Partial<A>| key_hash(&p.1)),
         &format!("Window({})", A::STREAM),
         move |_cap, _info| {
-            let mut open: BTreeMap<EventTime, (Capability<EventTime>, HashMap<String, A::Acc>)> =
-                BTreeMap::new();
+            let mut open: BTreeMap<EventTime, OpenWindow<A::Acc>> = BTreeMap::new();
             move |(input, frontier), output| {
                 input.for_each_stamp(|cap, data| {
                     for batch in data {

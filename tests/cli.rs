@@ -12,25 +12,53 @@ fn fails(args: &[&str], expect: &str) {
     let out = Command::new(bin()).args(args).output().unwrap();
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success(), "{args:?} should fail");
-    assert!(err.contains(expect), "{args:?}: expected '{expect}' in: {err}");
-    assert!(!err.contains("panicked") && !err.contains("RUST_BACKTRACE"), "{args:?} panicked: {err}");
+    assert!(
+        err.contains(expect),
+        "{args:?}: expected '{expect}' in: {err}"
+    );
+    assert!(
+        !err.contains("panicked") && !err.contains("RUST_BACKTRACE"),
+        "{args:?} panicked: {err}"
+    );
 }
 
 #[test]
 fn bad_arguments_and_inputs_are_clear_errors() {
-    fails(&["run", "--input", "binance=/no/such/file.jsonl"], "error: cannot read input file '/no/such/file.jsonl'");
+    fails(
+        &["run", "--input", "binance=/no/such/file.jsonl"],
+        "error: cannot read input file '/no/such/file.jsonl'",
+    );
     fails(&["run", "--input", "trades=x"], "unknown topic 'trades'");
     fails(&["run", "--input", "binance"], "expected TOPIC=PATH");
     fails(&["run", "--window", "soon"], "invalid duration 'soon'");
     fails(&["run", "--window", "0s"], "--window must be at least 1ms");
-    fails(&["run", "-n", "2", "-p", "2"], "--process 2 is out of range");
-    fails(&["run", "-n", "2", "--hostfile", "/no/hosts"], "cannot read hostfile /no/hosts");
-    fails(&["run", "--brokers", "127.0.0.1:9", "--input", "binance=x"], "either --brokers");
-    fails(&["run", "--until-end", "--input", "binance=/dev/null"], "--until-end applies to Kafka");
+    fails(
+        &["run", "-n", "2", "-p", "2"],
+        "--process 2 is out of range",
+    );
+    fails(
+        &["run", "-n", "2", "--hostfile", "/no/hosts"],
+        "cannot read hostfile /no/hosts",
+    );
+    fails(
+        &["run", "--brokers", "127.0.0.1:9", "--input", "binance=x"],
+        "either --brokers",
+    );
+    fails(
+        &["run", "--until-end", "--input", "binance=/dev/null"],
+        "--until-end applies to Kafka",
+    );
     fails(&["run", "-X", "nonsense"], "expected key=value");
     fails(&["generate", "--out-dir", "/tmp/x"], "needs --sim-duration");
     let dir = tempfile::tempdir().unwrap();
-    fails(&["run", "--input", &format!("binance={}", dir.path().display())], "is a directory");
+    fails(
+        &[
+            "run",
+            "--input",
+            &format!("binance={}", dir.path().display()),
+        ],
+        "is a directory",
+    );
 }
 
 #[test]
@@ -49,21 +77,54 @@ fn reads_standard_input() {
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    child.stdin.take().unwrap().write_all((rows.join("\n") + "\n").as_bytes()).unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all((rows.join("\n") + "\n").as_bytes())
+        .unwrap();
     let out = wait(child, std::time::Duration::from_secs(60), "stdin run");
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let results = read_results(tmp.path());
     let w = &results[&("binance".to_string(), "A".to_string(), 60_000)];
-    assert_eq!((w["ticks"].as_u64(), w["avg_price"].as_f64(), w["current_sentiment"].is_null()), (Some(2), Some(2.0), true));
+    assert_eq!(
+        (
+            w["ticks"].as_u64(),
+            w["avg_price"].as_f64(),
+            w["current_sentiment"].is_null()
+        ),
+        (Some(2), Some(2.0), true)
+    );
     let dead = read_dead_letters(tmp.path());
     assert_eq!(dead.len(), 1);
-    assert_eq!((dead[0]["file"].as_str(), dead[0]["line"].as_u64(), dead[0]["reason"].as_str()), (Some("-"), Some(3), Some("invalid JSON")));
+    assert_eq!(
+        (
+            dead[0]["file"].as_str(),
+            dead[0]["line"].as_u64(),
+            dead[0]["reason"].as_str()
+        ),
+        (Some("-"), Some(3), Some("invalid JSON"))
+    );
 }
 
 #[test]
 fn simulator_results_do_not_depend_on_worker_count() {
     let tmp = tempfile::tempdir().unwrap();
-    let sim = ["--sim-speed", "0", "--sim-duration", "12m", "--sim-start", "1790000000000", "--sim-seed", "3"].map(String::from);
+    let sim = [
+        "--sim-speed",
+        "0",
+        "--sim-duration",
+        "12m",
+        "--sim-start",
+        "1790000000000",
+        "--sim-seed",
+        "3",
+    ]
+    .map(String::from);
     let one = run(&tmp.path().join("w1"), &sim);
     let mut args = sim.to_vec();
     args.extend(["-w".into(), "2".into()]);
@@ -71,24 +132,44 @@ fn simulator_results_do_not_depend_on_worker_count() {
     let (a, b) = (read_results(&one.dir), read_results(&two.dir));
     // 12 minutes of event time, minus the windows still open: every stream has results.
     for s in STREAMS {
-        assert!(a.keys().filter(|k| k.0 == s).count() >= 10, "{s}: {:?}", a.keys().collect::<Vec<_>>());
+        assert!(
+            a.keys().filter(|k| k.0 == s).count() >= 10,
+            "{s}: {:?}",
+            a.keys().collect::<Vec<_>>()
+        );
     }
     assert_same_results(&b, &a, "simulator -w 2 vs -w 1");
     // Zero-volume candles and empty book sides occur and give nulls, never malformed records.
-    assert!(read_dead_letters(&one.dir).iter().all(|d| d["reason"] == "late"));
+    assert!(read_dead_letters(&one.dir)
+        .iter()
+        .all(|d| d["reason"] == "late"));
 }
 
 #[test]
 fn console_tables_by_default() {
     let out = Command::new(bin())
-        .args(["run", "--sim-speed", "0", "--sim-duration", "4m", "--sim-start", "1790000000000"])
+        .args([
+            "run",
+            "--sim-speed",
+            "0",
+            "--sim-duration",
+            "4m",
+            "--sim-start",
+            "1790000000000",
+        ])
         .output()
         .unwrap();
     assert!(out.status.success());
     let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(stdout.contains("binance · window 2026-09-21T14:13:00.000Z → 2026-09-21T14:14:00.000Z"), "{stdout}");
+    assert!(
+        stdout.contains("binance · window 2026-09-21T14:13:00.000Z → 2026-09-21T14:14:00.000Z"),
+        "{stdout}"
+    );
     assert!(stdout.contains("| symbol  | current_price |"), "{stdout}");
     assert!(stdout.contains("polymarket_trades · window"));
     let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(stderr.contains("input binance:") && stderr.contains("output binance:"), "{stderr}");
+    assert!(
+        stderr.contains("input binance:") && stderr.contains("output binance:"),
+        "{stderr}"
+    );
 }

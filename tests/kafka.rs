@@ -9,18 +9,39 @@ use common::kafka::*;
 use common::*;
 
 /// Runs the file reference and a Kafka run for each (name, extra args), comparing all.
-fn kafka_runs_equal_file_run(bootstrap: &str, tmp: &std::path::Path, inputs: &Inputs, runs: &[(&str, Vec<String>, usize)]) {
+fn kafka_runs_equal_file_run(
+    bootstrap: &str,
+    tmp: &std::path::Path,
+    inputs: &Inputs,
+    runs: &[(&str, Vec<String>, usize)],
+) {
     let (want, _) = reference(&tmp.join("reference"), inputs);
     let file_run = run(&tmp.join("files"), &inputs.args());
     assert_same_results(&read_results(&file_run.dir), &want, "file run");
     let dead = read_dead_letters(&file_run.dir).len();
     for (name, extra, processes) in runs {
-        let mut args: Vec<String> =
-            ["--brokers", bootstrap, "--start-from", "earliest", "--until-end"].iter().map(|s| s.to_string()).collect();
+        let mut args: Vec<String> = [
+            "--brokers",
+            bootstrap,
+            "--start-from",
+            "earliest",
+            "--until-end",
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
         args.extend(extra.iter().cloned());
-        let r = if *processes > 1 { run_cluster(&tmp.join(name), *processes, 1, &args) } else { run(&tmp.join(name), &args) };
+        let r = if *processes > 1 {
+            run_cluster(&tmp.join(name), *processes, 1, &args)
+        } else {
+            run(&tmp.join(name), &args)
+        };
         assert_same_results(&read_results(&r.dir), &want, name);
-        assert_eq!(read_dead_letters(&r.dir).len(), dead, "{name}: dead letters");
+        assert_eq!(
+            read_dead_letters(&r.dir).len(),
+            dead,
+            "{name}: dead letters"
+        );
     }
 }
 
@@ -29,12 +50,19 @@ fn mock_cluster_run_equals_file_run() {
     let tmp = tempfile::tempdir().unwrap();
     let inputs = garbled_sim_inputs(tmp.path(), "15m");
     let mock = rdkafka::mocking::MockCluster::new(1).expect("mock cluster");
-    mock.create_topic("binance", inputs.binance.len() as i32, 1).unwrap();
-    mock.create_topic("polymarket_trade", inputs.polymarket.len() as i32, 1).unwrap();
+    mock.create_topic("binance", inputs.binance.len() as i32, 1)
+        .unwrap();
+    mock.create_topic("polymarket_trade", inputs.polymarket.len() as i32, 1)
+        .unwrap();
     let bootstrap = mock.bootstrap_servers();
     produce_files(&bootstrap, "binance", &inputs.binance, 1);
     produce_files(&bootstrap, "polymarket_trade", &inputs.polymarket, 10);
-    kafka_runs_equal_file_run(&bootstrap, tmp.path(), &inputs, &[("mock-w2", vec!["-w".into(), "2".into()], 1)]);
+    kafka_runs_equal_file_run(
+        &bootstrap,
+        tmp.path(),
+        &inputs,
+        &[("mock-w2", vec!["-w".into(), "2".into()], 1)],
+    );
 }
 
 #[test]
@@ -43,7 +71,13 @@ fn real_broker_run_equals_file_run_on_any_worker_count() {
     let inputs = garbled_sim_inputs(tmp.path(), "20m");
     let broker = Broker::start();
     let bootstrap = broker.bootstrap();
-    create_topics(&bootstrap, &[("binance", inputs.binance.len() as i32), ("polymarket_trade", inputs.polymarket.len() as i32)]);
+    create_topics(
+        &bootstrap,
+        &[
+            ("binance", inputs.binance.len() as i32),
+            ("polymarket_trade", inputs.polymarket.len() as i32),
+        ],
+    );
     produce_files(&bootstrap, "binance", &inputs.binance, 1);
     let values = produce_files(&bootstrap, "polymarket_trade", &inputs.polymarket, 10);
     assert!(values > 100);
@@ -51,7 +85,11 @@ fn real_broker_run_equals_file_run_on_any_worker_count() {
         &bootstrap,
         tmp.path(),
         &inputs,
-        &[("kafka-w1", vec![], 1), ("kafka-w2", vec!["-w".into(), "2".into()], 1), ("kafka-n2", vec![], 2)],
+        &[
+            ("kafka-w1", vec![], 1),
+            ("kafka-w2", vec!["-w".into(), "2".into()], 1),
+            ("kafka-n2", vec![], 2),
+        ],
     );
 }
 
@@ -59,18 +97,35 @@ fn real_broker_run_equals_file_run_on_any_worker_count() {
 fn unreachable_broker_and_missing_topic_are_clear_errors() {
     let port = free_ports(1)[0];
     let out = std::process::Command::new(bin())
-        .args(["run", "--brokers", &format!("127.0.0.1:{port}"), "--until-end", "-X", "socket.connection.setup.timeout.ms=2000"])
+        .args([
+            "run",
+            "--brokers",
+            &format!("127.0.0.1:{port}"),
+            "--until-end",
+            "-X",
+            "socket.connection.setup.timeout.ms=2000",
+        ])
         .output()
         .unwrap();
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success());
-    assert!(err.contains("error: cannot reach Kafka at 127.0.0.1"), "{err}");
+    assert!(
+        err.contains("error: cannot reach Kafka at 127.0.0.1"),
+        "{err}"
+    );
     assert!(!err.contains("panicked"));
 
     let mock = rdkafka::mocking::MockCluster::new(1).unwrap();
     mock.create_topic("binance", 1, 1).unwrap();
     let out = std::process::Command::new(bin())
-        .args(["run", "--brokers", &mock.bootstrap_servers(), "--topic-polymarket", "nope", "--until-end"])
+        .args([
+            "run",
+            "--brokers",
+            &mock.bootstrap_servers(),
+            "--topic-polymarket",
+            "nope",
+            "--until-end",
+        ])
         .output()
         .unwrap();
     let err = String::from_utf8_lossy(&out.stderr);

@@ -200,6 +200,12 @@ fn dead_letter_line(
     serde_json::to_string(&d).unwrap()
 }
 
+/// A source's outputs: records stamped at the watermark, and dead-letter lines.
+pub type SourceStreams<'s, R> = (
+    StreamVec<'s, EventTime, Timed<R>>,
+    StreamVec<'s, EventTime, String>,
+);
+
 /// Reads up to this many messages per activation before yielding to other operators.
 const READ_BUDGET: usize = 4096;
 
@@ -212,10 +218,7 @@ pub fn source<'s, D>(
     decoder: D,
     spec: WindowSpec,
     stats: RunStats,
-) -> (
-    StreamVec<'s, EventTime, Timed<D::Record>>,
-    StreamVec<'s, EventTime, String>,
-)
+) -> SourceStreams<'s, D::Record>
 where
     D: Decoder,
 {

