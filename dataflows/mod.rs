@@ -16,7 +16,7 @@ use timely::dataflow::{Scope, StreamVec};
 use crate::cli::{ClusterArgs, InputArgs, KafkaArgs, OutputArgs, WindowArgs};
 use crate::sink::{self, ConsoleSink, JsonlSink, ResultSink, SinkFactory, SinkItem};
 use crate::source::file::FileFactory;
-use crate::source::kafka::{plan_topic, KafkaFactory};
+use crate::source::kafka::{plan_topic, KafkaFactory, ReadOptions};
 use crate::source::{source, ReaderFactory};
 use crate::stats::RunStats;
 use crate::time::{now_ms, EventTime, Timed, WindowSpec};
@@ -36,6 +36,9 @@ pub struct RunArgs {
     pub kafka: KafkaArgs,
     #[command(flatten)]
     pub input: InputArgs,
+    /// A Kafka partition caught up and quiet this long stops holding the watermark back (0: never).
+    #[arg(long, default_value = "30s", value_parser = crate::time::parse_duration, value_name = "DURATION")]
+    pub idle_timeout: std::time::Duration,
     /// Kafka topic with Binance kline snapshots.
     #[arg(long, default_value = "binance", value_name = "NAME")]
     pub topic_binance: String,
@@ -50,6 +53,27 @@ pub struct RunArgs {
     pub cluster: ClusterArgs,
     #[command(flatten)]
     pub sim: SimArgs,
+    /// How often to log a progress line (records, rates, watermark, lag).
+    #[arg(long, default_value = "10s", value_parser = crate::time::parse_duration, value_name = "DURATION")]
+    pub log_interval: std::time::Duration,
+}
+
+/// Logs a progress line every `every` on a background thread (it ends with the process).
+fn spawn_progress_log(stats: RunStats, every: std::time::Duration) {
+    if every.is_zero() {
+        return;
+    }
+    std::thread::spawn(move || {
+        let mut prev = stats.topics();
+        let mut last = std::time::Instant::now();
+        loop {
+            std::thread::sleep(every);
+            let secs = last.elapsed().as_secs_f64();
+            tracing::info!("progress: {}", stats.progress_line(&prev, secs));
+            prev = stats.topics();
+            last = std::time::Instant::now();
+        }
+    });
 }
 
 /// Where each topic's messages come from.
@@ -79,10 +103,18 @@ fn inputs(args: &RunArgs) -> anyhow::Result<Inputs> {
                 ""
             }
         );
-        let nb = pb.partitions.len();
+        let read_options = ReadOptions {
+            idle_timeout: args.idle_timeout,
+            ..ReadOptions::default()
+        };
         return Ok(Inputs {
-            binance: Arc::new(KafkaFactory::new(settings.clone(), pb, 0)),
-            polymarket: Arc::new(KafkaFactory::new(settings, pp, nb)),
+            binance: Arc::new(KafkaFactory::new(
+                settings.clone(),
+                pb,
+                0,
+                read_options.clone(),
+            )),
+            polymarket: Arc::new(KafkaFactory::new(settings, pp, 1, read_options)),
             describe,
         });
     }
@@ -108,10 +140,9 @@ fn inputs(args: &RunArgs) -> anyhow::Result<Inputs> {
             fb.len(),
             fp.len()
         );
-        let nb = fb.len();
         return Ok(Inputs {
             binance: Arc::new(FileFactory::new(fb, 0)?),
-            polymarket: Arc::new(FileFactory::new(fp, nb)?),
+            polymarket: Arc::new(FileFactory::new(fp, 1)?),
             describe,
         });
     }
@@ -127,12 +158,7 @@ fn inputs(args: &RunArgs) -> anyhow::Result<Inputs> {
     );
     Ok(Inputs {
         binance: Arc::new(SimFactory::new(SimTopic::Binance, 0, &args.sim, start)?),
-        polymarket: Arc::new(SimFactory::new(
-            SimTopic::Polymarket,
-            SimTopic::Binance.partitions(),
-            &args.sim,
-            start,
-        )?),
+        polymarket: Arc::new(SimFactory::new(SimTopic::Polymarket, 1, &args.sim, start)?),
         describe,
     })
 }
@@ -220,6 +246,7 @@ pub fn run(args: RunArgs) -> anyhow::Result<()> {
         "speed-layer starting"
     );
     let stats = RunStats::default();
+    spawn_progress_log(stats.clone(), args.log_interval);
     let sinks = sinks(&args.output);
     let topics = (args.topic_binance.clone(), args.topic_polymarket.clone());
     let worker_stats = stats.clone();

@@ -60,7 +60,7 @@ impl SimTopic {
 /// Opens simulated partitions on each worker.
 pub struct SimFactory {
     topic: SimTopic,
-    base_index: usize,
+    topic_ordinal: usize,
     speed: f64,
     seed: u64,
     start: EventTime,
@@ -68,10 +68,10 @@ pub struct SimFactory {
 }
 
 impl SimFactory {
-    /// A factory for `topic` whose first partition has global index `base_index`.
+    /// A factory for `topic`, the job's topic number `topic_ordinal` (see [`owns`]).
     pub fn new(
         topic: SimTopic,
-        base_index: usize,
+        topic_ordinal: usize,
         args: &SimArgs,
         start: EventTime,
     ) -> anyhow::Result<Self> {
@@ -81,7 +81,7 @@ impl SimFactory {
         );
         Ok(Self {
             topic,
-            base_index,
+            topic_ordinal,
             speed: args.sim_speed,
             seed: args.sim_seed,
             start,
@@ -94,9 +94,11 @@ impl ReaderFactory for SimFactory {
     fn open(&self, index: usize, peers: usize) -> anyhow::Result<Box<dyn Reader>> {
         let mut streams = Vec::new();
         let mut parts = Vec::new();
-        for p in (0..self.topic.partitions()).filter(|p| owns(self.base_index + p, index, peers)) {
+        for p in (0..self.topic.partitions()).filter(|p| owns(self.topic_ordinal + p, index, peers))
+        {
             let mut rng = fastrand::Rng::with_seed(
-                self.seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ ((self.base_index + p) as u64),
+                self.seed.wrapping_mul(0x9E37_79B9_7F4A_7C15)
+                    ^ ((self.topic_ordinal * 1000 + p) as u64),
             );
             let (name, gen) = match self.topic {
                 SimTopic::Binance => (
@@ -540,11 +542,7 @@ pub fn generate(args: &GenerateArgs) -> anyhow::Result<()> {
     let mut total = 0u64;
     for (topic, name, base) in [
         (SimTopic::Binance, "binance", 0),
-        (
-            SimTopic::Polymarket,
-            "polymarket_trade",
-            SimTopic::Binance.partitions(),
-        ),
+        (SimTopic::Polymarket, "polymarket_trade", 1),
     ] {
         let mut reader = SimFactory::new(topic, base, &sim, start)?.open(0, 1)?;
         let mut files = Vec::new();

@@ -56,6 +56,22 @@ pub struct RunStats {
 struct StatsInner {
     topics: BTreeMap<String, TopicCounts>,
     results: BTreeMap<String, u64>,
+    partitions: BTreeMap<(String, String), PartitionStatus>,
+}
+
+/// What a source knows about one of its partitions.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct PartitionStatus {
+    /// The partition's watermark (largest event time seen minus lateness), if it has data.
+    pub watermark: Option<u64>,
+    /// Largest event time seen.
+    pub max_event_time: Option<u64>,
+    /// Messages behind the end of the partition (Kafka only).
+    pub lag: Option<i64>,
+    /// Caught up and quiet for the idle timeout: not holding the watermark back.
+    pub idle: bool,
+    /// Ended (file end, `--until-end` offset, end of a bounded simulation).
+    pub done: bool,
 }
 
 impl RunStats {
@@ -80,6 +96,78 @@ impl RunStats {
     /// Counts window results written for an output stream.
     pub fn add_results(&self, stream: &str, n: u64) {
         *self.lock().results.entry(stream.to_string()).or_default() += n;
+    }
+
+    /// Records the status of a partition, named `label` (a Kafka partition number or a file).
+    pub fn set_partition(&self, topic: &str, label: &str, status: PartitionStatus) {
+        self.lock()
+            .partitions
+            .insert((topic.to_string(), label.to_string()), status);
+    }
+
+    /// A copy of every partition's status, by (topic, partition label).
+    pub fn partitions(&self) -> BTreeMap<(String, String), PartitionStatus> {
+        self.lock().partitions.clone()
+    }
+
+    /// The live partition with the least watermark — the one holding the job back — per topic.
+    pub fn holding_back(&self) -> BTreeMap<String, (String, Option<u64>)> {
+        let mut out: BTreeMap<String, (String, Option<u64>)> = BTreeMap::new();
+        for ((topic, label), st) in &self.lock().partitions {
+            if st.done || st.idle {
+                continue;
+            }
+            let wm = st.watermark;
+            match out.get(topic) {
+                Some((_, cur)) if cur.unwrap_or(0) <= wm.unwrap_or(0) => {}
+                _ => {
+                    out.insert(topic.clone(), (label.clone(), wm));
+                }
+            }
+        }
+        out
+    }
+
+    /// One line of progress: per topic records, rate since `prev`, watermark, lag, and the
+    /// partition holding the watermark back.
+    pub fn progress_line(&self, prev: &BTreeMap<String, TopicCounts>, secs: f64) -> String {
+        let topics = self.topics();
+        let parts = self.partitions();
+        let back = self.holding_back();
+        let mut s = String::new();
+        for (topic, c) in &topics {
+            let before = prev
+                .get(topic)
+                .map_or(0, |p| p.records + p.late + p.malformed_total());
+            let now = c.records + c.late + c.malformed_total();
+            let rate = (now - before) as f64 / secs.max(1e-9);
+            let lag: i64 = parts
+                .iter()
+                .filter(|((t, _), _)| t == topic)
+                .filter_map(|(_, p)| p.lag)
+                .sum();
+            let has_lag = parts
+                .iter()
+                .any(|((t, _), p)| t == topic && p.lag.is_some());
+            let _ = write!(
+                s,
+                "{topic}: {} records ({rate:.0}/s), {} late, {} malformed",
+                c.records,
+                c.late,
+                c.malformed_total()
+            );
+            if has_lag {
+                let _ = write!(s, ", lag {lag}");
+            }
+            if let Some((label, wm)) = back.get(topic) {
+                let wm = wm.map_or("none yet".to_string(), crate::time::format_ms);
+                let _ = write!(s, ", watermark {wm} held by partition {label}");
+            }
+            s.push_str("; ");
+        }
+        let results: u64 = self.results().values().sum();
+        let _ = write!(s, "{results} window results written");
+        s
     }
 
     /// A copy of the per-topic counts.

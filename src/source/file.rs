@@ -11,13 +11,13 @@ use super::{owns, Origin, PartitionInfo, ReadStatus, Reader, ReaderFactory};
 /// Opens the files of one topic, partitioned over workers.
 pub struct FileFactory {
     paths: Vec<String>,
-    /// Global index of this topic's first file, for the assignment rule.
-    base_index: usize,
+    /// The topic's ordinal, for the assignment rule ([`owns`]).
+    topic_ordinal: usize,
 }
 
 impl FileFactory {
     /// Checks that every file can be opened, so a bad path fails before the dataflow starts.
-    pub fn new(paths: Vec<String>, base_index: usize) -> anyhow::Result<Self> {
+    pub fn new(paths: Vec<String>, topic_ordinal: usize) -> anyhow::Result<Self> {
         for p in &paths {
             if p != "-" {
                 let meta = std::fs::metadata(p)
@@ -26,7 +26,10 @@ impl FileFactory {
                 File::open(p).with_context(|| format!("cannot read input file '{p}'"))?;
             }
         }
-        Ok(Self { paths, base_index })
+        Ok(Self {
+            paths,
+            topic_ordinal,
+        })
     }
 }
 
@@ -35,7 +38,7 @@ impl ReaderFactory for FileFactory {
         let mut parts = Vec::new();
         let mut inputs = Vec::new();
         for (i, path) in self.paths.iter().enumerate() {
-            if !owns(self.base_index + i, index, peers) {
+            if !owns(self.topic_ordinal + i, index, peers) {
                 continue;
             }
             let input: Box<dyn Read + Send> = if path == "-" {

@@ -6,10 +6,15 @@
 use std::time::Duration;
 
 use anyhow::{bail, Context};
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
 use rdkafka::config::ClientConfig;
-use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext};
 use rdkafka::message::Message;
-use rdkafka::{Offset, TopicPartitionList};
+use rdkafka::statistics::Statistics;
+use rdkafka::{ClientContext, Offset, TopicPartitionList};
 
 use super::{owns, Origin, PartitionInfo, ReadStatus, Reader, ReaderFactory};
 
@@ -47,17 +52,18 @@ impl KafkaSettings {
         c
     }
 
-    fn consumer(&self) -> anyhow::Result<BaseConsumer> {
+    fn consumer(&self, context: StatsContext) -> anyhow::Result<BaseConsumer<StatsContext>> {
         let mut c = ClientConfig::new();
         c.set("bootstrap.servers", &self.brokers)
             .set("group.id", &self.group_id)
             .set("enable.auto.commit", "false")
             .set("enable.auto.offset.store", "false")
-            .set("enable.partition.eof", "false");
+            .set("enable.partition.eof", "false")
+            .set("statistics.interval.ms", "1000");
         for (k, v) in &self.overrides {
             c.set(k, v);
         }
-        c.create()
+        c.create_with_context(context)
             .context("cannot create a Kafka consumer (check the -X settings)")
     }
 }
@@ -100,7 +106,7 @@ pub fn plan_topic(
     start: StartFrom,
     until_end: bool,
 ) -> anyhow::Result<TopicPlan> {
-    let consumer = settings.consumer()?;
+    let consumer = settings.consumer(StatsContext::default())?;
     let md = consumer
         .fetch_metadata(Some(topic), METADATA_TIMEOUT)
         .map_err(|e| anyhow::anyhow!("cannot reach Kafka at {} ({e})", settings.brokers))?;
@@ -139,78 +145,260 @@ pub fn plan_topic(
     })
 }
 
+/// How a Kafka source treats quiet partitions and offsets.
+#[derive(Clone, Debug)]
+pub struct ReadOptions {
+    /// A partition caught up and quiet this long stops holding the watermark back.
+    pub idle_timeout: Duration,
+    /// How often consumed offsets are committed to the consumer group (zero: never).
+    pub commit_interval: Duration,
+    /// How often topic metadata is checked for partitions added while running.
+    pub refresh_interval: Duration,
+}
+
+impl Default for ReadOptions {
+    fn default() -> Self {
+        Self {
+            idle_timeout: Duration::from_secs(30),
+            commit_interval: Duration::from_secs(5),
+            refresh_interval: Duration::from_secs(10),
+        }
+    }
+}
+
 /// Opens per-worker consumers for one topic plan.
 pub struct KafkaFactory {
     settings: KafkaSettings,
     plan: TopicPlan,
-    base_index: usize,
+    topic_ordinal: usize,
+    options: ReadOptions,
+    /// Partitions known now; grows when partitions are added (unbounded runs only).
+    known: Arc<Mutex<Vec<i32>>>,
 }
 
 impl KafkaFactory {
-    /// A factory for `plan`, whose first partition has global index `base_index`.
-    pub fn new(settings: KafkaSettings, plan: TopicPlan, base_index: usize) -> Self {
+    /// A factory for `plan`; `topic_ordinal` spreads topics over workers (see [`owns`]).
+    /// Unbounded runs watch the topic for new partitions on a background thread.
+    pub fn new(
+        settings: KafkaSettings,
+        plan: TopicPlan,
+        topic_ordinal: usize,
+        options: ReadOptions,
+    ) -> Self {
+        let known = Arc::new(Mutex::new(
+            plan.partitions
+                .iter()
+                .map(|p| p.partition)
+                .collect::<Vec<_>>(),
+        ));
+        let bounded = plan.partitions.iter().any(|p| p.end.is_some());
+        if !bounded && !options.refresh_interval.is_zero() {
+            watch_partitions(
+                settings.clone(),
+                plan.topic.clone(),
+                Arc::clone(&known),
+                options.refresh_interval,
+            );
+        }
         Self {
             settings,
             plan,
-            base_index,
+            topic_ordinal,
+            options,
+            known,
         }
+    }
+}
+
+/// Polls topic metadata and records partitions added while the job runs.
+fn watch_partitions(
+    settings: KafkaSettings,
+    topic: String,
+    known: Arc<Mutex<Vec<i32>>>,
+    every: Duration,
+) {
+    std::thread::spawn(move || {
+        let Ok(consumer) = settings.consumer(StatsContext::default()) else {
+            return;
+        };
+        loop {
+            std::thread::sleep(every);
+            let Ok(md) = consumer.fetch_metadata(Some(&topic), METADATA_TIMEOUT) else {
+                continue;
+            };
+            let Some(t) = md.topics().iter().find(|t| t.name() == topic) else {
+                continue;
+            };
+            let mut ids: Vec<i32> = t.partitions().iter().map(|p| p.id()).collect();
+            ids.sort_unstable();
+            let mut k = known.lock().unwrap_or_else(|e| e.into_inner());
+            if ids.len() > k.len() {
+                tracing::info!(topic = %topic, partitions = ids.len(), "new Kafka partitions found");
+                *k = ids;
+            }
+        }
+    });
+}
+
+/// Partition facts from librdkafka's statistics: high watermark and consumer lag.
+#[derive(Clone, Default)]
+pub struct StatsContext {
+    partitions: Arc<Mutex<HashMap<(String, i32), (i64, i64)>>>,
+}
+
+impl ClientContext for StatsContext {
+    fn stats(&self, statistics: Statistics) {
+        let mut map = self.partitions.lock().unwrap_or_else(|e| e.into_inner());
+        for (name, t) in statistics.topics {
+            for (id, p) in t.partitions {
+                if id >= 0 && p.hi_offset >= 0 {
+                    map.insert((name.clone(), id), (p.hi_offset, p.consumer_lag));
+                }
+            }
+        }
+    }
+}
+
+impl ConsumerContext for StatsContext {}
+
+impl StatsContext {
+    fn high_watermark(&self, topic: &str, partition: i32) -> Option<i64> {
+        let map = self.partitions.lock().unwrap_or_else(|e| e.into_inner());
+        map.get(&(topic.to_string(), partition)).map(|(hi, _)| *hi)
     }
 }
 
 impl ReaderFactory for KafkaFactory {
     fn open(&self, index: usize, peers: usize) -> anyhow::Result<Box<dyn Reader>> {
-        let mine: Vec<PartitionPlan> = self
-            .plan
-            .partitions
-            .iter()
-            .enumerate()
-            .filter(|(i, _)| owns(self.base_index + i, index, peers))
-            .map(|(_, p)| p.clone())
-            .collect();
-        let mut tpl = TopicPartitionList::new();
-        let mut done = Vec::new();
-        for p in &mine {
-            let empty = p.end.is_some_and(|end| p.start >= end);
-            done.push(empty);
-            if !empty {
-                tpl.add_partition_offset(&self.plan.topic, p.partition, Offset::Offset(p.start))?;
-            }
-        }
-        let consumer = if mine.is_empty() {
-            None
-        } else {
-            let c = self.settings.consumer()?;
-            c.assign(&tpl).context("cannot assign Kafka partitions")?;
-            Some(c)
-        };
-        let parts = mine
-            .iter()
-            .map(|p| PartitionInfo {
-                id: p.partition as u32,
-                origin: Origin::Kafka(p.partition),
-            })
-            .collect();
-        Ok(Box::new(KafkaReader {
+        let context = StatsContext::default();
+        let consumer = self.settings.consumer(context.clone())?;
+        let mut reader = KafkaReader {
             consumer,
-            plan: mine,
-            parts,
-            done,
+            context,
+            topic: self.plan.topic.clone(),
+            topic_ordinal: self.topic_ordinal,
+            worker: (index, peers),
+            options: self.options.clone(),
+            known: Arc::clone(&self.known),
+            known_count: 0,
+            plan: Vec::new(),
+            parts: Vec::new(),
+            state: Vec::new(),
             last_error: None,
-        }))
+            last_commit: Instant::now(),
+        };
+        reader.adopt(&self.plan.partitions)?;
+        reader.known_count = self.plan.partitions.len();
+        Ok(Box::new(reader))
     }
 }
 
+/// Per-partition progress.
+struct SlotState {
+    /// Next offset to read (the last read + 1), for commits and catch-up checks.
+    next: i64,
+    /// Ended (`--until-end`).
+    done: bool,
+    /// When the partition last delivered a message (or was assigned).
+    last_message: Instant,
+    /// Whether `next` moved since the last commit.
+    dirty: bool,
+}
+
 struct KafkaReader {
-    consumer: Option<BaseConsumer>,
+    consumer: BaseConsumer<StatsContext>,
+    context: StatsContext,
+    topic: String,
+    topic_ordinal: usize,
+    worker: (usize, usize),
+    options: ReadOptions,
+    known: Arc<Mutex<Vec<i32>>>,
+    known_count: usize,
     plan: Vec<PartitionPlan>,
     parts: Vec<PartitionInfo>,
-    done: Vec<bool>,
+    state: Vec<SlotState>,
     last_error: Option<String>,
+    last_commit: Instant,
 }
 
 impl KafkaReader {
     fn slot(&self, partition: i32) -> Option<usize> {
         self.plan.iter().position(|p| p.partition == partition)
+    }
+
+    /// Takes over the partitions of `plans` that this worker owns.
+    fn adopt(&mut self, plans: &[PartitionPlan]) -> anyhow::Result<()> {
+        let (index, peers) = self.worker;
+        let mut tpl = TopicPartitionList::new();
+        for p in plans {
+            if !owns(self.topic_ordinal + p.partition as usize, index, peers)
+                || self.slot(p.partition).is_some()
+            {
+                continue;
+            }
+            let empty = p.end.is_some_and(|end| p.start >= end);
+            if !empty {
+                tpl.add_partition_offset(&self.topic, p.partition, Offset::Offset(p.start))?;
+            }
+            self.plan.push(p.clone());
+            self.parts.push(PartitionInfo {
+                id: p.partition as u32,
+                origin: Origin::Kafka(p.partition),
+            });
+            self.state.push(SlotState {
+                next: p.start,
+                done: empty,
+                last_message: Instant::now(),
+                dirty: false,
+            });
+        }
+        if tpl.count() > 0 {
+            self.consumer
+                .incremental_assign(&tpl)
+                .context("cannot assign Kafka partitions")?;
+        }
+        Ok(())
+    }
+
+    /// Adopts partitions added to the topic since start-up; they are read from the beginning.
+    fn pick_up_new_partitions(&mut self) -> anyhow::Result<()> {
+        let Ok(known) = self.known.try_lock() else {
+            return Ok(());
+        };
+        if known.len() <= self.known_count {
+            return Ok(());
+        }
+        let added: Vec<PartitionPlan> = known[self.known_count..]
+            .iter()
+            .map(|&partition| PartitionPlan {
+                partition,
+                start: 0,
+                end: None,
+            })
+            .collect();
+        self.known_count = known.len();
+        drop(known);
+        self.adopt(&added)
+    }
+
+    fn commit(&mut self) {
+        let mut tpl = TopicPartitionList::new();
+        for (slot, st) in self.state.iter_mut().enumerate() {
+            if st.dirty {
+                st.dirty = false;
+                let _ = tpl.add_partition_offset(
+                    &self.topic,
+                    self.plan[slot].partition,
+                    Offset::Offset(st.next),
+                );
+            }
+        }
+        if tpl.count() > 0 {
+            if let Err(e) = self.consumer.commit(&tpl, CommitMode::Async) {
+                tracing::debug!(error = %e, "offset commit failed; will retry");
+                self.state.iter_mut().for_each(|s| s.dirty = true);
+            }
+        }
     }
 }
 
@@ -224,37 +412,51 @@ impl Reader for KafkaReader {
         budget: usize,
         out: &mut dyn FnMut(usize, u64, &[u8]),
     ) -> anyhow::Result<ReadStatus> {
-        if self.done.iter().all(|d| *d) {
+        self.pick_up_new_partitions()?;
+        if !self.options.commit_interval.is_zero()
+            && self.last_commit.elapsed() >= self.options.commit_interval
+        {
+            self.last_commit = Instant::now();
+            self.commit();
+        }
+        let bounded = self.plan.iter().all(|p| p.end.is_some());
+        if bounded && self.state.iter().all(|s| s.done) {
+            self.commit();
             return Ok(ReadStatus::Done);
         }
-        let Some(consumer) = self.consumer.as_ref() else {
-            return Ok(ReadStatus::Done);
-        };
         for _ in 0..budget {
-            match consumer.poll(Duration::ZERO) {
+            match self.consumer.poll(Duration::ZERO) {
                 None => return Ok(ReadStatus::Idle(Duration::from_millis(5))),
                 Some(Err(e)) => {
                     // librdkafka reconnects by itself; say so once per distinct error.
                     let msg = e.to_string();
                     if self.last_error.as_deref() != Some(&msg) {
-                        tracing::warn!(error = %msg, "Kafka consumer error; retrying");
+                        tracing::warn!(topic = %self.topic, error = %msg, "Kafka consumer error; retrying");
                         self.last_error = Some(msg);
                     }
                     return Ok(ReadStatus::Idle(Duration::from_millis(50)));
                 }
                 Some(Ok(m)) => {
-                    self.last_error = None;
+                    if self.last_error.take().is_some() {
+                        tracing::info!(topic = %self.topic, "Kafka consumer recovered");
+                    }
                     let Some(slot) = self.slot(m.partition()) else {
                         continue;
                     };
                     let end = self.plan[slot].end;
-                    if self.done[slot] || end.is_some_and(|e| m.offset() >= e) {
+                    let st = &mut self.state[slot];
+                    if st.done || end.is_some_and(|e| m.offset() >= e) || m.offset() < st.next {
                         continue;
                     }
+                    st.next = m.offset() + 1;
+                    st.dirty = true;
+                    st.last_message = Instant::now();
                     out(slot, m.offset() as u64, m.payload().unwrap_or(b""));
-                    if end.is_some_and(|e| m.offset() + 1 >= e) {
-                        self.done[slot] = true;
-                        if self.done.iter().all(|d| *d) {
+                    let st = &mut self.state[slot];
+                    if end.is_some_and(|e| st.next >= e) {
+                        st.done = true;
+                        if bounded && self.state.iter().all(|s| s.done) {
+                            self.commit();
                             return Ok(ReadStatus::Done);
                         }
                     }
@@ -265,6 +467,26 @@ impl Reader for KafkaReader {
     }
 
     fn is_done(&self, slot: usize) -> bool {
-        self.done[slot]
+        self.state[slot].done
+    }
+
+    fn is_idle(&self, slot: usize) -> bool {
+        let st = &self.state[slot];
+        if self.options.idle_timeout.is_zero()
+            || st.last_message.elapsed() < self.options.idle_timeout
+        {
+            return false;
+        }
+        // Caught up by the broker's own account (librdkafka statistics), never on silence alone.
+        self.context
+            .high_watermark(&self.topic, self.plan[slot].partition)
+            .is_some_and(|hi| st.next >= hi)
+    }
+
+    fn lag(&self, slot: usize) -> Option<i64> {
+        let hi = self
+            .context
+            .high_watermark(&self.topic, self.plan[slot].partition)?;
+        Some((hi - self.state[slot].next).max(0))
     }
 }

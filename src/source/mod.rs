@@ -22,7 +22,7 @@ use timely::dataflow::operators::Capability;
 use timely::dataflow::{Scope, StreamVec};
 use timely::ExchangeData;
 
-use crate::stats::{RunStats, TopicCounts};
+use crate::stats::{PartitionStatus, RunStats, TopicCounts};
 use crate::time::{EventTime, PartitionClock, Position, Timed, WindowSpec};
 
 /// Where a partition's messages come from; names the position in dead-letter records.
@@ -68,6 +68,26 @@ pub trait Reader {
     ) -> anyhow::Result<ReadStatus>;
     /// Whether the partition in `slot` has ended (it no longer holds the watermark back).
     fn is_done(&self, slot: usize) -> bool;
+    /// Whether the partition in `slot` is idle: caught up and quiet for the idle timeout, so it
+    /// does not hold the watermark back until it receives data again.
+    fn is_idle(&self, _slot: usize) -> bool {
+        false
+    }
+    /// Messages behind the end of the partition, when the reader knows.
+    fn lag(&self, _slot: usize) -> Option<i64> {
+        None
+    }
+}
+
+impl Origin {
+    /// Short name of the partition for logs and metrics.
+    pub fn label(&self) -> String {
+        match self {
+            Origin::Kafka(p) => p.to_string(),
+            Origin::File(f) => f.clone(),
+            Origin::Generated(s) => s.clone(),
+        }
+    }
 }
 
 /// Opens, on each worker, the reader for the partitions that worker owns.
@@ -76,10 +96,11 @@ pub trait ReaderFactory: Send + Sync {
     fn open(&self, index: usize, peers: usize) -> anyhow::Result<Box<dyn Reader>>;
 }
 
-/// The fixed partition assignment rule: the `i`-th partition (counted over all topics of the
-/// job, so topics spread over workers) belongs to worker `i % peers`.
-pub fn owns(global_index: usize, worker: usize, peers: usize) -> bool {
-    global_index % peers == worker
+/// The fixed partition assignment rule: partition `p` of the topic with ordinal `t` (0 for the
+/// first topic of the job, 1 for the second, ...) belongs to worker `(t + p) % peers`. Topics
+/// start on different workers, and partitions added later never move existing ones.
+pub fn owns(topic_ordinal_plus_partition: usize, worker: usize, peers: usize) -> bool {
+    topic_ordinal_plus_partition % peers == worker
 }
 
 /// One outcome of decoding a message value.
@@ -206,6 +227,9 @@ pub type SourceStreams<'s, R> = (
     StreamVec<'s, EventTime, String>,
 );
 
+/// How often a source publishes its partitions' status to the shared stats.
+const STATUS_EVERY: Duration = Duration::from_millis(250);
+
 /// Reads up to this many messages per activation before yielding to other operators.
 const READ_BUDGET: usize = 4096;
 
@@ -243,6 +267,7 @@ where
         let mut decoded = Vec::new();
         let mut pending_records = Vec::new();
         let mut pending_dead: Vec<String> = Vec::new();
+        let mut last_status = std::time::Instant::now() - STATUS_EVERY;
 
         move |_frontiers| {
             let Some(held) = caps.as_mut() else { return };
@@ -257,6 +282,7 @@ where
             }
             // The reader was just set if it was missing.
             let r = reader.as_mut().unwrap();
+            let held_time = *held[0].time();
             let status = {
                 let parts = r.partitions().to_vec();
                 let mut on_message = |slot: usize, offset: u64, value: &[u8]| {
@@ -268,13 +294,24 @@ where
                     for item in decoded.drain(..) {
                         match item {
                             Decoded::Record { index, time, rec } => {
-                                if clock.is_late(&spec, time) {
+                                // Besides the partition's own rule, a record whose window this
+                                // source has already let finalise (its partition was idle) is late.
+                                let passed = spec.window_end(time) <= held_time;
+                                if clock.is_late(&spec, time) || passed {
                                     tally.late += 1;
-                                    let detail = format!(
-                                        "window ends at {} but the partition watermark is {}",
-                                        spec.window_end(time),
-                                        clock.watermark(&spec)
-                                    );
+                                    let detail = if passed && !clock.is_late(&spec, time) {
+                                        format!(
+                                            "window ends at {} but the watermark already passed {} while the partition was idle",
+                                            spec.window_end(time),
+                                            held_time
+                                        )
+                                    } else {
+                                        format!(
+                                            "window ends at {} but the partition watermark is {}",
+                                            spec.window_end(time),
+                                            clock.watermark(&spec)
+                                        )
+                                    };
                                     pending_dead.push(dead_letter_line(
                                         &topic,
                                         &part.origin,
@@ -348,12 +385,38 @@ where
             }
             stats.absorb(&topic, &mut tally);
 
-            // The new capability: the least watermark over partitions still running.
-            let live_min = (0..clocks.len())
-                .filter(|&slot| !r.is_done(slot))
-                .map(|slot| clocks[slot].watermark(&spec))
+            // The new capability: the least watermark over partitions still running and not
+            // idle. When every running partition is idle, event time follows the wall clock
+            // (minus the lateness), so a quiet topic still lets its windows finalise.
+            let running: Vec<usize> = (0..clocks.len()).filter(|&slot| !r.is_done(slot)).collect();
+            let live_min = running
+                .iter()
+                .filter(|&&slot| !r.is_idle(slot))
+                .map(|&slot| clocks[slot].watermark(&spec))
                 .min();
-            match (status, live_min) {
+            let target = match live_min {
+                Some(wm) => Some(wm),
+                None if running.is_empty() => None,
+                None => {
+                    let seen = running.iter().map(|&slot| clocks[slot].watermark(&spec)).max().unwrap_or(0);
+                    Some(seen.max(crate::time::now_ms().saturating_sub(spec.lateness_ms)))
+                }
+            };
+            if last_status.elapsed() >= STATUS_EVERY || status == ReadStatus::Done || target.is_none() {
+                last_status = std::time::Instant::now();
+                for (slot, part) in r.partitions().iter().enumerate() {
+                    let c = clocks[slot];
+                    let st = PartitionStatus {
+                        watermark: c.max_seen.map(|_| c.watermark(&spec)),
+                        max_event_time: c.max_seen,
+                        lag: r.lag(slot),
+                        idle: r.is_idle(slot),
+                        done: r.is_done(slot),
+                    };
+                    stats.set_partition(&topic, &part.origin.label(), st);
+                }
+            }
+            match (status, target) {
                 (ReadStatus::Done, _) | (_, None) => caps = None,
                 (status, Some(wm)) => {
                     let t = spec.round_down(wm);
