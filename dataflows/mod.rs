@@ -3,6 +3,7 @@
 
 pub mod binance;
 mod json;
+pub mod ops;
 pub mod polymarket;
 pub mod sim;
 
@@ -14,6 +15,7 @@ use timely::dataflow::operators::vec::Map;
 use timely::dataflow::{Scope, StreamVec};
 
 use crate::cli::{ClusterArgs, InputArgs, KafkaArgs, OutputArgs, WindowArgs};
+use crate::kafka::{KafkaSettings, KafkaSink};
 use crate::sink::{self, ConsoleSink, JsonlSink, ResultSink, SinkFactory, SinkItem};
 use crate::source::file::FileFactory;
 use crate::source::kafka::{plan_topic, KafkaFactory, ReadOptions};
@@ -85,10 +87,7 @@ struct Inputs {
 
 fn inputs(args: &RunArgs) -> anyhow::Result<Inputs> {
     let (tb, tp) = (&args.topic_binance, &args.topic_polymarket);
-    if let Some(settings) = args.kafka.settings() {
-        if !args.input.inputs.is_empty() {
-            bail!("give either --brokers (Kafka) or --input (files), not both");
-        }
+    if let (Some(settings), true) = (args.kafka.settings(), args.input.inputs.is_empty()) {
         let pb = plan_topic(&settings, tb, args.input.start_from, args.input.until_end)?;
         let pp = plan_topic(&settings, tp, args.input.start_from, args.input.until_end)?;
         let describe = format!(
@@ -119,7 +118,7 @@ fn inputs(args: &RunArgs) -> anyhow::Result<Inputs> {
         });
     }
     if args.input.until_end {
-        bail!("--until-end applies to Kafka input (--brokers); files always end");
+        bail!("--until-end applies to Kafka input (--brokers without --input); files always end");
     }
     if !args.input.inputs.is_empty() {
         let (mut fb, mut fp) = (Vec::new(), Vec::new());
@@ -163,19 +162,34 @@ fn inputs(args: &RunArgs) -> anyhow::Result<Inputs> {
     })
 }
 
-fn sinks(args: &OutputArgs) -> SinkFactory {
+fn sinks(args: &OutputArgs, kafka: Option<KafkaSettings>) -> anyhow::Result<SinkFactory> {
     let dir = args.output.clone();
-    let console = args.console || dir.is_none();
-    Arc::new(move || {
+    let console = args.console || (dir.is_none() && args.sink_kafka.is_none());
+    let (results_topic, dead_topic) = (args.sink_kafka.clone(), args.dead_letter_topic.clone());
+    let kafka = match (&results_topic, &dead_topic, kafka) {
+        (None, None, _) => None,
+        (_, _, Some(k)) => Some(k),
+        (_, _, None) => {
+            bail!("--sink-kafka and --dead-letter-topic need --brokers (or KAFKA_BROKERS)")
+        }
+    };
+    Ok(Arc::new(move || {
         let mut s: Vec<Box<dyn ResultSink>> = Vec::new();
         if let Some(dir) = &dir {
             s.push(Box::new(JsonlSink::create(dir, &STREAMS)?));
+        }
+        if let Some(k) = &kafka {
+            s.push(Box::new(KafkaSink::new(
+                k,
+                results_topic.clone(),
+                dead_topic.clone(),
+            )?));
         }
         if console {
             s.push(Box::new(ConsoleSink));
         }
         Ok(s)
-    })
+    }))
 }
 
 /// Builds the market dataflows in `scope`.
@@ -247,7 +261,7 @@ pub fn run(args: RunArgs) -> anyhow::Result<()> {
     );
     let stats = RunStats::default();
     spawn_progress_log(stats.clone(), args.log_interval);
-    let sinks = sinks(&args.output);
+    let sinks = sinks(&args.output, args.kafka.settings())?;
     let topics = (args.topic_binance.clone(), args.topic_polymarket.clone());
     let worker_stats = stats.clone();
     let guards = timely::execute(config, move |worker| {

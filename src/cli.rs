@@ -6,20 +6,26 @@ use std::time::Duration;
 
 use clap::Args;
 
-use crate::source::kafka::{parse_override, KafkaSettings, StartFrom};
+use crate::kafka::{parse_override, KafkaSettings};
+use crate::source::kafka::StartFrom;
 use crate::time::{parse_duration, WindowSpec};
 
 /// Kafka connection options.
 #[derive(Args, Clone, Debug)]
 pub struct KafkaArgs {
     /// Kafka bootstrap servers, HOST:PORT[,HOST:PORT]; reads from Kafka instead of files or the simulator.
-    #[arg(long, env = "KAFKA_BROKERS", value_name = "HOST:PORT,...")]
+    #[arg(
+        long,
+        env = "KAFKA_BROKERS",
+        value_name = "HOST:PORT,...",
+        global = true
+    )]
     pub brokers: Option<String>,
     /// Any librdkafka property, as kcat's -X (SASL, SSL, fetch sizes); repeatable.
-    #[arg(short = 'X', value_name = "KEY=VALUE", value_parser = parse_override)]
+    #[arg(short = 'X', value_name = "KEY=VALUE", value_parser = parse_override, global = true)]
     pub kafka_property: Vec<(String, String)>,
     /// Consumer group id; offsets are committed to it for lag tools (no group rebalancing is used).
-    #[arg(long, default_value = "speed-layer", value_name = "ID")]
+    #[arg(long, default_value = "speed-layer", value_name = "ID", global = true)]
     pub group_id: String,
 }
 
@@ -84,6 +90,12 @@ pub struct OutputArgs {
     /// Print result tables on the console too (the default when no other output is given).
     #[arg(long)]
     pub console: bool,
+    /// Write every final window result to this Kafka topic (keyed by its serving-layer row key).
+    #[arg(long, value_name = "TOPIC", num_args = 0..=1, default_missing_value = "processed_metrics")]
+    pub sink_kafka: Option<String>,
+    /// Send malformed and late records to this Kafka topic (the reason in a header).
+    #[arg(long, value_name = "TOPIC")]
+    pub dead_letter_topic: Option<String>,
 }
 
 /// Parallelism: threads per process and the processes of a cluster.

@@ -5,6 +5,7 @@
 
 pub mod aggregate;
 pub mod cli;
+pub mod kafka;
 pub mod sink;
 pub mod source;
 pub mod stats;

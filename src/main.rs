@@ -24,6 +24,10 @@ enum Command {
     Run(Box<RunArgs>),
     /// Write simulated `binance` and `polymarket_trade` messages to files (for tests, demos, benchmarks).
     Generate(GenerateArgs),
+    /// Create, list or describe the Kafka topics.
+    Topics(dataflows::ops::TopicsArgs),
+    /// Write messages into Kafka from files or the simulator.
+    Produce(Box<dataflows::ops::ProduceArgs>),
 }
 
 fn main() -> ExitCode {
@@ -53,6 +57,8 @@ fn main() -> ExitCode {
     let result = match command {
         Command::Run(args) => dataflows::run(*args),
         Command::Generate(args) => dataflows::sim::generate(&args),
+        Command::Topics(args) => dataflows::ops::topics(&args),
+        Command::Produce(args) => dataflows::ops::produce(&args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

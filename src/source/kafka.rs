@@ -10,11 +10,12 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
-use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext};
 use rdkafka::message::Message;
 use rdkafka::statistics::Statistics;
 use rdkafka::{ClientContext, Offset, TopicPartitionList};
+
+use crate::kafka::KafkaSettings;
 
 use super::{owns, Origin, PartitionInfo, ReadStatus, Reader, ReaderFactory};
 
@@ -30,52 +31,21 @@ pub enum StartFrom {
     Latest,
 }
 
-/// Connection settings shared by every Kafka client of the job.
-#[derive(Clone, Debug)]
-pub struct KafkaSettings {
-    /// `bootstrap.servers`.
-    pub brokers: String,
-    /// librdkafka properties given with `-X key=value`, applied last.
-    pub overrides: Vec<(String, String)>,
-    /// Consumer group id (offsets are committed to it for lag tools; no rebalancing).
-    pub group_id: String,
-}
-
-impl KafkaSettings {
-    /// A librdkafka configuration with the brokers and overrides applied.
-    pub fn client_config(&self) -> ClientConfig {
-        let mut c = ClientConfig::new();
-        c.set("bootstrap.servers", &self.brokers);
-        for (k, v) in &self.overrides {
-            c.set(k, v);
-        }
-        c
-    }
-
-    fn consumer(&self, context: StatsContext) -> anyhow::Result<BaseConsumer<StatsContext>> {
-        let mut c = ClientConfig::new();
-        c.set("bootstrap.servers", &self.brokers)
-            .set("group.id", &self.group_id)
-            .set("enable.auto.commit", "false")
-            .set("enable.auto.offset.store", "false")
-            .set("enable.partition.eof", "false")
-            .set("statistics.interval.ms", "1000");
-        for (k, v) in &self.overrides {
-            c.set(k, v);
-        }
-        c.create_with_context(context)
-            .context("cannot create a Kafka consumer (check the -X settings)")
-    }
-}
-
-/// Parses a `-X key=value` argument.
-pub fn parse_override(s: &str) -> Result<(String, String), String> {
-    match s.split_once('=') {
-        Some((k, v)) if !k.trim().is_empty() => Ok((k.trim().to_string(), v.to_string())),
-        _ => Err(format!(
-            "expected key=value (a librdkafka property), got '{s}'"
-        )),
-    }
+/// A consumer for reading: manual assignment, offsets committed by us, librdkafka statistics on.
+fn consumer(
+    settings: &KafkaSettings,
+    context: StatsContext,
+) -> anyhow::Result<BaseConsumer<StatsContext>> {
+    settings
+        .config(&[
+            ("group.id", &settings.group_id),
+            ("enable.auto.commit", "false"),
+            ("enable.auto.offset.store", "false"),
+            ("enable.partition.eof", "false"),
+            ("statistics.interval.ms", "1000"),
+        ])
+        .create_with_context(context)
+        .context("cannot create a Kafka consumer (check the -X settings)")
 }
 
 /// One partition to read: from `start` up to `end` (exclusive) when the run is bounded.
@@ -106,7 +76,7 @@ pub fn plan_topic(
     start: StartFrom,
     until_end: bool,
 ) -> anyhow::Result<TopicPlan> {
-    let consumer = settings.consumer(StatsContext::default())?;
+    let consumer = consumer(settings, StatsContext::default())?;
     let md = consumer
         .fetch_metadata(Some(topic), METADATA_TIMEOUT)
         .map_err(|e| anyhow::anyhow!("cannot reach Kafka at {} ({e})", settings.brokers))?;
@@ -218,7 +188,7 @@ fn watch_partitions(
     every: Duration,
 ) {
     std::thread::spawn(move || {
-        let Ok(consumer) = settings.consumer(StatsContext::default()) else {
+        let Ok(consumer) = consumer(&settings, StatsContext::default()) else {
             return;
         };
         loop {
@@ -243,10 +213,23 @@ fn watch_partitions(
 /// Partition facts from librdkafka's statistics: high watermark and consumer lag.
 #[derive(Clone, Default)]
 pub struct StatsContext {
-    partitions: Arc<Mutex<HashMap<(String, i32), (i64, i64)>>>,
+    /// (topic, partition) → (high watermark, consumer lag).
+    partitions: Arc<Mutex<PartitionFacts>>,
 }
 
+type PartitionFacts = HashMap<(String, i32), (i64, i64)>;
+
 impl ClientContext for StatsContext {
+    // librdkafka's own log lines repeat every reconnect attempt; the reader reports errors
+    // once per distinct error from poll(), so these go to debug.
+    fn log(&self, level: rdkafka::config::RDKafkaLogLevel, fac: &str, log_message: &str) {
+        tracing::debug!(?level, facility = fac, "librdkafka: {log_message}");
+    }
+
+    fn error(&self, error: rdkafka::error::KafkaError, reason: &str) {
+        tracing::debug!(%error, "librdkafka: {reason}");
+    }
+
     fn stats(&self, statistics: Statistics) {
         let mut map = self.partitions.lock().unwrap_or_else(|e| e.into_inner());
         for (name, t) in statistics.topics {
@@ -271,7 +254,7 @@ impl StatsContext {
 impl ReaderFactory for KafkaFactory {
     fn open(&self, index: usize, peers: usize) -> anyhow::Result<Box<dyn Reader>> {
         let context = StatsContext::default();
-        let consumer = self.settings.consumer(context.clone())?;
+        let consumer = consumer(&self.settings, context.clone())?;
         let mut reader = KafkaReader {
             consumer,
             context,
