@@ -41,8 +41,16 @@ fn bad_arguments_and_inputs_are_clear_errors() {
         "cannot read hostfile /no/hosts",
     );
     fails(
-        &["run", "--brokers", "127.0.0.1:9", "--input", "binance=x"],
-        "either --brokers",
+        &["run", "--input", "binance=/dev/null", "--sink-kafka"],
+        "--sink-kafka and --dead-letter-topic need --brokers",
+    );
+    fails(
+        &["produce", "--brokers", "127.0.0.1:9"],
+        "either --input TOPIC=PATH",
+    );
+    fails(
+        &["topics", "list"],
+        "--brokers (or KAFKA_BROKERS) is required",
     );
     fails(
         &["run", "--until-end", "--input", "binance=/dev/null"],
