@@ -10,7 +10,7 @@ use serde_json::value::RawValue;
 use crate::aggregate::{Latest, NumStats};
 use crate::source::{Decoded, Decoder};
 use crate::time::{EventTime, Timed};
-use crate::window::{row_key, ResultLine, WindowAggregate};
+use crate::window::{ResultLine, WindowAggregate};
 
 use super::json;
 
@@ -239,15 +239,14 @@ impl WindowAggregate for KlineMetrics {
             avg_sentiment: a.sentiment.avg(),
             ticks: a.ticks,
         };
-        ResultLine {
-            stream: Self::STREAM.to_string(),
-            window_start,
-            window_end,
-            key: key.to_string(),
-            row_key: row_key("BIN", key, window_end),
-            // A struct of numbers and a string always serializes.
-            json: serde_json::to_string(&out).unwrap(),
-        }
+        ResultLine::new(
+            Self::STREAM,
+            "BIN",
+            key,
+            key,
+            (window_start, window_end),
+            &out,
+        )
     }
 }
 

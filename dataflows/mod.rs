@@ -11,12 +11,11 @@ use std::sync::Arc;
 
 use anyhow::{bail, Context};
 use timely::dataflow::operators::core::{Concat, OkErr};
-use timely::dataflow::operators::vec::Map;
 use timely::dataflow::{Scope, StreamVec};
 
 use crate::cli::{ClusterArgs, InputArgs, KafkaArgs, OutputArgs, WindowArgs};
 use crate::kafka::{KafkaSettings, KafkaSink};
-use crate::sink::{self, ConsoleSink, JsonlSink, ResultSink, SinkFactory, SinkItem};
+use crate::sink::{self, ConsoleSink, JsonlSink, ResultSink, SinkFactory};
 use crate::source::file::FileFactory;
 use crate::source::kafka::{plan_topic, KafkaFactory, ReadOptions};
 use crate::source::{source, ReaderFactory};
@@ -55,14 +54,30 @@ pub struct RunArgs {
     pub cluster: ClusterArgs,
     #[command(flatten)]
     pub sim: SimArgs,
+    /// Serve /metrics (Prometheus), /status (JSON) and a status page at `/` on HOST:PORT (a bare port binds 127.0.0.1).
+    #[arg(long, value_name = "HOST:PORT")]
+    pub metrics_addr: Option<String>,
     /// How often to log a progress line (records, rates, watermark, lag).
     #[arg(long, default_value = "10s", value_parser = crate::time::parse_duration, value_name = "DURATION")]
     pub log_interval: std::time::Duration,
 }
 
-/// Logs a progress line every `every` on a background thread (it ends with the process).
+/// Shows progress on a background thread (it ends with the process): a line on stderr rewritten
+/// every second when stderr is a terminal, else a log line every `every`.
 fn spawn_progress_log(stats: RunStats, every: std::time::Duration) {
+    use std::io::IsTerminal;
     if every.is_zero() {
+        return;
+    }
+    if std::io::stderr().is_terminal() {
+        std::thread::spawn(move || {
+            let mut prev = stats.topics();
+            loop {
+                std::thread::sleep(std::time::Duration::from_secs(1));
+                eprint!("\r\x1b[2K{}\r", stats.progress_line(&prev, 1.0));
+                prev = stats.topics();
+            }
+        });
         return;
     }
     std::thread::spawn(move || {
@@ -232,12 +247,12 @@ fn build<'s>(
             rec: tr,
         }),
     });
-    let results = tumbling::<KlineMetrics>(klines, spec)
-        .concat(tumbling::<BookMetrics>(books, spec))
-        .concat(tumbling::<TradeMetrics>(trades, spec))
-        .map(SinkItem::Result);
-    let dead = dead_b.concat(dead_p).map(SinkItem::DeadLetter);
-    sink::write_all(results.concat(dead), sinks, stats.clone());
+    let results = vec![
+        tumbling::<KlineMetrics>(klines, spec, stats.clone()),
+        tumbling::<BookMetrics>(books, spec, stats.clone()),
+        tumbling::<TradeMetrics>(trades, spec, stats.clone()),
+    ];
+    sink::write_all(results, dead_b.concat(dead_p), sinks, stats.clone());
 }
 
 /// Runs the speed layer until its inputs end (files, `--until-end`, a bounded simulation) or
@@ -260,6 +275,10 @@ pub fn run(args: RunArgs) -> anyhow::Result<()> {
         "speed-layer starting"
     );
     let stats = RunStats::default();
+    if let Some(addr) = &args.metrics_addr {
+        let bound = crate::metrics::serve(addr, stats.clone(), args.cluster.process)?;
+        tracing::info!("status page at http://{bound}/ (metrics at /metrics, JSON at /status)");
+    }
     spawn_progress_log(stats.clone(), args.log_interval);
     let sinks = sinks(&args.output, args.kafka.settings())?;
     let topics = (args.topic_binance.clone(), args.topic_polymarket.clone());

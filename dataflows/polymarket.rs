@@ -13,7 +13,7 @@ use serde_json::value::RawValue;
 use crate::aggregate::{Latest, NumStats};
 use crate::source::{Decoded, Decoder};
 use crate::time::{EventTime, Timed};
-use crate::window::{row_key, ResultLine, WindowAggregate};
+use crate::window::{ResultLine, WindowAggregate};
 
 use super::json;
 
@@ -276,25 +276,6 @@ fn short_id(market: &str) -> &str {
         .map_or(market, |(i, _)| &market[..i])
 }
 
-fn result_line(
-    stream: &str,
-    kind: &str,
-    key: &str,
-    start: EventTime,
-    end: EventTime,
-    out: &impl Serialize,
-) -> ResultLine {
-    ResultLine {
-        stream: stream.to_string(),
-        window_start: start,
-        window_end: end,
-        key: key.to_string(),
-        row_key: row_key(kind, short_id(key), end),
-        // Structs of numbers and strings always serialize.
-        json: serde_json::to_string(out).unwrap(),
-    }
-}
-
 /// The `polymarket_books` window metrics.
 pub struct BookMetrics;
 
@@ -346,7 +327,14 @@ impl WindowAggregate for BookMetrics {
             avg_spread: a.spread.avg(),
             num_updates: a.updates,
         };
-        result_line(Self::STREAM, "PB", key, window_start, window_end, &out)
+        ResultLine::new(
+            Self::STREAM,
+            "PB",
+            key,
+            short_id(key),
+            (window_start, window_end),
+            &out,
+        )
     }
 }
 
@@ -401,7 +389,14 @@ impl WindowAggregate for TradeMetrics {
             total_shares_traded: a.shares.sum(),
             num_trades: a.trades,
         };
-        result_line(Self::STREAM, "PT", key, window_start, window_end, &out)
+        ResultLine::new(
+            Self::STREAM,
+            "PT",
+            key,
+            short_id(key),
+            (window_start, window_end),
+            &out,
+        )
     }
 }
 

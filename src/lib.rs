@@ -6,6 +6,7 @@
 pub mod aggregate;
 pub mod cli;
 pub mod kafka;
+pub mod metrics;
 pub mod sink;
 pub mod source;
 pub mod stats;

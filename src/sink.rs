@@ -11,7 +11,9 @@ use std::io::{BufWriter, Write};
 use std::path::{Path, PathBuf};
 
 use anyhow::Context;
-use serde::{Deserialize, Serialize};
+use std::cell::RefCell;
+use std::rc::Rc;
+
 use timely::dataflow::channels::pact::Exchange;
 use timely::dataflow::operators::generic::Operator;
 use timely::dataflow::StreamVec;
@@ -36,82 +38,96 @@ pub trait ResultSink {
 pub type SinkFactory =
     std::sync::Arc<dyn Fn() -> anyhow::Result<Vec<Box<dyn ResultSink>>> + Send + Sync>;
 
-/// What reaches the sinks: a final window result or a dead-letter line.
-#[derive(Clone, Debug, Serialize, Deserialize)]
-pub enum SinkItem {
-    /// A final window result.
-    Result(ResultLine),
-    /// A dead-letter record (one JSON object).
-    DeadLetter(String),
+/// The sinks of one process, opened on first use by the worker that writes (global worker 0).
+type SharedSinks = Rc<RefCell<Option<Vec<Box<dyn ResultSink>>>>>;
+
+fn with_sinks(
+    shared: &SharedSinks,
+    factory: &SinkFactory,
+    mut f: impl FnMut(&mut dyn ResultSink) -> anyhow::Result<()>,
+    what: &str,
+) {
+    let mut guard = shared.borrow_mut();
+    let sinks = guard.get_or_insert_with(|| match factory() {
+        Ok(s) => s,
+        Err(e) => crate::fatal(&format!("cannot open outputs: {e:#}")),
+    });
+    for s in sinks.iter_mut() {
+        if let Err(e) = f(s.as_mut()).and_then(|()| s.flush()) {
+            crate::fatal(&format!("{what} failed: {e:#}"));
+        }
+    }
 }
 
-/// Routes everything to worker 0 and writes it to the sinks made by `factory`. Results are held
-/// until the watermark passes their time, so each window end is written as one sorted batch;
-/// dead letters are written as they come.
-pub fn write_all(items: StreamVec<'_, EventTime, SinkItem>, factory: SinkFactory, stats: RunStats) {
-    let mut sinks: Option<Vec<Box<dyn ResultSink>>> = None;
-    let mut pending: BTreeMap<EventTime, Vec<ResultLine>> = BTreeMap::new();
-    let mut dead: Vec<String> = Vec::new();
-    items.sink(
-        Exchange::new(|_: &SinkItem| 0),
-        "Sinks",
-        move |(input, frontier)| {
-            input.for_each_stamp(|cap, data| {
-                let t = cap.least().copied().unwrap_or_default();
-                for batch in data {
-                    for item in batch.drain(..) {
-                        match item {
-                            SinkItem::Result(r) => pending.entry(t).or_default().push(r),
-                            SinkItem::DeadLetter(d) => dead.push(d),
-                        }
+/// Routes results and dead letters to worker 0 and writes them to the sinks made by `factory`.
+///
+/// Each result stream has its own sink operator, so a stream is written as soon as *its*
+/// watermark passes a window end, not when the slowest input's does. Results are held until
+/// then, so each window end is written as one batch sorted by key; dead letters are written as
+/// they come.
+pub fn write_all<'s>(
+    results: Vec<StreamVec<'s, EventTime, ResultLine>>,
+    dead: StreamVec<'s, EventTime, String>,
+    factory: SinkFactory,
+    stats: RunStats,
+) {
+    let shared: SharedSinks = Rc::new(RefCell::new(None));
+    for stream in results {
+        let (shared, factory, stats) = (Rc::clone(&shared), factory.clone(), stats.clone());
+        let mut pending: BTreeMap<EventTime, Vec<ResultLine>> = BTreeMap::new();
+        stream.sink(
+            Exchange::new(|_: &ResultLine| 0),
+            "ResultSink",
+            move |(input, frontier)| {
+                input.for_each_stamp(|cap, data| {
+                    let t = cap.least().copied().unwrap_or_default();
+                    let entry = pending.entry(t).or_default();
+                    for batch in data {
+                        entry.append(batch);
                     }
-                }
-            });
-            let ready = pending
-                .first_key_value()
-                .is_some_and(|(t, _)| !frontier.less_equal(t));
-            if !ready && dead.is_empty() {
-                return;
-            }
-            let sinks = sinks.get_or_insert_with(|| match factory() {
-                Ok(s) => s,
-                Err(e) => crate::fatal(&format!("cannot open outputs: {e:#}")),
-            });
-            if !dead.is_empty() {
-                for s in sinks.iter_mut() {
-                    if let Err(e) = s.dead_letters(&dead) {
-                        crate::fatal(&format!("writing dead letters failed: {e:#}"));
-                    }
-                }
-                dead.clear();
-            }
-            while let Some(entry) = pending.first_entry() {
-                if frontier.less_equal(entry.key()) {
-                    break;
-                }
-                let (t, mut lines) = entry.remove_entry();
-                lines.sort_by(|a, b| {
-                    (&a.stream, &a.key, a.window_end).cmp(&(&b.stream, &b.key, b.window_end))
                 });
-                let mut i = 0;
-                while i < lines.len() {
-                    let n = lines[i..]
-                        .iter()
-                        .take_while(|l| l.stream == lines[i].stream)
-                        .count();
-                    stats.add_results(&lines[i].stream, n as u64);
-                    i += n;
-                }
-                for s in sinks.iter_mut() {
-                    if let Err(e) = s.write(t, &lines) {
-                        crate::fatal(&format!("writing results failed: {e:#}"));
+                while let Some(entry) = pending.first_entry() {
+                    if frontier.less_equal(entry.key()) {
+                        break;
+                    }
+                    let (_, mut lines) = entry.remove_entry();
+                    lines.sort_by(|a, b| (&a.stream, &a.key).cmp(&(&b.stream, &b.key)));
+                    let end = lines.first().map_or(0, |l| l.window_end);
+                    with_sinks(
+                        &shared,
+                        &factory,
+                        |s| s.write(end, &lines),
+                        "writing results",
+                    );
+                    // Emit latency: from the watermark passing the window end to the result being flushed.
+                    let now = crate::window::now_us();
+                    for l in &lines {
+                        stats.add_results(&l.stream, 1);
+                        let latency = now.saturating_sub(l.final_at_us) as f64 / 1e6;
+                        stats.record_result(&l.stream, &l.key, l.window_end, &l.json, latency);
                     }
                 }
-            }
-            for s in sinks.iter_mut() {
-                if let Err(e) = s.flush() {
-                    crate::fatal(&format!("flushing outputs failed: {e:#}"));
+            },
+        );
+    }
+    let mut buf: Vec<String> = Vec::new();
+    dead.sink(
+        Exchange::new(|_: &String| 0),
+        "DeadLetterSink",
+        move |(input, _frontier)| {
+            input.for_each_stamp(|_cap, data| {
+                for batch in data {
+                    buf.append(batch);
                 }
+            });
+            if !buf.is_empty() {
+                with_sinks(
+                    &shared,
+                    &factory,
+                    |s| s.dead_letters(&buf),
+                    "writing dead letters",
+                );
+                buf.clear();
             }
         },
     );

@@ -57,7 +57,57 @@ struct StatsInner {
     topics: BTreeMap<String, TopicCounts>,
     results: BTreeMap<String, u64>,
     partitions: BTreeMap<(String, String), PartitionStatus>,
+    /// Each source worker's capability (its watermark); `None` once the source ended.
+    watermarks: BTreeMap<(String, usize), Option<u64>>,
+    /// Open windows and keys held by each window operator worker.
+    open: BTreeMap<(String, usize), (u64, u64)>,
+    latency: Histogram,
+    /// The latest final result per (stream, key).
+    latest: BTreeMap<(String, String), (u64, String)>,
 }
+
+/// Upper bounds (seconds) of the emit-latency histogram buckets.
+pub const LATENCY_BUCKETS: [f64; 14] = [
+    0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 5.0,
+];
+
+/// A cumulative histogram in the Prometheus sense.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Histogram {
+    /// Observations at or below each bound of [`LATENCY_BUCKETS`].
+    pub buckets: [u64; 14],
+    /// Number of observations.
+    pub count: u64,
+    /// Sum of observations (seconds).
+    pub sum: f64,
+}
+
+impl Histogram {
+    fn observe(&mut self, secs: f64) {
+        self.count += 1;
+        self.sum += secs;
+        for (i, b) in LATENCY_BUCKETS.iter().enumerate() {
+            if secs <= *b {
+                self.buckets[i] += 1;
+            }
+        }
+    }
+
+    /// The bucket bound below which a fraction `q` of observations fall (an upper estimate).
+    pub fn quantile(&self, q: f64) -> Option<f64> {
+        let want = (self.count as f64 * q).ceil() as u64;
+        (self.count > 0).then(|| {
+            LATENCY_BUCKETS
+                .iter()
+                .zip(self.buckets)
+                .find(|(_, n)| *n >= want)
+                .map_or(f64::INFINITY, |(b, _)| *b)
+        })
+    }
+}
+
+/// Most (stream, key) pairs whose latest result is kept for `/status`.
+const LATEST_MAX: usize = 2000;
 
 /// What a source knows about one of its partitions.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -72,6 +122,10 @@ pub struct PartitionStatus {
     pub idle: bool,
     /// Ended (file end, `--until-end` offset, end of a bounded simulation).
     pub done: bool,
+    /// Messages read from it.
+    pub messages: u64,
+    /// Records read from it (in windows, late or malformed).
+    pub records: u64,
 }
 
 impl RunStats {
@@ -103,6 +157,71 @@ impl RunStats {
         self.lock()
             .partitions
             .insert((topic.to_string(), label.to_string()), status);
+    }
+
+    /// Records a source worker's watermark (`None` when it ended).
+    pub fn set_watermark(&self, topic: &str, worker: usize, t: Option<u64>) {
+        self.lock()
+            .watermarks
+            .insert((topic.to_string(), worker), t);
+    }
+
+    /// Each topic's watermark in this process: the least over its running source workers
+    /// (`None` when every one ended).
+    pub fn watermarks(&self) -> BTreeMap<String, Option<u64>> {
+        let mut out: BTreeMap<String, Option<u64>> = BTreeMap::new();
+        for ((topic, _), t) in &self.lock().watermarks {
+            let e = out.entry(topic.clone()).or_insert(None);
+            if let Some(t) = t {
+                *e = Some(e.map_or(*t, |c| c.min(*t)));
+            }
+        }
+        out
+    }
+
+    /// Records how many windows and keys a window operator worker holds open.
+    pub fn set_open(&self, stream: &str, worker: usize, windows: u64, keys: u64) {
+        self.lock()
+            .open
+            .insert((stream.to_string(), worker), (windows, keys));
+    }
+
+    /// Open windows and keys per stream in this process.
+    pub fn open(&self) -> BTreeMap<String, (u64, u64)> {
+        let mut out: BTreeMap<String, (u64, u64)> = BTreeMap::new();
+        for ((stream, _), (w, k)) in &self.lock().open {
+            let e = out.entry(stream.clone()).or_default();
+            e.0 = e.0.max(*w);
+            e.1 += k;
+        }
+        out
+    }
+
+    /// Records a written result: its emit latency and the latest value for its key.
+    pub fn record_result(
+        &self,
+        stream: &str,
+        key: &str,
+        window_end: u64,
+        json: &str,
+        latency_secs: f64,
+    ) {
+        let mut inner = self.lock();
+        inner.latency.observe(latency_secs);
+        let k = (stream.to_string(), key.to_string());
+        if inner.latest.len() < LATEST_MAX || inner.latest.contains_key(&k) {
+            inner.latest.insert(k, (window_end, json.to_string()));
+        }
+    }
+
+    /// The emit-latency histogram.
+    pub fn latency(&self) -> Histogram {
+        self.lock().latency.clone()
+    }
+
+    /// The latest final result per (stream, key): (window end, JSON).
+    pub fn latest(&self) -> BTreeMap<(String, String), (u64, String)> {
+        self.lock().latest.clone()
     }
 
     /// A copy of every partition's status, by (topic, partition label).

@@ -16,7 +16,15 @@ use timely::dataflow::operators::Capability;
 use timely::dataflow::StreamVec;
 use timely::ExchangeData;
 
+use crate::stats::RunStats;
 use crate::time::{EventTime, Timed, WindowSpec};
+
+/// Wall-clock microseconds since the epoch.
+pub fn now_us() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_micros() as u64)
+}
 
 /// One final window result, rendered for the sinks.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -33,6 +41,33 @@ pub struct ResultLine {
     pub row_key: String,
     /// The result as one JSON object.
     pub json: String,
+    /// Wall-clock time (µs since the epoch) at which the watermark passed the window end, as the
+    /// window operator saw it: the start of the emit latency.
+    pub final_at_us: u64,
+}
+
+impl ResultLine {
+    /// A result for `key`, whose serving-layer row key is `KIND#row_id#reverse-end`, with the
+    /// metrics serialized from `out` (whose fields include the window bounds and the key).
+    pub fn new(
+        stream: &str,
+        kind: &str,
+        key: &str,
+        row_id: &str,
+        window: (EventTime, EventTime),
+        out: &impl Serialize,
+    ) -> Self {
+        ResultLine {
+            stream: stream.to_string(),
+            window_start: window.0,
+            window_end: window.1,
+            key: key.to_string(),
+            row_key: row_key(kind, row_id, window.1),
+            // Result structs hold only numbers, strings and options: serializing cannot fail.
+            json: serde_json::to_string(out).unwrap(),
+            final_at_us: 0,
+        }
+    }
 }
 
 /// A window metric definition: how records of one stream aggregate per key and window.
@@ -103,11 +138,14 @@ type OpenWindow<Acc> = (Capability<EventTime>, HashMap<String, Acc>);
 type Partial<A> = (EventTime, String, <A as WindowAggregate>::Acc);
 
 /// Aggregates `records` in tumbling windows, emitting one [`ResultLine`] per (key, window) when
-/// the watermark passes the window's end.
+/// the watermark reaches the window's end; results carry timely time `window_end - 1`.
 pub fn tumbling<'s, A: WindowAggregate>(
     records: StreamVec<'s, EventTime, Timed<A::Record>>,
     spec: WindowSpec,
+    stats: RunStats,
 ) -> StreamVec<'s, EventTime, ResultLine> {
+    let records_scope = records.scope();
+    let worker = records_scope.index();
     let partials: StreamVec<'s, EventTime, Partial<A>> =
         records.unary(Pipeline, "PreAggregate", move |_cap, _info| {
             let mut local: HashMap<EventTime, HashMap<String, A::Acc>> = HashMap::new();
@@ -140,13 +178,17 @@ pub fn tumbling<'s, A: WindowAggregate>(
         &format!("Window({})", A::STREAM),
         move |_cap, _info| {
             let mut open: BTreeMap<EventTime, OpenWindow<A::Acc>> = BTreeMap::new();
+            let mut reported = (0, 0);
             move |(input, frontier), output| {
                 input.for_each_stamp(|cap, data| {
                     for batch in data {
                         for (end, key, acc) in batch.drain(..) {
+                            // Results go out at `end - 1`: every record of the window was stamped
+                            // earlier, and a sink can then write them as soon as the frontier
+                            // reaches `end` instead of waiting for it to pass.
                             let (_, per_key) = open
                                 .entry(end)
-                                .or_insert_with(|| (cap.delayed(&end, 0), HashMap::new()));
+                                .or_insert_with(|| (cap.delayed(&(end - 1), 0), HashMap::new()));
                             match per_key.get_mut(&key) {
                                 Some(mine) => A::merge(mine, &acc),
                                 None => {
@@ -161,13 +203,24 @@ pub fn tumbling<'s, A: WindowAggregate>(
                     if frontier.less_than(&end) {
                         break;
                     }
+                    let final_at_us = now_us();
                     let (cap, per_key) = entry.remove();
                     let mut keys: Vec<_> = per_key.into_iter().collect();
                     keys.sort_unstable_by(|a, b| a.0.cmp(&b.0));
                     let start = spec.window_start(end);
                     output
                         .session(&cap)
-                        .give_iterator(keys.iter().map(|(k, acc)| A::finish(k, start, end, acc)));
+                        .give_iterator(keys.iter().map(|(k, acc)| {
+                            let mut line = A::finish(k, start, end, acc);
+                            line.final_at_us = final_at_us;
+                            line
+                        }));
+                }
+
+                let keys = open.values().map(|(_, k)| k.len() as u64).sum();
+                if (open.len(), keys) != reported {
+                    reported = (open.len(), keys);
+                    stats.set_open(A::STREAM, worker, open.len() as u64, keys);
                 }
             }
         },

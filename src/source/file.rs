@@ -1,8 +1,10 @@
 //! File inputs: one message value per line; `-` reads standard input. Each file is one partition
 //! of its topic, positions are 1-based line numbers, and blank lines carry no message.
+//! Standard input is read on a helper thread, so a slow pipe never blocks a worker.
 
 use std::fs::File;
-use std::io::{BufRead, BufReader, Read};
+use std::io::{BufRead, BufReader};
+use std::sync::mpsc::{sync_channel, Receiver, TryRecvError};
 
 use anyhow::Context;
 
@@ -41,21 +43,18 @@ impl ReaderFactory for FileFactory {
             if !owns(self.topic_ordinal + i, index, peers) {
                 continue;
             }
-            let input: Box<dyn Read + Send> = if path == "-" {
-                Box::new(std::io::stdin())
+            let lines = if path == "-" {
+                Lines::Piped(stdin_lines())
             } else {
-                Box::new(
-                    File::open(path).with_context(|| format!("cannot read input file '{path}'"))?,
-                )
+                let f =
+                    File::open(path).with_context(|| format!("cannot read input file '{path}'"))?;
+                Lines::File(BufReader::with_capacity(1 << 20, f))
             };
             parts.push(PartitionInfo {
                 id: i as u32,
                 origin: Origin::File(path.clone()),
             });
-            inputs.push(Some(LineInput {
-                reader: BufReader::with_capacity(1 << 20, input),
-                line: 0,
-            }));
+            inputs.push(Some(LineInput { lines, line: 0 }));
         }
         Ok(Box::new(FileReader {
             parts,
@@ -65,8 +64,65 @@ impl ReaderFactory for FileFactory {
     }
 }
 
+/// Lines from a regular file (read in place) or from a pipe (read by a helper thread).
+enum Lines {
+    File(BufReader<File>),
+    Piped(Receiver<std::io::Result<Vec<u8>>>),
+}
+
+/// One line (with its end-of-line bytes), nothing yet, or the end of the input.
+enum Next {
+    Line,
+    Wait,
+    End,
+}
+
+impl Lines {
+    fn next(&mut self, buf: &mut Vec<u8>) -> std::io::Result<Next> {
+        match self {
+            Lines::File(r) => Ok(if r.read_until(b'\n', buf)? == 0 {
+                Next::End
+            } else {
+                Next::Line
+            }),
+            Lines::Piped(rx) => match rx.try_recv() {
+                Ok(line) => {
+                    *buf = line?;
+                    Ok(Next::Line)
+                }
+                Err(TryRecvError::Empty) => Ok(Next::Wait),
+                Err(TryRecvError::Disconnected) => Ok(Next::End),
+            },
+        }
+    }
+}
+
+/// Reads standard input line by line on a helper thread into a bounded channel.
+fn stdin_lines() -> Receiver<std::io::Result<Vec<u8>>> {
+    let (tx, rx) = sync_channel(4096);
+    std::thread::spawn(move || {
+        let mut input = std::io::stdin().lock();
+        loop {
+            let mut buf = Vec::new();
+            match input.read_until(b'\n', &mut buf) {
+                Ok(0) => break,
+                Ok(_) => {
+                    if tx.send(Ok(buf)).is_err() {
+                        break;
+                    }
+                }
+                Err(e) => {
+                    let _ = tx.send(Err(e));
+                    break;
+                }
+            }
+        }
+    });
+    rx
+}
+
 struct LineInput {
-    reader: BufReader<Box<dyn Read + Send>>,
+    lines: Lines,
     line: u64,
 }
 
@@ -94,17 +150,25 @@ impl Reader for FileReader {
             return Ok(ReadStatus::Done);
         }
         let share = (budget / live).max(1);
+        let mut waiting = false;
         for (slot, input) in self.inputs.iter_mut().enumerate() {
             let Some(li) = input else { continue };
             for _ in 0..share {
                 self.buf.clear();
-                let n = li
-                    .reader
-                    .read_until(b'\n', &mut self.buf)
+                let next = li
+                    .lines
+                    .next(&mut self.buf)
                     .with_context(|| format!("reading {:?}", self.parts[slot].origin))?;
-                if n == 0 {
-                    *input = None;
-                    break;
+                match next {
+                    Next::Line => {}
+                    Next::Wait => {
+                        waiting = true;
+                        break;
+                    }
+                    Next::End => {
+                        *input = None;
+                        break;
+                    }
                 }
                 li.line += 1;
                 let mut line = &self.buf[..];
@@ -123,6 +187,8 @@ impl Reader for FileReader {
         }
         Ok(if self.inputs.iter().all(Option::is_none) {
             ReadStatus::Done
+        } else if waiting {
+            ReadStatus::Idle(std::time::Duration::from_millis(5))
         } else {
             ReadStatus::More
         })

@@ -263,6 +263,8 @@ where
         let mut caps: Option<Vec<Capability<EventTime>>> = Some(caps);
         let mut reader: Option<Box<dyn Reader>> = None;
         let mut clocks: Vec<PartitionClock> = Vec::new();
+        // Messages and records read per partition.
+        let mut counts: Vec<(u64, u64)> = Vec::new();
         let mut tally = TopicCounts::default();
         let mut decoded = Vec::new();
         let mut pending_records = Vec::new();
@@ -275,6 +277,7 @@ where
                 match factory.open(index, peers) {
                     Ok(r) => {
                         clocks = vec![PartitionClock::default(); r.partitions().len()];
+                        counts = vec![(0, 0); r.partitions().len()];
                         reader = Some(r);
                     }
                     Err(e) => crate::fatal(&format!("cannot open input {topic}: {e:#}")),
@@ -289,6 +292,8 @@ where
                     tally.messages += 1;
                     decoded.clear();
                     decoder.decode(value, &mut decoded);
+                    counts[slot].0 += 1;
+                    counts[slot].1 += decoded.len() as u64;
                     let clock = &mut clocks[slot];
                     let part = &parts[slot];
                     for item in decoded.drain(..) {
@@ -383,6 +388,7 @@ where
                     .session(&held[1])
                     .give_iterator(pending_dead.drain(..));
             }
+            let read_any = tally.messages > 0;
             stats.absorb(&topic, &mut tally);
 
             // The new capability: the least watermark over partitions still running and not
@@ -402,7 +408,9 @@ where
                     Some(seen.max(crate::time::now_ms().saturating_sub(spec.lateness_ms)))
                 }
             };
-            if last_status.elapsed() >= STATUS_EVERY || status == ReadStatus::Done || target.is_none() {
+            // Partition facts go out with every batch read (so per-partition and per-topic counts
+            // agree), and at least every STATUS_EVERY for lag and idleness.
+            if read_any || last_status.elapsed() >= STATUS_EVERY || status == ReadStatus::Done || target.is_none() {
                 last_status = std::time::Instant::now();
                 for (slot, part) in r.partitions().iter().enumerate() {
                     let c = clocks[slot];
@@ -412,16 +420,22 @@ where
                         lag: r.lag(slot),
                         idle: r.is_idle(slot),
                         done: r.is_done(slot),
+                        messages: counts[slot].0,
+                        records: counts[slot].1,
                     };
                     stats.set_partition(&topic, &part.origin.label(), st);
                 }
             }
             match (status, target) {
-                (ReadStatus::Done, _) | (_, None) => caps = None,
+                (ReadStatus::Done, _) | (_, None) => {
+                    caps = None;
+                    stats.set_watermark(&topic, index, None);
+                }
                 (status, Some(wm)) => {
                     let t = spec.round_down(wm);
                     if t > *held[0].time() {
                         held.iter_mut().for_each(|c| c.downgrade(&t));
+                        stats.set_watermark(&topic, index, Some(t));
                     }
                     match status {
                         ReadStatus::More => activator.activate(),

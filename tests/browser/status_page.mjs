@@ -1,0 +1,38 @@
+// Loads the status page of a running speed-layer job in headless Chromium (Debian's package),
+// waits until the charts have several points and the results tables have rows, checks the page
+// did not log errors, and saves a screenshot.
+//
+// usage: node status_page.mjs URL SCREENSHOT.png
+import { chromium } from "playwright-core";
+
+const [url, out] = process.argv.slice(2);
+const browser = await chromium.launch({
+  executablePath: process.env.CHROMIUM || "/usr/bin/chromium",
+  args: ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+         "--disable-background-networking", "--disable-component-update", "--disable-sync"],
+});
+const errors = [];
+try {
+  const page = await browser.newPage({ viewport: { width: 1400, height: 1300 } });
+  page.on("pageerror", e => errors.push(String(e)));
+  page.on("console", m => { if (m.type() === "error") errors.push(m.text()); });
+  await page.goto(url);
+  await page.waitForFunction(() =>
+    Number(document.body.dataset.samples) >= 5
+    && ["throughput", "wmlag"].every(id => Number(document.getElementById("chart-" + id).dataset.points) >= 4)
+    && document.querySelectorAll("#results-binance tbody tr").length > 0
+    && document.querySelectorAll("#results-polymarket_books tbody tr").length > 0
+    && document.querySelectorAll("#partitions tbody tr").length > 0,
+    null, { timeout: 60000 });
+  const facts = await page.evaluate(() => ({
+    samples: Number(document.body.dataset.samples),
+    binanceRows: document.querySelectorAll("#results-binance tbody tr").length,
+    partitions: document.querySelectorAll("#partitions tbody tr").length,
+    state: document.getElementById("state").textContent,
+  }));
+  await page.screenshot({ path: out, fullPage: true });
+  if (errors.length) throw new Error("page errors: " + errors.join("; "));
+  console.log(JSON.stringify(facts));
+} finally {
+  await browser.close();
+}
