@@ -4,6 +4,7 @@
 
 use std::borrow::Cow;
 
+use compact_str::CompactString;
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 
@@ -17,8 +18,8 @@ use super::json;
 /// One kline row, reduced to what the metrics use.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Kline {
-    /// Grouping key.
-    pub symbol: String,
+    /// Grouping key (stored inline: symbols are short, so no allocation per row).
+    pub symbol: CompactString,
     /// `close`.
     pub price: Option<f64>,
     /// `quote_asset_volume`.
@@ -42,7 +43,7 @@ struct Row<'a> {
 impl Kline {
     /// Derives the per-record values of `formats.md`.
     pub fn new(
-        symbol: String,
+        symbol: CompactString,
         close: Option<f64>,
         qav: Option<f64>,
         taker_buy_quote: Option<f64>,
@@ -72,6 +73,18 @@ impl Decoder for KlineDecoder {
             Ok(t) => t,
             Err(e) => return out.push(malformed(0, "invalid UTF-8", e.to_string(), None)),
         };
+        // Fast path: the whole message parses in one pass (the common case).
+        if text.trim_start().starts_with('[') {
+            if let Ok(rows) = serde_json::from_str::<Vec<Row>>(text) {
+                for (i, row) in rows.into_iter().enumerate() {
+                    out.push(decode_row(i as u32, row, || None));
+                }
+                return;
+            }
+        } else if let Ok(row) = serde_json::from_str::<Row>(text) {
+            return out.push(decode_row(0, row, || None));
+        }
+        // Slow path: something is wrong; find out which row and why, row by row.
         let rows = match json::elements(text) {
             Ok(rows) => rows,
             Err(e) => return out.push(malformed(0, reason_of(&e), e, None)),
@@ -81,33 +94,31 @@ impl Decoder for KlineDecoder {
             let index = i as u32;
             let excerpt = || many.then(|| raw.get().to_string());
             match serde_json::from_str::<Row>(raw.get()) {
-                Ok(row) => match (row.symbol, row.snapshot_time) {
-                    (None, _) => {
-                        out.push(malformed(index, "missing symbol", String::new(), excerpt()))
-                    }
-                    (_, None) => out.push(malformed(
-                        index,
-                        "missing snapshot_time",
-                        String::new(),
-                        excerpt(),
-                    )),
-                    (Some(symbol), Some(time)) => out.push(Decoded::Record {
-                        index,
-                        time,
-                        rec: Kline::new(
-                            symbol.into_owned(),
-                            row.close,
-                            row.quote_asset_volume,
-                            row.taker_buy_quote,
-                        ),
-                    }),
-                },
+                Ok(row) => out.push(decode_row(index, row, excerpt)),
                 Err(e) => {
                     let (reason, detail) = diagnose(raw, &e);
                     out.push(malformed(index, reason, detail, excerpt()));
                 }
             }
         }
+    }
+}
+
+/// A parsed row: a record, or malformed for a missing key or event time.
+fn decode_row(index: u32, row: Row<'_>, excerpt: impl Fn() -> Option<String>) -> Decoded<Kline> {
+    match (row.symbol, row.snapshot_time) {
+        (None, _) => malformed(index, "missing symbol", String::new(), excerpt()),
+        (_, None) => malformed(index, "missing snapshot_time", String::new(), excerpt()),
+        (Some(symbol), Some(time)) => Decoded::Record {
+            index,
+            time,
+            rec: Kline::new(
+                CompactString::from(symbol.as_ref()),
+                row.close,
+                row.quote_asset_volume,
+                row.taker_buy_quote,
+            ),
+        },
     }
 }
 

@@ -8,7 +8,6 @@ use std::time::Duration;
 
 use anyhow::{bail, Context};
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
-use rdkafka::client::DefaultClientContext;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::{Header, OwnedHeaders};
@@ -48,12 +47,30 @@ impl KafkaSettings {
     }
 
     /// A plain consumer for metadata and offset queries.
-    pub fn metadata_consumer(&self) -> anyhow::Result<BaseConsumer> {
+    pub fn metadata_consumer(&self) -> anyhow::Result<BaseConsumer<QuietContext>> {
         self.config(&[("group.id", &self.group_id)])
-            .create()
+            .create_with_context(QuietContext)
             .context("cannot create a Kafka client (check the -X settings)")
     }
 }
+
+/// A client context that sends librdkafka's own log lines to debug: they repeat on every
+/// reconnect attempt (and warn about `-X` properties meant for other client kinds), while the
+/// errors that matter reach the caller as results.
+#[derive(Clone, Copy, Default)]
+pub struct QuietContext;
+
+impl ClientContext for QuietContext {
+    fn log(&self, level: rdkafka::config::RDKafkaLogLevel, fac: &str, log_message: &str) {
+        tracing::debug!(?level, facility = fac, "librdkafka: {log_message}");
+    }
+
+    fn error(&self, error: KafkaError, reason: &str) {
+        tracing::debug!(%error, "librdkafka: {reason}");
+    }
+}
+
+impl rdkafka::consumer::ConsumerContext for QuietContext {}
 
 /// Parses a `-X key=value` argument.
 pub fn parse_override(s: &str) -> Result<(String, String), String> {
@@ -91,9 +108,9 @@ pub fn create_topics(
     settings: &KafkaSettings,
     topics: &[TopicSpec<'_>],
 ) -> anyhow::Result<Vec<(String, Created)>> {
-    let admin: AdminClient<DefaultClientContext> = settings
+    let admin: AdminClient<QuietContext> = settings
         .config(&[])
-        .create()
+        .create_with_context(QuietContext)
         .context("cannot create a Kafka admin client")?;
     reachable(settings)?;
     let new: Vec<NewTopic> = topics

@@ -7,6 +7,10 @@ use clap::{Parser, Subcommand};
 use speed_layer::dataflows::sim::GenerateArgs;
 use speed_layer::dataflows::{self, RunArgs};
 
+// Many small, short-lived allocations cross worker threads; mimalloc keeps them off the page-fault path.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 /// Windowed market metrics from Binance and Polymarket feeds, on timely dataflow.
 #[derive(Parser)]
 #[command(name = "speed-layer", version, about)]

@@ -68,10 +68,18 @@ pub fn serve(addr: &str, stats: RunStats, process: usize) -> anyhow::Result<Stri
 
 /// Resident memory of this process in bytes (Linux), if known.
 pub fn memory_bytes() -> Option<u64> {
+    proc_status_kb("VmRSS:").map(|kb| kb * 1024)
+}
+
+/// Peak resident memory of this process in bytes (Linux), if known.
+pub fn peak_memory_bytes() -> Option<u64> {
+    proc_status_kb("VmHWM:").map(|kb| kb * 1024)
+}
+
+fn proc_status_kb(field: &str) -> Option<u64> {
     let status = std::fs::read_to_string("/proc/self/status").ok()?;
-    let line = status.lines().find(|l| l.starts_with("VmRSS:"))?;
-    let kb: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
-    Some(kb * 1024)
+    let line = status.lines().find(|l| l.starts_with(field))?;
+    line.split_whitespace().nth(1)?.parse().ok()
 }
 
 fn label(v: &str) -> String {

@@ -327,6 +327,19 @@ impl RunStats {
         for (stream, n) in &inner.results {
             let _ = writeln!(s, "  output {stream}: {n} final windows");
         }
+        let h = &inner.latency;
+        if let (Some(p50), Some(p99)) = (h.quantile(0.5), h.quantile(0.99)) {
+            let _ = writeln!(
+                s,
+                "  emit latency (watermark reaches window end → result written): p50 ≤ {:.2} ms, p99 ≤ {:.2} ms over {} results",
+                p50 * 1e3,
+                p99 * 1e3,
+                h.count
+            );
+        }
+        if let Some(peak) = crate::metrics::peak_memory_bytes() {
+            let _ = writeln!(s, "  peak memory: {:.1} MiB", peak as f64 / 1048576.0);
+        }
         s
     }
 }

@@ -19,6 +19,10 @@ use crate::kafka::KafkaSettings;
 
 use super::{owns, Origin, PartitionInfo, ReadStatus, Reader, ReaderFactory};
 
+/// Longest wait before a source re-polls an empty consumer queue (the non-empty callback
+/// usually wakes it first; it can miss, so this bounds the extra latency).
+const IDLE_BACKSTOP_MS: u64 = 20;
+
 /// How long start-up waits for broker metadata before reporting the broker unreachable.
 const METADATA_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -409,7 +413,8 @@ impl Reader for KafkaReader {
         }
         for _ in 0..budget {
             match self.consumer.poll(Duration::ZERO) {
-                None => return Ok(ReadStatus::Idle(Duration::from_millis(5))),
+                // The queue's non-empty callback wakes the source; the timer is a backstop.
+                None => return Ok(ReadStatus::Idle(Duration::from_millis(IDLE_BACKSTOP_MS))),
                 Some(Err(e)) => {
                     // librdkafka reconnects by itself; say so once per distinct error.
                     let msg = e.to_string();
@@ -464,6 +469,10 @@ impl Reader for KafkaReader {
         self.context
             .high_watermark(&self.topic, self.plan[slot].partition)
             .is_some_and(|hi| st.next >= hi)
+    }
+
+    fn set_waker(&mut self, wake: super::Waker) {
+        self.consumer.set_nonempty_callback(move || wake());
     }
 
     fn lag(&self, slot: usize) -> Option<i64> {

@@ -77,7 +77,13 @@ pub trait Reader {
     fn lag(&self, _slot: usize) -> Option<i64> {
         None
     }
+    /// Gives the reader a way to wake its source operator from another thread when data
+    /// arrives, so that `Idle` can wait long without adding latency.
+    fn set_waker(&mut self, _wake: Waker) {}
 }
+
+/// Wakes a source operator; callable from any thread.
+pub type Waker = std::sync::Arc<dyn Fn() + Send + Sync>;
 
 impl Origin {
     /// Short name of the partition for logs and metrics.
@@ -249,6 +255,7 @@ where
     let mut builder = OperatorBuilder::new(format!("Source({topic})"), scope);
     let info = builder.operator_info();
     let activator = scope.activator_for(Rc::clone(&info.address));
+    let sync_activator = scope.worker().sync_activator_for(info.address.to_vec());
     let (records_out, records) = builder.new_output();
     let (dead_out, dead) = builder.new_output();
     let mut records_out: OutputBuilder<_, timely::container::CapacityContainerBuilder<Vec<_>>> =
@@ -275,7 +282,12 @@ where
             let Some(held) = caps.as_mut() else { return };
             if reader.is_none() {
                 match factory.open(index, peers) {
-                    Ok(r) => {
+                    Ok(mut r) => {
+                        let sync_activator = sync_activator.clone();
+                        r.set_waker(std::sync::Arc::new(move || {
+                            // Fails only once the worker is gone, when there is nothing to wake.
+                            let _ = sync_activator.activate();
+                        }));
                         clocks = vec![PartitionClock::default(); r.partitions().len()];
                         counts = vec![(0, 0); r.partitions().len()];
                         reader = Some(r);
