@@ -135,15 +135,10 @@ fn metrics_and_status_follow_the_data_as_it_is_fed() {
         ),
         Some(rows_in(first) as f64)
     );
-    let out_before = sample(
-        &metrics,
-        "speed_layer_records_out_total{stream=\"binance\"}",
-    )
-    .unwrap_or(0.0);
-    assert!(
-        out_before > 0.0,
-        "klines span hours: windows finalised already\n{metrics}"
-    );
+    // Results follow once the watermark reaches the sinks (klines span hours, so windows
+    // finalise during the run): wait for them rather than race them.
+    let results = |s: &serde_json::Value| s["outputs"]["binance"]["results"].as_u64().unwrap_or(0);
+    let out_before = results(&wait_for(&addr, "first results", |s| results(s) > 0));
     let wm_before = s["watermark_ms"].as_u64().unwrap();
 
     stdin
@@ -162,6 +157,7 @@ fn metrics_and_status_follow_the_data_as_it_is_fed() {
         "the watermark moved"
     );
     assert!(s["watermark_lag_seconds"].as_f64().unwrap() > 0.0);
+    wait_for(&addr, "more results", |s| results(s) > out_before);
     let (_, metrics) = http_get(&addr, "/metrics").unwrap();
     assert!(
         sample(
@@ -169,7 +165,7 @@ fn metrics_and_status_follow_the_data_as_it_is_fed() {
             "speed_layer_records_out_total{stream=\"binance\"}"
         )
         .unwrap()
-            > out_before
+            > out_before as f64
     );
     assert!(sample(&metrics, "speed_layer_emit_latency_seconds_count").unwrap() > 0.0);
     assert!(sample(&metrics, "process_resident_memory_bytes").unwrap() > 1e6);
