@@ -15,13 +15,14 @@ use timely::dataflow::{Scope, StreamVec};
 
 use crate::cli::{ClusterArgs, InputArgs, KafkaArgs, OutputArgs, WindowArgs};
 use crate::kafka::{KafkaSettings, KafkaSink};
-use crate::sink::{self, ConsoleSink, JsonlSink, ResultSink, SinkFactory};
+use crate::sink::{self, ConsoleSink, Emit, JsonlSink, ResultSink, SinkFactory};
 use crate::source::file::FileFactory;
 use crate::source::kafka::{plan_topic, KafkaFactory, ReadOptions};
 use crate::source::{source, ReaderFactory};
 use crate::stats::RunStats;
 use crate::time::{now_ms, EventTime, Timed, WindowSpec};
 use crate::window::tumbling;
+use crate::window::Emission;
 
 use binance::{KlineDecoder, KlineMetrics};
 use polymarket::{BookMetrics, Event, FrameDecoder, TradeMetrics};
@@ -179,6 +180,11 @@ fn inputs(args: &RunArgs) -> anyhow::Result<Inputs> {
 
 fn sinks(args: &OutputArgs, kafka: Option<KafkaSettings>) -> anyhow::Result<SinkFactory> {
     let dir = args.output.clone();
+    let (emit_files, emit_kafka, emit_console) = (
+        args.emit_files.unwrap_or(args.emit),
+        args.emit_kafka.unwrap_or(args.emit),
+        args.emit_console.unwrap_or(args.emit),
+    );
     let console = args.console || (dir.is_none() && args.sink_kafka.is_none());
     let (results_topic, dead_topic) = (args.sink_kafka.clone(), args.dead_letter_topic.clone());
     let kafka = match (&results_topic, &dead_topic, kafka) {
@@ -189,22 +195,42 @@ fn sinks(args: &OutputArgs, kafka: Option<KafkaSettings>) -> anyhow::Result<Sink
         }
     };
     Ok(Arc::new(move || {
-        let mut s: Vec<Box<dyn ResultSink>> = Vec::new();
+        let mut s: Vec<(Box<dyn ResultSink>, Emit)> = Vec::new();
         if let Some(dir) = &dir {
-            s.push(Box::new(JsonlSink::create(dir, &STREAMS)?));
+            s.push((Box::new(JsonlSink::create(dir, &STREAMS)?), emit_files));
         }
         if let Some(k) = &kafka {
-            s.push(Box::new(KafkaSink::new(
-                k,
-                results_topic.clone(),
-                dead_topic.clone(),
-            )?));
+            s.push((
+                Box::new(KafkaSink::new(
+                    k,
+                    results_topic.clone(),
+                    dead_topic.clone(),
+                )?),
+                emit_kafka,
+            ));
         }
         if console {
-            s.push(Box::new(ConsoleSink));
+            s.push((Box::new(ConsoleSink), emit_console));
         }
         Ok(s)
     }))
+}
+
+/// Early `update` results are computed only when some active sink asks for them.
+fn emission(args: &RunArgs) -> Emission {
+    let o = &args.output;
+    let console = o.console || (o.output.is_none() && o.sink_kafka.is_none());
+    let active = [
+        (o.output.is_some(), o.emit_files),
+        (o.sink_kafka.is_some(), o.emit_kafka),
+        (console, o.emit_console),
+    ];
+    let updates = active
+        .iter()
+        .any(|(on, e)| *on && e.unwrap_or(o.emit).wants(crate::window::Kind::Update));
+    Emission {
+        trigger: updates.then_some(args.window.trigger),
+    }
 }
 
 /// Builds the market dataflows in `scope`.
@@ -213,6 +239,7 @@ fn build<'s>(
     topics: (&str, &str),
     inputs: &Inputs,
     spec: WindowSpec,
+    emission: Emission,
     sinks: SinkFactory,
     stats: &RunStats,
 ) {
@@ -248,9 +275,9 @@ fn build<'s>(
         }),
     });
     let results = vec![
-        tumbling::<KlineMetrics>(klines, spec, stats.clone()),
-        tumbling::<BookMetrics>(books, spec, stats.clone()),
-        tumbling::<TradeMetrics>(trades, spec, stats.clone()),
+        tumbling::<KlineMetrics>(klines, spec, emission, stats.clone()),
+        tumbling::<BookMetrics>(books, spec, emission, stats.clone()),
+        tumbling::<TradeMetrics>(trades, spec, emission, stats.clone()),
     ];
     sink::write_all(results, dead_b.concat(dead_p), sinks, stats.clone());
 }
@@ -281,6 +308,7 @@ pub fn run(args: RunArgs) -> anyhow::Result<()> {
     }
     spawn_progress_log(stats.clone(), args.log_interval);
     let sinks = sinks(&args.output, args.kafka.settings())?;
+    let emission = emission(&args);
     let topics = (args.topic_binance.clone(), args.topic_polymarket.clone());
     let worker_stats = stats.clone();
     let guards = timely::execute(config, move |worker| {
@@ -290,7 +318,15 @@ pub fn run(args: RunArgs) -> anyhow::Result<()> {
             worker_stats.clone(),
         );
         worker.dataflow::<EventTime, _, _>(|scope| {
-            build(scope, (&topics.0, &topics.1), &inputs, spec, sinks, &stats);
+            build(
+                scope,
+                (&topics.0, &topics.1),
+                &inputs,
+                spec,
+                emission,
+                sinks,
+                &stats,
+            );
         });
     })
     .map_err(|e| anyhow::anyhow!("cannot start the workers: {e}"))?;

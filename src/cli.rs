@@ -7,6 +7,7 @@ use std::time::Duration;
 use clap::Args;
 
 use crate::kafka::{parse_override, KafkaSettings};
+use crate::sink::Emit;
 use crate::source::kafka::StartFrom;
 use crate::time::{parse_duration, WindowSpec};
 
@@ -69,15 +70,23 @@ pub struct WindowArgs {
     /// Tumbling window length.
     #[arg(long, default_value = "60s", value_parser = parse_duration, value_name = "DURATION")]
     pub window: Duration,
-    /// How far the watermark trails the largest event time seen in each partition.
-    #[arg(long, default_value = "2m", value_parser = parse_duration, value_name = "DURATION")]
+    /// Out-of-orderness the watermark waits for: it trails the largest event time seen in each
+    /// partition by this much (`--lateness` is its other name).
+    #[arg(long = "max-delay", visible_alias = "lateness", default_value = "2m", value_parser = parse_duration, value_name = "DURATION")]
     pub lateness: Duration,
+    /// How long after a window's final result late records still correct it (0: never).
+    #[arg(long, default_value = "0s", value_parser = parse_duration, value_name = "DURATION")]
+    pub allowed_lateness: Duration,
+    /// How often `update` results of changed open windows go out (processing time).
+    #[arg(long, default_value = "5s", value_parser = parse_duration, value_name = "DURATION")]
+    pub trigger: Duration,
 }
 
 impl WindowArgs {
     /// The window spec, validated.
     pub fn spec(&self) -> anyhow::Result<WindowSpec> {
-        WindowSpec::new(self.window, self.lateness)
+        Ok(WindowSpec::new(self.window, self.lateness)?
+            .with_allowed_lateness(self.allowed_lateness))
     }
 }
 
@@ -96,6 +105,19 @@ pub struct OutputArgs {
     /// Send malformed and late records to this Kafka topic (the reason in a header).
     #[arg(long, value_name = "TOPIC")]
     pub dead_letter_topic: Option<String>,
+    /// What every sink receives: final (final results and their corrections), updates (early
+    /// results of open windows only) or all.
+    #[arg(long, value_enum, default_value_t = Emit::Final)]
+    pub emit: Emit,
+    /// What the console receives (overrides --emit).
+    #[arg(long, value_enum)]
+    pub emit_console: Option<Emit>,
+    /// What the --output files receive (overrides --emit).
+    #[arg(long, value_enum)]
+    pub emit_files: Option<Emit>,
+    /// What the Kafka sink receives (overrides --emit).
+    #[arg(long, value_enum)]
+    pub emit_kafka: Option<Emit>,
 }
 
 /// Parallelism: threads per process and the processes of a cluster.

@@ -410,7 +410,7 @@ mod tests {
         let mut t = crate::stats::TopicCounts::default();
         t.malformed.insert("wrong \"type\"".into(), 2);
         stats.absorb("binance", &mut t);
-        stats.record_result("binance", "BTCUSDT", 60_000, "{}", 0.002);
+        stats.record_result("binance", "BTCUSDT", 60_000, "{}", Some(0.002));
         let text = prometheus(&stats);
         assert!(text.contains("speed_layer_malformed_records_total{topic=\"binance\",reason=\"wrong \\\"type\\\"\"} 2"));
         assert!(text.contains("speed_layer_emit_latency_seconds_bucket{le=\"0.0025\"} 1"));

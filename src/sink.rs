@@ -20,7 +20,7 @@ use timely::dataflow::StreamVec;
 
 use crate::stats::RunStats;
 use crate::time::{format_ms, EventTime};
-use crate::window::ResultLine;
+use crate::window::{Kind, ResultLine};
 
 /// A destination for final window results.
 pub trait ResultSink {
@@ -34,17 +34,42 @@ pub trait ResultSink {
     fn flush(&mut self) -> anyhow::Result<()>;
 }
 
+/// What a sink receives (`--emit`, `--emit-console`, `--emit-files`, `--emit-kafka`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum Emit {
+    /// Final results and their corrections: each settled value of a window.
+    Final,
+    /// Only the early `update` results of open windows.
+    Updates,
+    /// Updates, finals and corrections.
+    All,
+}
+
+impl Emit {
+    /// Whether a sink with this selection receives results of `kind`.
+    pub fn wants(self, kind: Kind) -> bool {
+        match self {
+            Emit::Final => kind != Kind::Update,
+            Emit::Updates => kind == Kind::Update,
+            Emit::All => true,
+        }
+    }
+}
+
 /// Builds the sinks; called once, on the worker that writes.
 pub type SinkFactory =
-    std::sync::Arc<dyn Fn() -> anyhow::Result<Vec<Box<dyn ResultSink>>> + Send + Sync>;
+    std::sync::Arc<dyn Fn() -> anyhow::Result<Vec<(Box<dyn ResultSink>, Emit)>> + Send + Sync>;
 
 /// The sinks of one process, opened on first use by the worker that writes (global worker 0).
-type SharedSinks = Rc<RefCell<Option<Vec<Box<dyn ResultSink>>>>>;
+type SharedSinks = Rc<RefCell<Option<Vec<(Box<dyn ResultSink>, Emit)>>>>;
 
+/// Runs `f` on every sink (opening them on first use) with the lines that sink wants; `lines`
+/// empty means a dead-letter or flush-only call that every sink takes.
 fn with_sinks(
     shared: &SharedSinks,
     factory: &SinkFactory,
-    mut f: impl FnMut(&mut dyn ResultSink) -> anyhow::Result<()>,
+    lines: &[ResultLine],
+    mut f: impl FnMut(&mut dyn ResultSink, &[ResultLine]) -> anyhow::Result<()>,
     what: &str,
 ) {
     let mut guard = shared.borrow_mut();
@@ -52,19 +77,31 @@ fn with_sinks(
         Ok(s) => s,
         Err(e) => crate::fatal(&format!("cannot open outputs: {e:#}")),
     });
-    for s in sinks.iter_mut() {
-        if let Err(e) = f(s.as_mut()).and_then(|()| s.flush()) {
+    let mut wanted = Vec::new();
+    for (s, emit) in sinks.iter_mut() {
+        let mine: &[ResultLine] = if lines.iter().all(|l| emit.wants(l.kind)) {
+            lines
+        } else {
+            wanted.clear();
+            wanted.extend(lines.iter().filter(|l| emit.wants(l.kind)).cloned());
+            if wanted.is_empty() {
+                continue;
+            }
+            &wanted
+        };
+        if let Err(e) = f(s.as_mut(), mine).and_then(|()| s.flush()) {
             crate::fatal(&format!("{what} failed: {e:#}"));
         }
     }
 }
 
-/// Routes results and dead letters to worker 0 and writes them to the sinks made by `factory`.
+/// Routes results and dead letters to worker 0 and writes them to the sinks made by `factory`,
+/// each sink receiving the kinds it selected.
 ///
 /// Each result stream has its own sink operator, so a stream is written as soon as *its*
-/// watermark passes a window end, not when the slowest input's does. Results are held until
-/// then, so each window end is written as one batch sorted by key; dead letters are written as
-/// they come.
+/// watermark reaches a window end, not when the slowest input's does. Final results are held
+/// until then, so each window end is written as one batch sorted by key; updates, corrections
+/// and dead letters are written as they come.
 pub fn write_all<'s>(
     results: Vec<StreamVec<'s, EventTime, ResultLine>>,
     dead: StreamVec<'s, EventTime, String>,
@@ -75,17 +112,35 @@ pub fn write_all<'s>(
     for stream in results {
         let (shared, factory, stats) = (Rc::clone(&shared), factory.clone(), stats.clone());
         let mut pending: BTreeMap<EventTime, Vec<ResultLine>> = BTreeMap::new();
+        let mut now: Vec<ResultLine> = Vec::new();
         stream.sink(
             Exchange::new(|_: &ResultLine| 0),
             "ResultSink",
             move |(input, frontier)| {
                 input.for_each_stamp(|cap, data| {
                     let t = cap.least().copied().unwrap_or_default();
-                    let entry = pending.entry(t).or_default();
                     for batch in data {
-                        entry.append(batch);
+                        for line in batch.drain(..) {
+                            if line.kind == Kind::Final {
+                                pending.entry(t).or_default().push(line);
+                            } else {
+                                now.push(line);
+                            }
+                        }
                     }
                 });
+                if !now.is_empty() {
+                    with_sinks(
+                        &shared,
+                        &factory,
+                        &now,
+                        |s, l| s.write(l[0].window_end, l),
+                        "writing results",
+                    );
+                    for l in now.drain(..) {
+                        stats.record_result(&l.stream, &l.key, l.window_end, &l.json, None);
+                    }
+                }
                 while let Some(entry) = pending.first_entry() {
                     if frontier.less_equal(entry.key()) {
                         break;
@@ -96,15 +151,22 @@ pub fn write_all<'s>(
                     with_sinks(
                         &shared,
                         &factory,
-                        |s| s.write(end, &lines),
+                        &lines,
+                        |s, l| s.write(end, l),
                         "writing results",
                     );
-                    // Emit latency: from the watermark passing the window end to the result being flushed.
-                    let now = crate::window::now_us();
+                    // Emit latency: from the watermark reaching the window end to the result being flushed.
+                    let now_us = crate::window::now_us();
                     for l in &lines {
                         stats.add_results(&l.stream, 1);
-                        let latency = now.saturating_sub(l.final_at_us) as f64 / 1e6;
-                        stats.record_result(&l.stream, &l.key, l.window_end, &l.json, latency);
+                        let latency = now_us.saturating_sub(l.final_at_us) as f64 / 1e6;
+                        stats.record_result(
+                            &l.stream,
+                            &l.key,
+                            l.window_end,
+                            &l.json,
+                            Some(latency),
+                        );
                     }
                 }
             },
@@ -124,7 +186,8 @@ pub fn write_all<'s>(
                 with_sinks(
                     &shared,
                     &factory,
-                    |s| s.dead_letters(&buf),
+                    &[],
+                    |s, _| s.dead_letters(&buf),
                     "writing dead letters",
                 );
                 buf.clear();

@@ -15,6 +15,8 @@ pub struct TopicCounts {
     pub records: u64,
     /// Late records (dead-lettered).
     pub late: u64,
+    /// Records that arrived after their window's final result, within the allowed lateness.
+    pub corrections: u64,
     /// Malformed records by reason (dead-lettered).
     pub malformed: BTreeMap<String, u64>,
     /// Events the metrics do not use, by event type (only counted).
@@ -27,6 +29,7 @@ impl TopicCounts {
         self.messages += o.messages;
         self.records += o.records;
         self.late += o.late;
+        self.corrections += o.corrections;
         for (k, v) in &o.malformed {
             *self.malformed.entry(k.clone()).or_default() += v;
         }
@@ -197,17 +200,20 @@ impl RunStats {
         out
     }
 
-    /// Records a written result: its emit latency and the latest value for its key.
+    /// Records a written result: the latest value for its key and, for a final result, its
+    /// emit latency.
     pub fn record_result(
         &self,
         stream: &str,
         key: &str,
         window_end: u64,
         json: &str,
-        latency_secs: f64,
+        latency_secs: Option<f64>,
     ) {
         let mut inner = self.lock();
-        inner.latency.observe(latency_secs);
+        if let Some(l) = latency_secs {
+            inner.latency.observe(l);
+        }
         let k = (stream.to_string(), key.to_string());
         if inner.latest.len() < LATEST_MAX || inner.latest.contains_key(&k) {
             inner.latest.insert(k, (window_end, json.to_string()));
@@ -312,6 +318,9 @@ impl RunStats {
                 c.late,
                 c.malformed_total()
             );
+            if c.corrections > 0 {
+                let _ = write!(s, ", {} corrections", c.corrections);
+            }
             if !c.ignored.is_empty() {
                 let ignored: u64 = c.ignored.values().sum();
                 let _ = write!(s, ", {ignored} ignored");

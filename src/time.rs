@@ -23,6 +23,19 @@ pub struct WindowSpec {
     /// Progress granularity: capabilities move in steps of this many milliseconds so that
     /// progress traffic stays small. Always divides `size_ms`.
     pub grain_ms: u64,
+    /// How long after a window's final result late records still correct it (0: never).
+    pub allowed_ms: u64,
+}
+
+/// Where a record stands against its partition's watermark (see [`PartitionClock::classify`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Timeliness {
+    /// Its window is still open: it counts in the final result.
+    OnTime,
+    /// Its window is final but within the allowed lateness: it produces a correction.
+    Correction,
+    /// Later than both: dead-lettered.
+    Late,
 }
 
 impl WindowSpec {
@@ -40,7 +53,14 @@ impl WindowSpec {
             size_ms,
             lateness_ms,
             grain_ms,
+            allowed_ms: 0,
         })
+    }
+
+    /// The same spec with corrections allowed for `allowed` after a window's final result.
+    pub fn with_allowed_lateness(mut self, allowed: Duration) -> Self {
+        self.allowed_ms = u64::try_from(allowed.as_millis()).unwrap_or(u64::MAX);
+        self
     }
 
     /// End (exclusive) of the window holding `t`.
@@ -79,11 +99,30 @@ impl PartitionClock {
             .map_or(0, |m| m.saturating_sub(spec.lateness_ms))
     }
 
-    /// Whether a record at `t`, read now, is late: its window ended at or before the watermark
-    /// formed by the records read earlier from this partition.
+    /// Whether a record at `t`, read now, is late: its window ended, plus the allowed lateness,
+    /// at or before the watermark formed by the records read earlier from this partition.
     #[inline]
     pub fn is_late(&self, spec: &WindowSpec, t: EventTime) -> bool {
-        self.max_seen.is_some() && spec.window_end(t) <= self.watermark(spec)
+        self.classify(spec, t) == Timeliness::Late
+    }
+
+    /// The extended lateness rule: with `E` the end of the record's window and `W` the
+    /// partition's watermark before the record, it is on time if `E > W`, a correction if
+    /// `E ≤ W < E + allowed`, and late if `E + allowed ≤ W`. Only the partition's own history
+    /// decides, so the classification is deterministic.
+    #[inline]
+    pub fn classify(&self, spec: &WindowSpec, t: EventTime) -> Timeliness {
+        if self.max_seen.is_none() {
+            return Timeliness::OnTime;
+        }
+        let (end, wm) = (spec.window_end(t), self.watermark(spec));
+        if end > wm {
+            Timeliness::OnTime
+        } else if end.saturating_add(spec.allowed_ms) > wm {
+            Timeliness::Correction
+        } else {
+            Timeliness::Late
+        }
     }
 
     /// Accounts for a well-formed record at `t`.
@@ -172,6 +211,25 @@ mod tests {
         assert!(!c.is_late(&s, 180_000));
         c.observe(10); // older records never move the watermark back
         assert_eq!(c.watermark(&s), 180_000);
+    }
+
+    #[test]
+    fn allowed_lateness_turns_late_records_into_corrections() {
+        let s = spec().with_allowed_lateness(Duration::from_secs(60));
+        let mut c = PartitionClock::default();
+        c.observe(300_000); // watermark 180_000
+        assert_eq!(c.classify(&s, 180_000), Timeliness::OnTime);
+        assert_eq!(
+            c.classify(&s, 179_999),
+            Timeliness::Correction,
+            "window [120 s, 180 s) is final"
+        );
+        assert_eq!(c.classify(&s, 120_000), Timeliness::Correction);
+        assert_eq!(
+            c.classify(&s, 119_999),
+            Timeliness::Late,
+            "window [60 s, 120 s) ended 60 s before"
+        );
     }
 
     #[test]

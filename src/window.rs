@@ -1,4 +1,4 @@
-//! Tumbling event-time windows over keyed records.
+//! Event-time windows over keyed records: final results, early updates and corrections.
 //!
 //! Records are first pre-aggregated on the worker that read them (one partial accumulator per
 //! window and key per batch), then partials are exchanged by a hash of the key so each
@@ -7,6 +7,7 @@
 //! `window_end`, and its state is dropped, so memory is bounded by the open windows.
 
 use std::collections::{BTreeMap, HashMap};
+use std::fmt::Write as _;
 use std::hash::{Hash, Hasher};
 
 use serde::{Deserialize, Serialize};
@@ -42,8 +43,12 @@ pub struct ResultLine {
     /// The result as one JSON object.
     pub json: String,
     /// Wall-clock time (µs since the epoch) at which the watermark passed the window end, as the
-    /// window operator saw it: the start of the emit latency.
+    /// window operator saw it: the start of the emit latency (final results only).
     pub final_at_us: u64,
+    /// Update, final or correction.
+    pub kind: Kind,
+    /// Revision of this (window, key): 1 for the first result, one more for each later one.
+    pub revision: u32,
 }
 
 impl ResultLine {
@@ -66,6 +71,8 @@ impl ResultLine {
             // Result structs hold only numbers, strings and options: serializing cannot fail.
             json: serde_json::to_string(out).unwrap(),
             final_at_us: 0,
+            kind: Kind::Final,
+            revision: 1,
         }
     }
 }
@@ -130,22 +137,103 @@ pub fn stable_hash<T: Hash>(t: &T) -> u64 {
     h.finish()
 }
 
-/// The state of one open window on the worker that owns its keys: the capability to emit at
-/// its end, and the accumulator per key.
-type OpenWindow<Acc> = (Capability<EventTime>, HashMap<String, Acc>);
+/// What a window result is.
+#[derive(
+    Clone,
+    Copy,
+    Debug,
+    PartialEq,
+    Eq,
+    Hash,
+    PartialOrd,
+    Ord,
+    Serialize,
+    Deserialize,
+    clap::ValueEnum,
+)]
+#[serde(rename_all = "lowercase")]
+pub enum Kind {
+    /// The running aggregate of a window that is still open (every `--trigger`).
+    Update,
+    /// The result once the watermark reaches the window's end; exactly once per window and key.
+    Final,
+    /// A final result corrected by a record that arrived within the allowed lateness.
+    Correction,
+}
+
+impl Kind {
+    /// The name written in outputs.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Kind::Update => "update",
+            Kind::Final => "final",
+            Kind::Correction => "correction",
+        }
+    }
+}
+
+/// When a window operator emits beyond final results.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Emission {
+    /// Emit `update` results of changed open windows this often (processing time); `None`
+    /// when no sink wants updates.
+    pub trigger: Option<std::time::Duration>,
+}
+
+/// Per key and window: the accumulator, the last revision emitted, and whether it changed since.
+struct KeyState<Acc> {
+    acc: Acc,
+    revision: u32,
+    dirty: bool,
+}
+
+/// One window on the worker that owns its keys. `cap` (at `end - 1`) is held until the final
+/// result; the state stays afterwards only for the allowed lateness, to apply corrections.
+struct WindowState<Acc> {
+    cap: Option<Capability<EventTime>>,
+    keys: HashMap<String, KeyState<Acc>>,
+}
 
 /// A partial aggregate on its way to the worker that owns its key.
 type Partial<A> = (EventTime, String, <A as WindowAggregate>::Acc);
 
-/// Aggregates `records` in tumbling windows, emitting one [`ResultLine`] per (key, window) when
-/// the watermark reaches the window's end; results carry timely time `window_end - 1`.
+/// Corrections waiting for their window's final result, with the capability to emit them.
+type Pending<Acc> = BTreeMap<EventTime, Vec<(Capability<EventTime>, String, Acc)>>;
+
+impl ResultLine {
+    /// Adds the result's kind and revision (and the revision a correction replaces) to it.
+    pub fn tagged(mut self, kind: Kind, revision: u32, replaces: Option<u32>) -> Self {
+        self.kind = kind;
+        self.revision = revision;
+        if self.json.ends_with('}') {
+            self.json.pop();
+            let _ = write!(
+                self.json,
+                ",\"kind\":\"{}\",\"revision\":{revision}",
+                kind.as_str()
+            );
+            if let Some(r) = replaces {
+                let _ = write!(self.json, ",\"replaces\":{r}");
+            }
+            self.json.push('}');
+        }
+        self
+    }
+}
+
+/// Aggregates `records` in tumbling windows. A `final` result per (key, window) goes out when
+/// the watermark reaches the window's end, at timely time `window_end - 1`; `update` results of
+/// changed open windows every `emission.trigger`; a `correction` for each batch of records that
+/// arrives after the final within the allowed lateness (stamped at or after the window end by
+/// the source, so corrections always follow the final).
 pub fn tumbling<'s, A: WindowAggregate>(
     records: StreamVec<'s, EventTime, Timed<A::Record>>,
     spec: WindowSpec,
+    emission: Emission,
     stats: RunStats,
 ) -> StreamVec<'s, EventTime, ResultLine> {
-    let records_scope = records.scope();
-    let worker = records_scope.index();
+    let scope = records.scope();
+    let worker = scope.index();
     let partials: StreamVec<'s, EventTime, Partial<A>> =
         records.unary(Pipeline, "PreAggregate", move |_cap, _info| {
             let mut local: HashMap<EventTime, HashMap<String, A::Acc>> = HashMap::new();
@@ -176,51 +264,150 @@ pub fn tumbling<'s, A: WindowAggregate>(
     partials.unary_frontier(
         Exchange::new(|p: &Partial<A>| key_hash(&p.1)),
         &format!("Window({})", A::STREAM),
-        move |_cap, _info| {
-            let mut open: BTreeMap<EventTime, OpenWindow<A::Acc>> = BTreeMap::new();
+        move |_cap, info| {
+            let activator = scope.activator_for(info.address);
+            let mut windows: BTreeMap<EventTime, WindowState<A::Acc>> = BTreeMap::new();
+            let mut pending: Pending<A::Acc> = BTreeMap::new();
+            let mut next_trigger = emission.trigger.map(|t| std::time::Instant::now() + t);
             let mut reported = (0, 0);
             move |(input, frontier), output| {
                 input.for_each_stamp(|cap, data| {
+                    let t = cap.least().copied().unwrap_or_default();
                     for batch in data {
                         for (end, key, acc) in batch.drain(..) {
-                            // Results go out at `end - 1`: every record of the window was stamped
-                            // earlier, and a sink can then write them as soon as the frontier
-                            // reaches `end` instead of waiting for it to pass.
-                            let (_, per_key) = open
-                                .entry(end)
-                                .or_insert_with(|| (cap.delayed(&(end - 1), 0), HashMap::new()));
-                            match per_key.get_mut(&key) {
-                                Some(mine) => A::merge(mine, &acc),
+                            if t >= end {
+                                pending.entry(end).or_default().push((
+                                    cap.delayed(&t, 0),
+                                    key,
+                                    acc,
+                                ));
+                                continue;
+                            }
+                            // Every record of the window was stamped before its end, and the
+                            // final result goes out at `end - 1`: a sink can write it as soon as
+                            // the frontier reaches `end`.
+                            let w = windows.entry(end).or_insert_with(|| WindowState {
+                                cap: Some(cap.delayed(&(end - 1), 0)),
+                                keys: HashMap::new(),
+                            });
+                            match w.keys.get_mut(&key) {
+                                Some(k) => {
+                                    A::merge(&mut k.acc, &acc);
+                                    k.dirty = true;
+                                }
                                 None => {
-                                    per_key.insert(key, acc);
+                                    w.keys.insert(
+                                        key,
+                                        KeyState {
+                                            acc,
+                                            revision: 0,
+                                            dirty: true,
+                                        },
+                                    );
                                 }
                             }
                         }
                     }
                 });
-                while let Some(entry) = open.first_entry() {
-                    let end = *entry.key();
+
+                // Final results, in window order, once the watermark reaches each end.
+                for (&end, w) in windows.iter_mut() {
                     if frontier.less_than(&end) {
                         break;
                     }
+                    let Some(cap) = w.cap.take() else { continue };
                     let final_at_us = now_us();
-                    let (cap, per_key) = entry.remove();
-                    let mut keys: Vec<_> = per_key.into_iter().collect();
-                    keys.sort_unstable_by(|a, b| a.0.cmp(&b.0));
                     let start = spec.window_start(end);
+                    let mut keys: Vec<(&String, &mut KeyState<A::Acc>)> =
+                        w.keys.iter_mut().collect();
+                    keys.sort_unstable_by(|a, b| a.0.cmp(b.0));
                     output
                         .session(&cap)
-                        .give_iterator(keys.iter().map(|(k, acc)| {
-                            let mut line = A::finish(k, start, end, acc);
+                        .give_iterator(keys.into_iter().map(|(k, st)| {
+                            st.revision += 1;
+                            st.dirty = false;
+                            let mut line = A::finish(k, start, end, &st.acc).tagged(
+                                Kind::Final,
+                                st.revision,
+                                None,
+                            );
                             line.final_at_us = final_at_us;
                             line
                         }));
                 }
 
-                let keys = open.values().map(|(_, k)| k.len() as u64).sum();
-                if (open.len(), keys) != reported {
-                    reported = (open.len(), keys);
-                    stats.set_open(A::STREAM, worker, open.len() as u64, keys);
+                // Corrections, once their window's final result is out.
+                while let Some(entry) = pending.first_entry() {
+                    let end = *entry.key();
+                    if frontier.less_than(&end) {
+                        break;
+                    }
+                    let mut items = entry.remove();
+                    items.sort_by_key(|(cap, _, _)| *cap.time());
+                    let w = windows.entry(end).or_insert_with(|| WindowState {
+                        cap: None,
+                        keys: HashMap::new(),
+                    });
+                    let start = spec.window_start(end);
+                    for (cap, key, acc) in items {
+                        let st = w.keys.entry(key.clone()).or_insert_with(|| KeyState {
+                            acc: A::Acc::default(),
+                            revision: 0,
+                            dirty: false,
+                        });
+                        A::merge(&mut st.acc, &acc);
+                        let replaces = (st.revision > 0).then_some(st.revision);
+                        st.revision += 1;
+                        let line = A::finish(&key, start, end, &st.acc).tagged(
+                            Kind::Correction,
+                            st.revision,
+                            replaces,
+                        );
+                        output.session(&cap).give(line);
+                    }
+                }
+
+                // State past the allowed lateness can no longer change: drop it.
+                windows.retain(|&end, w| {
+                    w.cap.is_some() || frontier.less_than(&end.saturating_add(spec.allowed_ms))
+                });
+
+                // Early results of changed open windows, every trigger period.
+                if let (Some(every), Some(due)) = (emission.trigger, next_trigger) {
+                    let now = std::time::Instant::now();
+                    if now >= due {
+                        for (&end, w) in windows.iter_mut() {
+                            let Some(cap) = &w.cap else { continue };
+                            let start = spec.window_start(end);
+                            let mut changed: Vec<(&String, &mut KeyState<A::Acc>)> =
+                                w.keys.iter_mut().filter(|(_, st)| st.dirty).collect();
+                            changed.sort_unstable_by(|a, b| a.0.cmp(b.0));
+                            output.session(cap).give_iterator(changed.into_iter().map(
+                                |(k, st)| {
+                                    st.revision += 1;
+                                    st.dirty = false;
+                                    A::finish(k, start, end, &st.acc).tagged(
+                                        Kind::Update,
+                                        st.revision,
+                                        None,
+                                    )
+                                },
+                            ));
+                        }
+                        next_trigger = Some(now + every);
+                    }
+                    if windows.values().any(|w| w.cap.is_some()) {
+                        activator.activate_after(
+                            next_trigger.map_or(every, |d| d.saturating_duration_since(now)),
+                        );
+                    }
+                }
+
+                let open = windows.values().filter(|w| w.cap.is_some()).count();
+                let keys = windows.values().map(|w| w.keys.len() as u64).sum();
+                if (open, keys) != reported {
+                    reported = (open, keys);
+                    stats.set_open(A::STREAM, worker, open as u64, keys);
                 }
             }
         },

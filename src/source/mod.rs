@@ -23,7 +23,7 @@ use timely::dataflow::{Scope, StreamVec};
 use timely::ExchangeData;
 
 use crate::stats::{PartitionStatus, RunStats, TopicCounts};
-use crate::time::{EventTime, PartitionClock, Position, Timed, WindowSpec};
+use crate::time::{EventTime, PartitionClock, Position, Timed, Timeliness, WindowSpec};
 
 /// Where a partition's messages come from; names the position in dead-letter records.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -276,6 +276,7 @@ where
         let mut decoded = Vec::new();
         let mut pending_records = Vec::new();
         let mut pending_dead: Vec<String> = Vec::new();
+        let mut pending_corrections: Vec<(EventTime, Timed<D::Record>)> = Vec::new();
         let mut last_status = std::time::Instant::now() - STATUS_EVERY;
 
         move |_frontiers| {
@@ -311,24 +312,26 @@ where
                     for item in decoded.drain(..) {
                         match item {
                             Decoded::Record { index, time, rec } => {
-                                // Besides the partition's own rule, a record whose window this
-                                // source has already let finalise (its partition was idle) is late.
-                                let passed = spec.window_end(time) <= held_time;
-                                if clock.is_late(&spec, time) || passed {
+                                let end = spec.window_end(time);
+                                // The partition's own rule, and the windows this source already
+                                // let finalise while the partition was idle.
+                                let class = match clock.classify(&spec, time) {
+                                    Timeliness::OnTime if end <= held_time => {
+                                        if end.saturating_add(spec.allowed_ms) > held_time {
+                                            Timeliness::Correction
+                                        } else {
+                                            Timeliness::Late
+                                        }
+                                    }
+                                    c => c,
+                                };
+                                if class == Timeliness::Late {
                                     tally.late += 1;
-                                    let detail = if passed && !clock.is_late(&spec, time) {
-                                        format!(
-                                            "window ends at {} but the watermark already passed {} while the partition was idle",
-                                            spec.window_end(time),
-                                            held_time
-                                        )
-                                    } else {
-                                        format!(
-                                            "window ends at {} but the partition watermark is {}",
-                                            spec.window_end(time),
-                                            clock.watermark(&spec)
-                                        )
-                                    };
+                                    let detail = format!(
+                                        "window ends at {end}; with {} ms allowed lateness it closed before the watermark {}",
+                                        spec.allowed_ms,
+                                        clock.watermark(&spec).max(held_time)
+                                    );
                                     pending_dead.push(dead_letter_line(
                                         &topic,
                                         &part.origin,
@@ -341,13 +344,16 @@ where
                                     ));
                                 } else {
                                     clock.observe(time);
-                                    tally.records += 1;
-                                    let pos = Position {
-                                        partition: part.id,
-                                        offset,
-                                        index,
-                                    };
-                                    pending_records.push(Timed { time, pos, rec });
+                                    let pos = Position { partition: part.id, offset, index };
+                                    if class == Timeliness::Correction {
+                                        // Stamped at the window end or later, so it always reaches
+                                        // the window after its final result, whatever the timing.
+                                        tally.corrections += 1;
+                                        pending_corrections.push((end.max(held_time), Timed { time, pos, rec }));
+                                    } else {
+                                        tally.records += 1;
+                                        pending_records.push(Timed { time, pos, rec });
+                                    }
                                 }
                             }
                             Decoded::Ignored { kind, time, .. } => {
@@ -393,6 +399,14 @@ where
                     .activate()
                     .session(&held[0])
                     .give_iterator(pending_records.drain(..));
+            }
+            if !pending_corrections.is_empty() {
+                pending_corrections.sort_by_key(|(t, _)| *t);
+                let mut out = records_out.activate();
+                for (stamp, r) in pending_corrections.drain(..) {
+                    let cap = held[0].delayed(&stamp);
+                    out.session(&cap).give(r);
+                }
             }
             if !pending_dead.is_empty() {
                 dead_out
