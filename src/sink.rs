@@ -121,10 +121,12 @@ pub fn write_all<'s>(
                     let t = cap.least().copied().unwrap_or_default();
                     for batch in data {
                         for line in batch.drain(..) {
-                            if line.kind == Kind::Final {
-                                pending.entry(t).or_default().push(line);
-                            } else {
+                            // Updates go out at once; finals and corrections wait for the watermark, so a
+                            // correction (stamped at or after its window end) always follows its final.
+                            if line.kind == Kind::Update {
                                 now.push(line);
+                            } else {
+                                pending.entry(t).or_default().push(line);
                             }
                         }
                     }
@@ -146,7 +148,10 @@ pub fn write_all<'s>(
                         break;
                     }
                     let (_, mut lines) = entry.remove_entry();
-                    lines.sort_by(|a, b| (&a.stream, &a.key).cmp(&(&b.stream, &b.key)));
+                    // Stable: corrections of one key keep their revision order.
+                    lines.sort_by(|a, b| {
+                        (&a.stream, &a.key, a.revision).cmp(&(&b.stream, &b.key, b.revision))
+                    });
                     let end = lines.first().map_or(0, |l| l.window_end);
                     with_sinks(
                         &shared,
@@ -159,14 +164,9 @@ pub fn write_all<'s>(
                     let now_us = crate::window::now_us();
                     for l in &lines {
                         stats.add_results(&l.stream, 1);
-                        let latency = now_us.saturating_sub(l.final_at_us) as f64 / 1e6;
-                        stats.record_result(
-                            &l.stream,
-                            &l.key,
-                            l.window_end,
-                            &l.json,
-                            Some(latency),
-                        );
+                        let latency = (l.kind == Kind::Final)
+                            .then(|| now_us.saturating_sub(l.final_at_us) as f64 / 1e6);
+                        stats.record_result(&l.stream, &l.key, l.window_end, &l.json, latency);
                     }
                 }
             },

@@ -239,9 +239,20 @@ pub fn tumbling<'s, A: WindowAggregate>(
             let mut local: HashMap<EventTime, HashMap<String, A::Acc>> = HashMap::new();
             move |input, output| {
                 input.for_each_stamp(|cap, data| {
+                    let t = cap.least().copied().unwrap_or_default();
+                    let mut corrections = Vec::new();
                     for batch in data {
                         for r in batch.drain(..) {
-                            let per_key = local.entry(spec.window_end(r.time)).or_default();
+                            let end = spec.window_end(r.time);
+                            if t >= end {
+                                // A correction stays on its own: one corrected result per late
+                                // record, whatever the batching.
+                                let mut acc = A::Acc::default();
+                                A::add(&mut acc, &r);
+                                corrections.push((end, A::key(&r.rec).to_string(), acc));
+                                continue;
+                            }
+                            let per_key = local.entry(end).or_default();
                             let key = A::key(&r.rec);
                             match per_key.get_mut(key) {
                                 Some(acc) => A::add(acc, &r),
@@ -257,6 +268,7 @@ pub fn tumbling<'s, A: WindowAggregate>(
                     for (end, keys) in local.drain() {
                         session.give_iterator(keys.into_iter().map(|(k, acc)| (end, k, acc)));
                     }
+                    session.give_iterator(corrections.into_iter());
                 });
             }
         });
