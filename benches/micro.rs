@@ -75,6 +75,7 @@ fn window_update_1000_klines(bencher: divan::Bencher) {
     let recs: Vec<Timed<Kline>> = (0..1000)
         .map(|i| match &rows[i % rows.len()] {
             Decoded::Record { time, rec, index } => Timed {
+                min_end: 0,
                 time: *time,
                 pos: Position {
                     partition: 0,

@@ -353,6 +353,7 @@ mod tests {
 
     fn timed(time: EventTime, offset: u64, index: u32, price: f64, qav: f64) -> Timed<Kline> {
         Timed {
+            min_end: 0,
             time,
             pos: crate::time::Position {
                 partition: 0,

@@ -264,11 +264,13 @@ fn build<'s>(
         StreamVec<'s, EventTime, Timed<_>>,
     ) = events.ok_err(|t: Timed<Event>| match t.rec {
         Event::Book(b) => Ok(Timed {
+            min_end: t.min_end,
             time: t.time,
             pos: t.pos,
             rec: b,
         }),
         Event::Trade(tr) => Err(Timed {
+            min_end: t.min_end,
             time: t.time,
             pos: t.pos,
             rec: tr,

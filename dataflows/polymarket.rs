@@ -562,6 +562,7 @@ mod tests {
         TradeMetrics::add(
             &mut acc,
             &Timed {
+                min_end: 0,
                 time: 1,
                 pos: Default::default(),
                 rec: Trade {

@@ -77,6 +77,9 @@ pub struct WindowArgs {
     /// How long after a window's final result late records still correct it (0: never).
     #[arg(long, default_value = "0s", value_parser = parse_duration, value_name = "DURATION")]
     pub allowed_lateness: Duration,
+    /// Hopping windows: a --window-long window starts every --slide (must divide --window).
+    #[arg(long, value_parser = parse_duration, value_name = "DURATION")]
+    pub slide: Option<Duration>,
     /// How often `update` results of changed open windows go out (processing time).
     #[arg(long, default_value = "5s", value_parser = parse_duration, value_name = "DURATION")]
     pub trigger: Duration,
@@ -85,8 +88,12 @@ pub struct WindowArgs {
 impl WindowArgs {
     /// The window spec, validated.
     pub fn spec(&self) -> anyhow::Result<WindowSpec> {
-        Ok(WindowSpec::new(self.window, self.lateness)?
-            .with_allowed_lateness(self.allowed_lateness))
+        let spec = WindowSpec::new(self.window, self.lateness)?
+            .with_allowed_lateness(self.allowed_lateness);
+        match self.slide {
+            Some(slide) => spec.with_slide(slide),
+            None => Ok(spec),
+        }
     }
 }
 

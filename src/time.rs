@@ -25,6 +25,8 @@ pub struct WindowSpec {
     pub grain_ms: u64,
     /// How long after a window's final result late records still correct it (0: never).
     pub allowed_ms: u64,
+    /// Hopping windows start every `slide_ms` (equal to `size_ms` for tumbling windows).
+    pub slide_ms: u64,
 }
 
 /// Where a record stands against its partition's watermark (see [`PartitionClock::classify`]).
@@ -54,7 +56,36 @@ impl WindowSpec {
             lateness_ms,
             grain_ms,
             allowed_ms: 0,
+            slide_ms: size_ms,
         })
+    }
+
+    /// Hopping windows: a window of `size_ms` starts every `slide` (which must divide the size).
+    pub fn with_slide(mut self, slide: Duration) -> anyhow::Result<Self> {
+        let slide_ms = u64::try_from(slide.as_millis()).unwrap_or(u64::MAX);
+        anyhow::ensure!(
+            slide_ms > 0 && slide_ms <= self.size_ms && self.size_ms % slide_ms == 0,
+            "--slide must be positive and divide --window (got {slide_ms} ms for a {} ms window)",
+            self.size_ms
+        );
+        self.slide_ms = slide_ms;
+        self.grain_ms = [1000, 100, 10, 1]
+            .into_iter()
+            .find(|g| slide_ms % g == 0)
+            .unwrap_or(1);
+        Ok(self)
+    }
+
+    /// Ends of every window holding `t`, in increasing order (one for tumbling windows).
+    pub fn window_ends(&self, t: EventTime) -> impl Iterator<Item = EventTime> {
+        let last = t / self.slide_ms;
+        let first = if t >= self.size_ms {
+            (t - self.size_ms) / self.slide_ms + 1
+        } else {
+            0
+        };
+        let (slide, size) = (self.slide_ms, self.size_ms);
+        (first..=last).map(move |k| k * slide + size)
     }
 
     /// The same spec with corrections allowed for `allowed` after a window's final result.
@@ -63,12 +94,12 @@ impl WindowSpec {
         self
     }
 
-    /// End (exclusive) of the window holding `t`.
+    /// End (exclusive) of the last window holding `t` (the only one for tumbling windows).
     #[inline]
     pub fn window_end(&self, t: EventTime) -> EventTime {
-        (t / self.size_ms)
-            .saturating_add(1)
-            .saturating_mul(self.size_ms)
+        (t / self.slide_ms)
+            .saturating_mul(self.slide_ms)
+            .saturating_add(self.size_ms)
     }
 
     /// Start of the window ending at `end`.
@@ -156,6 +187,9 @@ pub struct Timed<R> {
     pub pos: Position,
     /// The record itself.
     pub rec: R,
+    /// Windows ending before this are past the allowed lateness for this record (hopping
+    /// windows: a record can be on time for some of its windows and too late for others).
+    pub min_end: EventTime,
 }
 
 /// Parses a human-friendly duration such as `60s`, `2m`, `1m30s` or `500ms`.
@@ -229,6 +263,30 @@ mod tests {
             c.classify(&s, 119_999),
             Timeliness::Late,
             "window [60 s, 120 s) ended 60 s before"
+        );
+    }
+
+    #[test]
+    fn hopping_windows_hold_size_over_slide_windows() {
+        let s = WindowSpec::new(Duration::from_secs(60), Duration::ZERO)
+            .unwrap()
+            .with_slide(Duration::from_secs(20))
+            .unwrap();
+        assert_eq!(
+            s.window_ends(65_000).collect::<Vec<_>>(),
+            [80_000, 100_000, 120_000]
+        );
+        assert_eq!(
+            s.window_ends(5_000).collect::<Vec<_>>(),
+            [20_000, 40_000, 60_000]
+        );
+        assert_eq!(s.window_end(65_000), 120_000);
+        assert_eq!(s.window_start(80_000), 20_000);
+        assert!(spec().with_slide(Duration::from_secs(7)).is_err());
+        assert_eq!(
+            spec().window_ends(65_000).collect::<Vec<_>>(),
+            [120_000],
+            "tumbling: one window"
         );
     }
 

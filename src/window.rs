@@ -243,23 +243,24 @@ pub fn tumbling<'s, A: WindowAggregate>(
                     let mut corrections = Vec::new();
                     for batch in data {
                         for r in batch.drain(..) {
-                            let end = spec.window_end(r.time);
-                            if t >= end {
-                                // A correction stays on its own: one corrected result per late
-                                // record, whatever the batching.
-                                let mut acc = A::Acc::default();
-                                A::add(&mut acc, &r);
-                                corrections.push((end, A::key(&r.rec).to_string(), acc));
-                                continue;
-                            }
-                            let per_key = local.entry(end).or_default();
-                            let key = A::key(&r.rec);
-                            match per_key.get_mut(key) {
-                                Some(acc) => A::add(acc, &r),
-                                None => {
+                            for end in spec.window_ends(r.time).filter(|e| *e >= r.min_end) {
+                                if t >= end {
+                                    // A correction stays on its own: one corrected result per
+                                    // late record, whatever the batching.
                                     let mut acc = A::Acc::default();
                                     A::add(&mut acc, &r);
-                                    per_key.insert(key.to_string(), acc);
+                                    corrections.push((end, A::key(&r.rec).to_string(), acc));
+                                    continue;
+                                }
+                                let per_key = local.entry(end).or_default();
+                                let key = A::key(&r.rec);
+                                match per_key.get_mut(key) {
+                                    Some(acc) => A::add(acc, &r),
+                                    None => {
+                                        let mut acc = A::Acc::default();
+                                        A::add(&mut acc, &r);
+                                        per_key.insert(key.to_string(), acc);
+                                    }
                                 }
                             }
                         }

@@ -196,3 +196,75 @@ fn each_sink_receives_the_kinds_it_selected() {
     );
     assert!(!console.contains("| update "));
 }
+
+#[test]
+fn hopping_windows_equal_a_naive_recomputation() {
+    let tmp = tempfile::tempdir().unwrap();
+    let inputs = real_inputs(tmp.path());
+    // Naive: every row counts in each of the size/slide windows that hold it.
+    let (size, slide) = (300_000u64, 60_000u64);
+    let mut want: BTreeMap<(String, u64), (u64, f64, f64, f64)> = BTreeMap::new();
+    for f in &inputs.binance {
+        for line in std::fs::read_to_string(f).unwrap().lines() {
+            let v: serde_json::Value = serde_json::from_str(line).unwrap();
+            let rows = v.as_array().cloned().unwrap_or_else(|| vec![v.clone()]);
+            for r in rows {
+                let (t, p) = (
+                    r["snapshot_time"].as_u64().unwrap(),
+                    r["close"].as_f64().unwrap(),
+                );
+                let mut start = (t / slide) * slide;
+                loop {
+                    let e = want
+                        .entry((r["symbol"].as_str().unwrap().to_string(), start))
+                        .or_insert((0, 0.0, f64::MAX, f64::MIN));
+                    *e = (e.0 + 1, e.1 + p, e.2.min(p), e.3.max(p));
+                    if start < slide || start + size <= t + slide {
+                        break;
+                    }
+                    start -= slide;
+                    if start + size <= t {
+                        break;
+                    }
+                }
+            }
+        }
+    }
+    let mut outs = Vec::new();
+    for (name, w) in [("w1", "1"), ("w2", "2")] {
+        let mut args = inputs.args();
+        args.retain(|a| !a.contains("polymarket"));
+        let n = args.len();
+        args.truncate(n - (n % 2)); // keep --input pairs
+        args.extend([
+            "--window".into(),
+            "5m".into(),
+            "--slide".into(),
+            "1m".into(),
+            "-w".into(),
+            w.into(),
+        ]);
+        let r = run(&tmp.path().join(name), &args);
+        let got = read_results(&r.dir);
+        let binance: BTreeMap<_, _> = got.iter().filter(|(k, _)| k.0 == "binance").collect();
+        assert_eq!(
+            binance.len(),
+            want.len(),
+            "{name}: one result per symbol and hopping window"
+        );
+        for ((_, sym, start), row) in &binance {
+            let (n, sum, min, max) = want[&(sym.clone(), *start)];
+            assert_eq!(row["ticks"].as_u64(), Some(n), "{sym} {start}");
+            assert_eq!(
+                (row["min_price"].as_f64(), row["max_price"].as_f64()),
+                (Some(min), Some(max))
+            );
+            assert!(
+                (row["avg_price"].as_f64().unwrap() - sum / n as f64).abs() <= 1e-9 * max.abs()
+            );
+            assert_eq!(row["window_end"].as_u64(), Some(start + size));
+        }
+        outs.push(got);
+    }
+    assert_same_results(&outs[1], &outs[0], "hopping -w 2 vs -w 1");
+}

@@ -23,7 +23,7 @@ use timely::dataflow::{Scope, StreamVec};
 use timely::ExchangeData;
 
 use crate::stats::{PartitionStatus, RunStats, TopicCounts};
-use crate::time::{EventTime, PartitionClock, Position, Timed, Timeliness, WindowSpec};
+use crate::time::{EventTime, PartitionClock, Position, Timed, WindowSpec};
 
 /// Where a partition's messages come from; names the position in dead-letter records.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -312,25 +312,18 @@ where
                     for item in decoded.drain(..) {
                         match item {
                             Decoded::Record { index, time, rec } => {
-                                let end = spec.window_end(time);
-                                // The partition's own rule, and the windows this source already
-                                // let finalise while the partition was idle.
-                                let class = match clock.classify(&spec, time) {
-                                    Timeliness::OnTime if end <= held_time => {
-                                        if end.saturating_add(spec.allowed_ms) > held_time {
-                                            Timeliness::Correction
-                                        } else {
-                                            Timeliness::Late
-                                        }
-                                    }
-                                    c => c,
-                                };
-                                if class == Timeliness::Late {
+                                // Windows ending at or before `closed` are final: by this
+                                // partition's own watermark, or because this source already let
+                                // them finalise while the partition was idle.
+                                let wm = clock.max_seen.map_or(0, |_| clock.watermark(&spec));
+                                let closed = wm.max(held_time);
+                                let gone = |e: EventTime| e.saturating_add(spec.allowed_ms) <= closed;
+                                let last_end = spec.window_end(time);
+                                if gone(last_end) {
                                     tally.late += 1;
                                     let detail = format!(
-                                        "window ends at {end}; with {} ms allowed lateness it closed before the watermark {}",
-                                        spec.allowed_ms,
-                                        clock.watermark(&spec).max(held_time)
+                                        "window ends at {last_end}; with {} ms allowed lateness it closed before the watermark {closed}",
+                                        spec.allowed_ms
                                     );
                                     pending_dead.push(dead_letter_line(
                                         &topic,
@@ -345,14 +338,20 @@ where
                                 } else {
                                     clock.observe(time);
                                     let pos = Position { partition: part.id, offset, index };
-                                    if class == Timeliness::Correction {
-                                        // Stamped at the window end or later, so it always reaches
-                                        // the window after its final result, whatever the timing.
-                                        tally.corrections += 1;
-                                        pending_corrections.push((end.max(held_time), Timed { time, pos, rec }));
-                                    } else {
-                                        tally.records += 1;
-                                        pending_records.push(Timed { time, pos, rec });
+                                    let min_end = spec.window_ends(time).find(|e| !gone(*e)).unwrap_or(last_end);
+                                    let corrected = spec.window_ends(time).filter(|e| *e >= min_end && *e <= closed).max();
+                                    let rec = Timed { time, pos, rec, min_end };
+                                    match corrected {
+                                        // Stamped at the (last) final window's end or later, so it
+                                        // always reaches that window after its final result.
+                                        Some(end) => {
+                                            tally.corrections += 1;
+                                            pending_corrections.push((end.max(held_time), rec));
+                                        }
+                                        None => {
+                                            tally.records += 1;
+                                            pending_records.push(rec);
+                                        }
                                     }
                                 }
                             }
