@@ -21,7 +21,7 @@ use crate::source::kafka::{plan_topic, KafkaFactory, ReadOptions};
 use crate::source::{source, ReaderFactory};
 use crate::stats::RunStats;
 use crate::time::{now_ms, EventTime, Timed, WindowSpec};
-use crate::window::tumbling;
+use crate::window::windowed;
 use crate::window::Emission;
 
 use binance::{KlineDecoder, KlineMetrics};
@@ -277,9 +277,9 @@ fn build<'s>(
         }),
     });
     let results = vec![
-        tumbling::<KlineMetrics>(klines, spec, emission, stats.clone()),
-        tumbling::<BookMetrics>(books, spec, emission, stats.clone()),
-        tumbling::<TradeMetrics>(trades, spec, emission, stats.clone()),
+        windowed::<KlineMetrics>(klines, spec, emission, stats.clone()),
+        windowed::<BookMetrics>(books, spec, emission, stats.clone()),
+        windowed::<TradeMetrics>(trades, spec, emission, stats.clone()),
     ];
     sink::write_all(results, dead_b.concat(dead_p), sinks, stats.clone());
 }

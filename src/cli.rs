@@ -80,6 +80,9 @@ pub struct WindowArgs {
     /// Hopping windows: a --window-long window starts every --slide (must divide --window).
     #[arg(long, value_parser = parse_duration, value_name = "DURATION")]
     pub slide: Option<Duration>,
+    /// Session windows instead: a key's session closes after this much event time without records.
+    #[arg(long, value_parser = parse_duration, value_name = "DURATION", conflicts_with = "slide")]
+    pub session_gap: Option<Duration>,
     /// How often `update` results of changed open windows go out (processing time).
     #[arg(long, default_value = "5s", value_parser = parse_duration, value_name = "DURATION")]
     pub trigger: Duration,
@@ -90,9 +93,10 @@ impl WindowArgs {
     pub fn spec(&self) -> anyhow::Result<WindowSpec> {
         let spec = WindowSpec::new(self.window, self.lateness)?
             .with_allowed_lateness(self.allowed_lateness);
-        match self.slide {
-            Some(slide) => spec.with_slide(slide),
-            None => Ok(spec),
+        match (self.slide, self.session_gap) {
+            (Some(slide), _) => spec.with_slide(slide),
+            (None, Some(gap)) => spec.with_session_gap(gap),
+            (None, None) => Ok(spec),
         }
     }
 }

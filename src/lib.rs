@@ -7,6 +7,7 @@ pub mod aggregate;
 pub mod cli;
 pub mod kafka;
 pub mod metrics;
+pub mod session;
 pub mod sink;
 pub mod source;
 pub mod stats;

@@ -27,6 +27,29 @@ pub struct WindowSpec {
     pub allowed_ms: u64,
     /// Hopping windows start every `slide_ms` (equal to `size_ms` for tumbling windows).
     pub slide_ms: u64,
+    /// Session windows: a key's session closes after this much event time without records.
+    pub session_gap_ms: Option<u64>,
+}
+
+/// The ends of the windows holding one event time, in increasing order.
+#[derive(Clone, Debug)]
+pub struct WindowEnds {
+    next: EventTime,
+    step: u64,
+    left: u64,
+}
+
+impl Iterator for WindowEnds {
+    type Item = EventTime;
+    #[inline]
+    fn next(&mut self) -> Option<EventTime> {
+        (self.left > 0).then(|| {
+            self.left -= 1;
+            let end = self.next;
+            self.next = self.next.saturating_add(self.step);
+            end
+        })
+    }
 }
 
 /// Where a record stands against its partition's watermark (see [`PartitionClock::classify`]).
@@ -57,6 +80,7 @@ impl WindowSpec {
             grain_ms,
             allowed_ms: 0,
             slide_ms: size_ms,
+            session_gap_ms: None,
         })
     }
 
@@ -64,7 +88,7 @@ impl WindowSpec {
     pub fn with_slide(mut self, slide: Duration) -> anyhow::Result<Self> {
         let slide_ms = u64::try_from(slide.as_millis()).unwrap_or(u64::MAX);
         anyhow::ensure!(
-            slide_ms > 0 && slide_ms <= self.size_ms && self.size_ms % slide_ms == 0,
+            slide_ms > 0 && slide_ms <= self.size_ms && self.size_ms.is_multiple_of(slide_ms),
             "--slide must be positive and divide --window (got {slide_ms} ms for a {} ms window)",
             self.size_ms
         );
@@ -76,8 +100,28 @@ impl WindowSpec {
         Ok(self)
     }
 
-    /// Ends of every window holding `t`, in increasing order (one for tumbling windows).
-    pub fn window_ends(&self, t: EventTime) -> impl Iterator<Item = EventTime> {
+    /// Session windows closing after `gap` without records for a key.
+    pub fn with_session_gap(mut self, gap: Duration) -> anyhow::Result<Self> {
+        let gap_ms = u64::try_from(gap.as_millis()).unwrap_or(u64::MAX);
+        anyhow::ensure!(gap_ms > 0, "--session-gap must be positive");
+        self.session_gap_ms = Some(gap_ms);
+        self.grain_ms = [1000, 100, 10, 1]
+            .into_iter()
+            .find(|g| gap_ms % g == 0)
+            .unwrap_or(1);
+        Ok(self)
+    }
+
+    /// Ends of every window holding `t`, in increasing order (one for tumbling windows; for
+    /// sessions, the earliest end of the session `t` opens or extends: `t + gap`).
+    pub fn window_ends(&self, t: EventTime) -> WindowEnds {
+        if let Some(gap) = self.session_gap_ms {
+            return WindowEnds {
+                next: t.saturating_add(gap),
+                step: 0,
+                left: 1,
+            };
+        }
         let last = t / self.slide_ms;
         let first = if t >= self.size_ms {
             (t - self.size_ms) / self.slide_ms + 1
@@ -85,7 +129,11 @@ impl WindowSpec {
             0
         };
         let (slide, size) = (self.slide_ms, self.size_ms);
-        (first..=last).map(move |k| k * slide + size)
+        WindowEnds {
+            next: first * slide + size,
+            step: slide,
+            left: last + 1 - first,
+        }
     }
 
     /// The same spec with corrections allowed for `allowed` after a window's final result.
@@ -97,9 +145,12 @@ impl WindowSpec {
     /// End (exclusive) of the last window holding `t` (the only one for tumbling windows).
     #[inline]
     pub fn window_end(&self, t: EventTime) -> EventTime {
-        (t / self.slide_ms)
-            .saturating_mul(self.slide_ms)
-            .saturating_add(self.size_ms)
+        match self.session_gap_ms {
+            Some(gap) => t.saturating_add(gap),
+            None => (t / self.slide_ms)
+                .saturating_mul(self.slide_ms)
+                .saturating_add(self.size_ms),
+        }
     }
 
     /// Start of the window ending at `end`.

@@ -427,6 +427,21 @@ pub fn tumbling<'s, A: WindowAggregate>(
     )
 }
 
+/// Aggregates `records` in the windows `spec` describes: tumbling, hopping (`slide`) or
+/// session windows (`session_gap`), with the same watermark, emission and correction rules.
+pub fn windowed<'s, A: WindowAggregate>(
+    records: StreamVec<'s, EventTime, Timed<A::Record>>,
+    spec: WindowSpec,
+    emission: Emission,
+    stats: RunStats,
+) -> StreamVec<'s, EventTime, ResultLine> {
+    if spec.session_gap_ms.is_some() {
+        crate::session::sessions::<A>(records, spec, emission, stats)
+    } else {
+        tumbling::<A>(records, spec, emission, stats)
+    }
+}
+
 /// Serving-layer row key: `TYPE#ID#(9999999999999 − window_end)`, newest window first.
 pub fn row_key(kind: &str, id: &str, window_end: EventTime) -> String {
     format!(

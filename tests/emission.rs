@@ -268,3 +268,60 @@ fn hopping_windows_equal_a_naive_recomputation() {
     }
     assert_same_results(&outs[1], &outs[0], "hopping -w 2 vs -w 1");
 }
+
+#[test]
+fn session_windows_merge_and_split() {
+    let tmp = tempfile::tempdir().unwrap();
+    let input = tmp.path().join("klines.jsonl");
+    let feed = [
+        row(10_000, "A", 1.0),
+        row(20_000, "A", 2.0), // within 30 s of 10 s: the same session
+        row(10_000, "B", 1.0),
+        row(100_000, "A", 3.0), // 80 s after the last: a second session of A (split)
+        row(100_000, "B", 2.0), // B splits too
+        row(75_000, "A", 4.0),  // joins A's second session
+        row(60_000, "A", 5.0),  // joins it as well
+        row(45_000, "A", 6.0),  // bridges both sessions of A: they merge into one
+        row(500_000, "A", 7.0), // far later: its own session, and the watermark passes the others
+    ];
+    std::fs::write(&input, feed.join("\n") + "\n").unwrap();
+    let mut outs = Vec::new();
+    for (name, w) in [("w1", "1"), ("w2", "2")] {
+        let args = [
+            "--input".to_string(),
+            format!("binance={}", input.display()),
+            "--session-gap".into(),
+            "30s".into(),
+            "-w".into(),
+            w.into(),
+        ];
+        let r = run(&tmp.path().join(name), &args);
+        let got: Vec<(String, u64, u64, u64, String)> = lines(&r.dir, "binance")
+            .iter()
+            .map(|l| {
+                (
+                    l["symbol"].as_str().unwrap().to_string(),
+                    l["window_start"].as_u64().unwrap(),
+                    l["window_end"].as_u64().unwrap(),
+                    l["ticks"].as_u64().unwrap(),
+                    l["kind"].as_str().unwrap().to_string(),
+                )
+            })
+            .collect();
+        let mut sorted = got.clone();
+        sorted.sort();
+        let f = |s: &str, a, b, n| (s.to_string(), a, b, n, "final".to_string());
+        assert_eq!(
+            sorted,
+            [
+                f("A", 10_000, 130_000, 6),
+                f("A", 500_000, 530_000, 1),
+                f("B", 10_000, 40_000, 1),
+                f("B", 100_000, 130_000, 1)
+            ],
+            "{name}"
+        );
+        outs.push(sorted);
+    }
+    assert_eq!(outs[0], outs[1]);
+}
