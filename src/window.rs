@@ -462,6 +462,79 @@ mod tests {
         assert!(a < b);
     }
 
+    /// Drives the window operator with controlled inputs and frontier steps: with a zero trigger
+    /// each change gives one `update`, and the window closes with exactly one `final`.
+    #[test]
+    fn each_change_gives_an_update_and_the_window_one_final() {
+        use crate::dataflows::binance::{Kline, KlineMetrics};
+        use crate::time::Position;
+        use std::time::Duration;
+        use timely::dataflow::operators::core::capture::Capture;
+        use timely::dataflow::operators::core::{Input, Probe};
+
+        let rx = timely::execute_directly(|worker| {
+            let (mut input, probe, rx) = worker.dataflow::<EventTime, _, _>(|scope| {
+                let (input, stream) = scope.new_input::<Vec<Timed<Kline>>>();
+                let spec = WindowSpec::new(Duration::from_secs(60), Duration::ZERO).unwrap();
+                let emission = Emission {
+                    trigger: Some(Duration::ZERO),
+                };
+                let (probe, out) =
+                    tumbling::<KlineMetrics>(stream, spec, emission, RunStats::default()).probe();
+                (input, probe, out.capture())
+            });
+            let rec = |t: EventTime, p: f64| Timed {
+                min_end: 0,
+                time: t,
+                pos: Position {
+                    partition: 0,
+                    offset: t,
+                    index: 0,
+                },
+                rec: Kline::new("S".into(), Some(p), Some(1.0), Some(0.5)),
+            };
+            let mut step_to = |input: &mut timely::dataflow::InputHandle<EventTime, _>,
+                               t: EventTime| {
+                input.advance_to(t);
+                while probe.less_than(input.time()) {
+                    worker.step();
+                }
+                // One more round lets the operator see what arrived at the last step.
+                worker.step();
+            };
+            input.send(rec(1_000, 1.0));
+            step_to(&mut input, 2_000);
+            input.send(rec(2_000, 3.0));
+            step_to(&mut input, 3_000);
+            step_to(&mut input, 4_000); // nothing changed: no update
+            step_to(&mut input, 60_000); // the watermark reaches the window end
+            drop(input);
+            while worker.step() {}
+            rx
+        });
+        let mut got: Vec<(Kind, u32, String)> = rx
+            .try_iter()
+            .filter_map(|e| match e {
+                timely::dataflow::operators::capture::Event::Messages(_, lines) => Some(lines),
+                _ => None,
+            })
+            .flatten()
+            .map(|l| {
+                let v: serde_json::Value = serde_json::from_str(&l.json).unwrap();
+                (l.kind, l.revision, v["ticks"].to_string())
+            })
+            .collect();
+        got.sort_by_key(|g| g.1);
+        assert_eq!(
+            got,
+            [
+                (Kind::Update, 1, "1".to_string()),
+                (Kind::Update, 2, "2".into()),
+                (Kind::Final, 3, "2".into())
+            ]
+        );
+    }
+
     #[test]
     fn key_hash_is_stable() {
         assert_eq!(key_hash("BTCUSDT"), key_hash("BTCUSDT"));
