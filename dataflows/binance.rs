@@ -71,7 +71,7 @@ impl Decoder for KlineDecoder {
     fn decode(&mut self, value: &[u8], out: &mut Vec<Decoded<Kline>>) {
         let text = match std::str::from_utf8(value) {
             Ok(t) => t,
-            Err(e) => return out.push(malformed(0, "invalid UTF-8", e.to_string(), None)),
+            Err(e) => return out.push(Decoded::malformed(0, "invalid UTF-8", e.to_string(), None)),
         };
         // Fast path: the whole message parses in one pass (the common case).
         if text.trim_start().starts_with('[') {
@@ -87,7 +87,7 @@ impl Decoder for KlineDecoder {
         // Slow path: something is wrong; find out which row and why, row by row.
         let rows = match json::elements(text) {
             Ok(rows) => rows,
-            Err(e) => return out.push(malformed(0, reason_of(&e), e, None)),
+            Err(e) => return out.push(Decoded::malformed(0, reason_of(&e), e, None)),
         };
         let many = rows.len() > 1;
         for (i, raw) in rows.into_iter().enumerate() {
@@ -97,7 +97,7 @@ impl Decoder for KlineDecoder {
                 Ok(row) => out.push(decode_row(index, row, excerpt)),
                 Err(e) => {
                     let (reason, detail) = diagnose(raw, &e);
-                    out.push(malformed(index, reason, detail, excerpt()));
+                    out.push(Decoded::malformed(index, reason, detail, excerpt()));
                 }
             }
         }
@@ -107,8 +107,8 @@ impl Decoder for KlineDecoder {
 /// A parsed row: a record, or malformed for a missing key or event time.
 fn decode_row(index: u32, row: Row<'_>, excerpt: impl Fn() -> Option<String>) -> Decoded<Kline> {
     match (row.symbol, row.snapshot_time) {
-        (None, _) => malformed(index, "missing symbol", String::new(), excerpt()),
-        (_, None) => malformed(index, "missing snapshot_time", String::new(), excerpt()),
+        (None, _) => Decoded::malformed(index, "missing symbol", String::new(), excerpt()),
+        (_, None) => Decoded::malformed(index, "missing snapshot_time", String::new(), excerpt()),
         (Some(symbol), Some(time)) => Decoded::Record {
             index,
             time,
@@ -129,20 +129,6 @@ fn reason_of(err: &str) -> &'static str {
         "empty message"
     } else {
         "not an object or array"
-    }
-}
-
-fn malformed(
-    index: u32,
-    reason: impl Into<Cow<'static, str>>,
-    detail: String,
-    excerpt: Option<String>,
-) -> Decoded<Kline> {
-    Decoded::Malformed {
-        index,
-        reason: reason.into(),
-        detail,
-        excerpt,
     }
 }
 

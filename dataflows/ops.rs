@@ -150,7 +150,7 @@ pub struct ProduceArgs {
     #[command(flatten)]
     pub kafka: KafkaArgs,
     /// Produce the lines of a file (one message value per line) to a topic; repeatable.
-    #[arg(long = "input", value_name = "TOPIC=PATH", value_parser = parse_topic_path)]
+    #[arg(long = "input", value_name = "TOPIC=PATH", value_parser = crate::cli::parse_input)]
     pub inputs: Vec<(String, String)>,
     /// Produce from the built-in simulator instead (both topics; see --sim-*).
     #[arg(long)]
@@ -172,13 +172,6 @@ pub struct ProduceArgs {
     pub topic_polymarket: String,
     #[command(flatten)]
     pub sim_args: SimArgs,
-}
-
-fn parse_topic_path(s: &str) -> Result<(String, String), String> {
-    match s.split_once('=') {
-        Some((t, p)) if !t.is_empty() && !p.is_empty() => Ok((t.to_string(), p.to_string())),
-        _ => Err(format!("expected TOPIC=PATH, got '{s}'")),
-    }
 }
 
 /// Paces sends to a rate and prints progress once a second.

@@ -133,7 +133,7 @@ impl Decoder for FrameDecoder {
     fn decode(&mut self, value: &[u8], out: &mut Vec<Decoded<Event>>) {
         let text = match std::str::from_utf8(value) {
             Ok(t) => t,
-            Err(e) => return out.push(malformed(0, "invalid UTF-8", e.to_string(), None)),
+            Err(e) => return out.push(Decoded::malformed(0, "invalid UTF-8", e.to_string(), None)),
         };
         let multi_line = text.trim_end().contains('\n');
         let mut index: u32 = 0;
@@ -150,7 +150,7 @@ impl Decoder for FrameDecoder {
                     } else {
                         "not an object or array"
                     };
-                    out.push(malformed(
+                    out.push(Decoded::malformed(
                         index,
                         reason,
                         e,
@@ -167,22 +167,8 @@ impl Decoder for FrameDecoder {
             }
         }
         if index == 0 {
-            out.push(malformed(0, "empty message", String::new(), None));
+            out.push(Decoded::malformed(0, "empty message", String::new(), None));
         }
-    }
-}
-
-fn malformed(
-    index: u32,
-    reason: impl Into<Cow<'static, str>>,
-    detail: String,
-    excerpt: Option<String>,
-) -> Decoded<Event> {
-    Decoded::Malformed {
-        index,
-        reason: reason.into(),
-        detail,
-        excerpt,
     }
 }
 
@@ -196,11 +182,11 @@ fn decode_event(index: u32, raw: &RawValue, excerpt_needed: bool) -> Decoded<Eve
             } else {
                 "event is not an object"
             };
-            return malformed(index, reason, e.to_string(), excerpt());
+            return Decoded::malformed(index, reason, e.to_string(), excerpt());
         }
     };
     let Some(kind) = head.event_type else {
-        return malformed(index, "missing event_type", String::new(), excerpt());
+        return Decoded::malformed(index, "missing event_type", String::new(), excerpt());
     };
     let time = head.timestamp.map(json::lenient_ms);
     let used = matches!(kind.as_ref(), "book" | "last_trade_price");
@@ -216,11 +202,11 @@ fn decode_event(index: u32, raw: &RawValue, excerpt_needed: bool) -> Decoded<Eve
         };
     }
     let Some(market) = head.market else {
-        return malformed(index, "missing market", String::new(), excerpt());
+        return Decoded::malformed(index, "missing market", String::new(), excerpt());
     };
     let time = match time {
-        None => return malformed(index, "missing timestamp", String::new(), excerpt()),
-        Some(Err(e)) => return malformed(index, "invalid timestamp", e, excerpt()),
+        None => return Decoded::malformed(index, "missing timestamp", String::new(), excerpt()),
+        Some(Err(e)) => return Decoded::malformed(index, "invalid timestamp", e, excerpt()),
         Some(Ok(t)) => t,
     };
     let market = market.into_owned();
@@ -230,13 +216,13 @@ fn decode_event(index: u32, raw: &RawValue, excerpt_needed: bool) -> Decoded<Eve
         match (bid, ask) {
             (Ok(bid), Ok(ask)) => Event::Book(Book::new(market, bid, ask)),
             (Err(e), _) | (_, Err(e)) => {
-                return malformed(index, "invalid book level", e, excerpt())
+                return Decoded::malformed(index, "invalid book level", e, excerpt())
             }
         }
     } else {
         match json::lenient_f64(head.size) {
             Ok(size) => Event::Trade(Trade { market, size }),
-            Err(e) => return malformed(index, "invalid trade size", e, excerpt()),
+            Err(e) => return Decoded::malformed(index, "invalid trade size", e, excerpt()),
         }
     };
     Decoded::Record { index, time, rec }

@@ -55,7 +55,8 @@ pub struct InputArgs {
     pub until_end: bool,
 }
 
-fn parse_input(s: &str) -> Result<(String, String), String> {
+/// Parses a `TOPIC=PATH` argument.
+pub fn parse_input(s: &str) -> Result<(String, String), String> {
     match s.split_once('=') {
         Some((t, p)) if !t.is_empty() && !p.is_empty() => Ok((t.to_string(), p.to_string())),
         _ => Err(format!(

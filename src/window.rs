@@ -223,9 +223,9 @@ impl ResultLine {
 
 /// Aggregates `records` in tumbling windows. A `final` result per (key, window) goes out when
 /// the watermark reaches the window's end, at timely time `window_end - 1`; `update` results of
-/// changed open windows every `emission.trigger`; a `correction` for each batch of records that
-/// arrives after the final within the allowed lateness (stamped at or after the window end by
-/// the source, so corrections always follow the final).
+/// changed open windows every `emission.trigger`; a `correction` for each record that arrives
+/// after the final within the allowed lateness (stamped at or after the window end by the
+/// source, so corrections always follow the final). Hopping windows (`spec.slide_ms`) too.
 pub fn tumbling<'s, A: WindowAggregate>(
     records: StreamVec<'s, EventTime, Timed<A::Record>>,
     spec: WindowSpec,

@@ -144,6 +144,23 @@ pub enum Decoded<R> {
     },
 }
 
+impl<R> Decoded<R> {
+    /// A malformed record at `index`, counted under `reason`.
+    pub fn malformed(
+        index: u32,
+        reason: impl Into<Cow<'static, str>>,
+        detail: String,
+        excerpt: Option<String>,
+    ) -> Self {
+        Decoded::Malformed {
+            index,
+            reason: reason.into(),
+            detail,
+            excerpt,
+        }
+    }
+}
+
 /// Turns one message value into records.
 pub trait Decoder: 'static {
     /// The record type produced.
