@@ -28,6 +28,20 @@ use binance::{KlineDecoder, KlineMetrics};
 use polymarket::{BookMetrics, Event, FrameDecoder, TradeMetrics};
 use sim::{SimArgs, SimFactory, SimTopic};
 
+/// The market dataflows, each with its own window kind (`--window binance=30s`, ...).
+pub const DATAFLOWS: [&str; 2] = ["binance", "polymarket"];
+
+fn describe(spec: &WindowSpec) -> String {
+    let d = |ms: u64| humantime::format_duration(std::time::Duration::from_millis(ms)).to_string();
+    match spec.session_gap_ms {
+        Some(gap) => format!("sessions, gap {}", d(gap)),
+        None if spec.slide_ms != spec.size_ms => {
+            format!("hopping {} every {}", d(spec.size_ms), d(spec.slide_ms))
+        }
+        None => format!("tumbling {}", d(spec.size_ms)),
+    }
+}
+
 /// The output streams, in the order their tables are printed.
 pub const STREAMS: [&str; 3] = ["binance", "polymarket_books", "polymarket_trades"];
 
@@ -238,7 +252,7 @@ fn build<'s>(
     scope: Scope<'s, EventTime>,
     topics: (&str, &str),
     inputs: &Inputs,
-    spec: WindowSpec,
+    specs: (WindowSpec, WindowSpec),
     emission: Emission,
     sinks: SinkFactory,
     stats: &RunStats,
@@ -248,7 +262,7 @@ fn build<'s>(
         topics.0,
         Arc::clone(&inputs.binance),
         KlineDecoder,
-        spec,
+        specs.0,
         stats.clone(),
     );
     let (events, dead_p) = source(
@@ -256,7 +270,7 @@ fn build<'s>(
         topics.1,
         Arc::clone(&inputs.polymarket),
         FrameDecoder,
-        spec,
+        specs.1,
         stats.clone(),
     );
     let (books, trades): (
@@ -277,9 +291,9 @@ fn build<'s>(
         }),
     });
     let results = vec![
-        windowed::<KlineMetrics>(klines, spec, emission, stats.clone()),
-        windowed::<BookMetrics>(books, spec, emission, stats.clone()),
-        windowed::<TradeMetrics>(trades, spec, emission, stats.clone()),
+        windowed::<KlineMetrics>(klines, specs.0, emission, stats.clone()),
+        windowed::<BookMetrics>(books, specs.1, emission, stats.clone()),
+        windowed::<TradeMetrics>(trades, specs.1, emission, stats.clone()),
     ];
     sink::write_all(results, dead_b.concat(dead_p), sinks, stats.clone());
 }
@@ -287,7 +301,11 @@ fn build<'s>(
 /// Runs the speed layer until its inputs end (files, `--until-end`, a bounded simulation) or
 /// forever (Kafka, the simulator).
 pub fn run(args: RunArgs) -> anyhow::Result<()> {
-    let spec = args.window.spec()?;
+    args.window.check_dataflows(&DATAFLOWS)?;
+    let specs = (
+        args.window.spec_for(DATAFLOWS[0])?,
+        args.window.spec_for(DATAFLOWS[1])?,
+    );
     let config = args.cluster.timely_config()?;
     let inputs = Arc::new(inputs(&args)?);
     if let (Some(dir), 0) = (&args.output.output, args.cluster.process) {
@@ -296,7 +314,8 @@ pub fn run(args: RunArgs) -> anyhow::Result<()> {
     }
     tracing::info!(
         input = %inputs.describe,
-        window = %humantime::format_duration(args.window.window),
+        binance_windows = %describe(&specs.0),
+        polymarket_windows = %describe(&specs.1),
         lateness = %humantime::format_duration(args.window.lateness),
         workers = args.cluster.workers,
         processes = args.cluster.processes,
@@ -324,7 +343,7 @@ pub fn run(args: RunArgs) -> anyhow::Result<()> {
                 scope,
                 (&topics.0, &topics.1),
                 &inputs,
-                spec,
+                specs,
                 emission,
                 sinks,
                 &stats,

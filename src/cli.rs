@@ -68,9 +68,9 @@ pub fn parse_input(s: &str) -> Result<(String, String), String> {
 /// Window options.
 #[derive(Args, Clone, Debug)]
 pub struct WindowArgs {
-    /// Tumbling window length.
-    #[arg(long, default_value = "60s", value_parser = parse_duration, value_name = "DURATION")]
-    pub window: Duration,
+    /// Window length; `DATAFLOW=DURATION` sets it for one dataflow only (repeatable).
+    #[arg(long, default_value = "60s", value_parser = parse_scoped_duration, value_name = "[DATAFLOW=]DURATION")]
+    pub window: Vec<Scoped<Duration>>,
     /// Out-of-orderness the watermark waits for: it trails the largest event time seen in each
     /// partition by this much (`--lateness` is its other name).
     #[arg(long = "max-delay", visible_alias = "lateness", default_value = "2m", value_parser = parse_duration, value_name = "DURATION")]
@@ -78,27 +78,86 @@ pub struct WindowArgs {
     /// How long after a window's final result late records still correct it (0: never).
     #[arg(long, default_value = "0s", value_parser = parse_duration, value_name = "DURATION")]
     pub allowed_lateness: Duration,
-    /// Hopping windows: a --window-long window starts every --slide (must divide --window).
-    #[arg(long, value_parser = parse_duration, value_name = "DURATION")]
-    pub slide: Option<Duration>,
-    /// Session windows instead: a key's session closes after this much event time without records.
-    #[arg(long, value_parser = parse_duration, value_name = "DURATION", conflicts_with = "slide")]
-    pub session_gap: Option<Duration>,
+    /// Hopping windows: a --window-long window starts every --slide (must divide --window);
+    /// `DATAFLOW=DURATION` for one dataflow only.
+    #[arg(long, value_parser = parse_scoped_duration, value_name = "[DATAFLOW=]DURATION")]
+    pub slide: Vec<Scoped<Duration>>,
+    /// Session windows instead: a key's session closes after this much event time without
+    /// records; `DATAFLOW=DURATION` for one dataflow only.
+    #[arg(long, value_parser = parse_scoped_duration, value_name = "[DATAFLOW=]DURATION")]
+    pub session_gap: Vec<Scoped<Duration>>,
     /// How often `update` results of changed open windows go out (processing time).
     #[arg(long, default_value = "5s", value_parser = parse_duration, value_name = "DURATION")]
     pub trigger: Duration,
 }
 
+/// A value for every dataflow, or (`DATAFLOW=VALUE`) for one.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Scoped<T> {
+    /// The dataflow it applies to; `None` for all.
+    pub dataflow: Option<String>,
+    /// The value.
+    pub value: T,
+}
+
+/// Parses `[DATAFLOW=]DURATION`.
+pub fn parse_scoped_duration(s: &str) -> Result<Scoped<Duration>, String> {
+    match s.split_once('=') {
+        Some((d, v)) => Ok(Scoped {
+            dataflow: Some(d.trim().to_string()),
+            value: parse_duration(v)?,
+        }),
+        None => Ok(Scoped {
+            dataflow: None,
+            value: parse_duration(s)?,
+        }),
+    }
+}
+
+/// The value for `dataflow`: its own if given, else the one for all.
+fn pick<T: Copy>(values: &[Scoped<T>], dataflow: &str) -> Option<T> {
+    let own = values
+        .iter()
+        .rev()
+        .find(|v| v.dataflow.as_deref() == Some(dataflow));
+    own.or_else(|| values.iter().rev().find(|v| v.dataflow.is_none()))
+        .map(|v| v.value)
+}
+
 impl WindowArgs {
-    /// The window spec, validated.
-    pub fn spec(&self) -> anyhow::Result<WindowSpec> {
-        let spec = WindowSpec::new(self.window, self.lateness)?
-            .with_allowed_lateness(self.allowed_lateness);
-        match (self.slide, self.session_gap) {
-            (Some(slide), _) => spec.with_slide(slide),
+    /// The window spec of one dataflow, validated: tumbling, hopping or session windows.
+    pub fn spec_for(&self, dataflow: &str) -> anyhow::Result<WindowSpec> {
+        let size = pick(&self.window, dataflow).unwrap_or(Duration::from_secs(60));
+        let spec =
+            WindowSpec::new(size, self.lateness)?.with_allowed_lateness(self.allowed_lateness);
+        match (
+            pick(&self.slide, dataflow),
+            pick(&self.session_gap, dataflow),
+        ) {
+            (Some(_), Some(_)) => anyhow::bail!(
+                "{dataflow}: give --slide (hopping) or --session-gap (sessions), not both"
+            ),
+            (Some(slide), None) => spec.with_slide(slide),
             (None, Some(gap)) => spec.with_session_gap(gap),
             (None, None) => Ok(spec),
         }
+    }
+
+    /// Checks that every `DATAFLOW=` prefix names one of `known`.
+    pub fn check_dataflows(&self, known: &[&str]) -> anyhow::Result<()> {
+        let scoped = self
+            .window
+            .iter()
+            .chain(&self.slide)
+            .chain(&self.session_gap);
+        for d in scoped.filter_map(|v| v.dataflow.as_deref()) {
+            anyhow::ensure!(
+                known.contains(&d),
+                "unknown dataflow '{d}' (expected one of {})",
+                known.join(", ")
+            );
+        }
+        Ok(())
     }
 }
 
