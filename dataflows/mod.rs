@@ -328,6 +328,13 @@ pub fn run(args: RunArgs) -> anyhow::Result<()> {
         tracing::info!("status page at http://{bound}/ (metrics at /metrics, JSON at /status)");
     }
     spawn_progress_log(stats.clone(), args.log_interval);
+    let (summary_stats, process) = (stats.clone(), args.cluster.process);
+    sink::stop_on_signal(move || {
+        eprintln!(
+            "speed-layer stopped (process {process}):\n{}",
+            summary_stats.summary().trim_end()
+        );
+    })?;
     let sinks = sinks(&args.output, args.kafka.settings())?;
     let emission = emission(&args);
     let topics = (args.topic_binance.clone(), args.topic_polymarket.clone());

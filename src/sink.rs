@@ -34,6 +34,33 @@ pub trait ResultSink {
     fn flush(&mut self) -> anyhow::Result<()>;
 }
 
+/// Taken by every sink write and by [`stop_on_signal`] before it ends the process.
+static WRITING: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+/// On SIGINT or SIGTERM: wait for any sink write in progress, run `on_stop` (print the summary),
+/// and exit 0. Outputs hold every window finalised so far; open windows are not emitted (they
+/// are not final). A second signal ends the process at once.
+pub fn stop_on_signal(on_stop: impl FnOnce() + Send + 'static) -> anyhow::Result<()> {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::Arc;
+    let stop = Arc::new(AtomicBool::new(false));
+    for sig in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
+        signal_hook::flag::register_conditional_shutdown(sig, 1, Arc::clone(&stop))?;
+        signal_hook::flag::register(sig, Arc::clone(&stop))?;
+    }
+    std::thread::spawn(move || {
+        while !stop.load(Ordering::Relaxed) {
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+        let _writing = WRITING.lock().unwrap_or_else(|e| e.into_inner());
+        tracing::info!("stopping on a signal");
+        on_stop();
+        let _ = std::io::Write::flush(&mut std::io::stdout());
+        std::process::exit(0);
+    });
+    Ok(())
+}
+
 /// What a sink receives (`--emit`, `--emit-console`, `--emit-files`, `--emit-kafka`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
 pub enum Emit {
@@ -72,6 +99,8 @@ fn with_sinks(
     mut f: impl FnMut(&mut dyn ResultSink, &[ResultLine]) -> anyhow::Result<()>,
     what: &str,
 ) {
+    // Held while writing, so a stop on a signal never cuts an output line in half.
+    let _writing = WRITING.lock().unwrap_or_else(|e| e.into_inner());
     let mut guard = shared.borrow_mut();
     let sinks = guard.get_or_insert_with(|| match factory() {
         Ok(s) => s,

@@ -181,3 +181,51 @@ fn console_tables_by_default() {
         "{stderr}"
     );
 }
+
+#[test]
+fn sigterm_stops_cleanly_with_whole_output_lines_and_a_summary() {
+    let tmp = tempfile::tempdir().unwrap();
+    let child = Command::new(bin())
+        .args(["run", "--sim-speed", "60", "--output"])
+        .arg(tmp.path())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let start = std::time::Instant::now();
+    let written = || {
+        std::fs::read_to_string(tmp.path().join("binance.jsonl")).map_or(0, |t| t.lines().count())
+    };
+    while written() == 0 {
+        assert!(
+            start.elapsed() < std::time::Duration::from_secs(60),
+            "no results"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    let status = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let out = wait(
+        child,
+        std::time::Duration::from_secs(20),
+        "stopping on SIGTERM",
+    );
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{err}");
+    assert!(
+        err.contains("speed-layer stopped") && err.contains("output binance:"),
+        "{err}"
+    );
+    for s in STREAMS {
+        let text =
+            std::fs::read_to_string(tmp.path().join(format!("{s}.jsonl"))).unwrap_or_default();
+        assert!(text.is_empty() || text.ends_with('\n'), "{s}: a cut line");
+        for l in text.lines() {
+            serde_json::from_str::<serde_json::Value>(l)
+                .unwrap_or_else(|e| panic!("{s}: {e}: {l}"));
+        }
+    }
+}
