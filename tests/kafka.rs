@@ -49,14 +49,7 @@ fn kafka_runs_equal_file_run(
 fn mock_cluster_run_equals_file_run() {
     let tmp = tempfile::tempdir().unwrap();
     let inputs = garbled_sim_inputs(tmp.path(), "15m");
-    let mock = rdkafka::mocking::MockCluster::new(1).expect("mock cluster");
-    mock.create_topic("binance", inputs.binance.len() as i32, 1)
-        .unwrap();
-    mock.create_topic("polymarket_trade", inputs.polymarket.len() as i32, 1)
-        .unwrap();
-    let bootstrap = mock.bootstrap_servers();
-    produce_files(&bootstrap, "binance", &inputs.binance, 1);
-    produce_files(&bootstrap, "polymarket_trade", &inputs.polymarket, 10);
+    let (_mock, bootstrap) = mock_with(&inputs, 10);
     kafka_runs_equal_file_run(
         &bootstrap,
         tmp.path(),

@@ -264,14 +264,7 @@ fn a_broker_outage_mid_run_loses_and_duplicates_nothing() {
     let file_run = run(&tmp.path().join("files"), &inputs.args());
     let want = read_results(&file_run.dir);
 
-    let mock = rdkafka::mocking::MockCluster::new(1).unwrap();
-    mock.create_topic("binance", inputs.binance.len() as i32, 1)
-        .unwrap();
-    mock.create_topic("polymarket_trade", inputs.polymarket.len() as i32, 1)
-        .unwrap();
-    let b = mock.bootstrap_servers();
-    produce_files(&b, "binance", &inputs.binance, 1);
-    produce_files(&b, "polymarket_trade", &inputs.polymarket, 5);
+    let (mock, b) = mock_with(&inputs, 5);
     let dir = tmp.path().join("kafka");
     let mut child = Command::new(bin())
         .args(["run", "--output"])

@@ -192,3 +192,23 @@ pub fn as_paths(dir: &Path, files: &[PathBuf]) -> Vec<String> {
         .map(|f| dir.join(f).display().to_string())
         .collect()
 }
+
+/// A mock cluster with one partition per input file for each topic, the files produced into it
+/// (`polymarket_trade` frames packed up to `group` per value); returns it with its bootstrap.
+pub fn mock_with(
+    inputs: &super::Inputs,
+    group: usize,
+) -> (
+    rdkafka::mocking::MockCluster<'static, rdkafka::producer::DefaultProducerContext>,
+    String,
+) {
+    let mock = rdkafka::mocking::MockCluster::new(1).expect("mock cluster");
+    mock.create_topic("binance", inputs.binance.len() as i32, 1)
+        .unwrap();
+    mock.create_topic("polymarket_trade", inputs.polymarket.len() as i32, 1)
+        .unwrap();
+    let bootstrap = mock.bootstrap_servers();
+    produce_files(&bootstrap, "binance", &inputs.binance, 1);
+    produce_files(&bootstrap, "polymarket_trade", &inputs.polymarket, group);
+    (mock, bootstrap)
+}
