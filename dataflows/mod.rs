@@ -276,19 +276,9 @@ fn build<'s>(
     let (books, trades): (
         StreamVec<'s, EventTime, Timed<_>>,
         StreamVec<'s, EventTime, Timed<_>>,
-    ) = events.ok_err(|t: Timed<Event>| match t.rec {
-        Event::Book(b) => Ok(Timed {
-            min_end: t.min_end,
-            time: t.time,
-            pos: t.pos,
-            rec: b,
-        }),
-        Event::Trade(tr) => Err(Timed {
-            min_end: t.min_end,
-            time: t.time,
-            pos: t.pos,
-            rec: tr,
-        }),
+    ) = events.ok_err(|t: Timed<Event>| match t.take() {
+        (t, Event::Book(b)) => Ok(t.map(|()| b)),
+        (t, Event::Trade(tr)) => Err(t.map(|()| tr)),
     });
     let results = vec![
         windowed::<KlineMetrics>(klines, specs.0, emission, stats.clone()),

@@ -243,6 +243,32 @@ pub struct Timed<R> {
     pub min_end: EventTime,
 }
 
+impl<R> Timed<R> {
+    /// The same record with its payload turned into another type.
+    pub fn map<S>(self, f: impl FnOnce(R) -> S) -> Timed<S> {
+        Timed {
+            time: self.time,
+            pos: self.pos,
+            rec: f(self.rec),
+            min_end: self.min_end,
+        }
+    }
+
+    /// Splits the payload off, keeping the time and position to put another payload in.
+    pub fn take(self) -> (Timed<()>, R) {
+        let rec = self.rec;
+        (
+            Timed {
+                time: self.time,
+                pos: self.pos,
+                rec: (),
+                min_end: self.min_end,
+            },
+            rec,
+        )
+    }
+}
+
 /// Parses a human-friendly duration such as `60s`, `2m`, `1m30s` or `500ms`.
 pub fn parse_duration(s: &str) -> Result<Duration, String> {
     humantime::parse_duration(s.trim())

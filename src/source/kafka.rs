@@ -394,12 +394,15 @@ impl Reader for KafkaReader {
         &self.parts
     }
 
+    fn refresh(&mut self) -> anyhow::Result<()> {
+        self.pick_up_new_partitions()
+    }
+
     fn read(
         &mut self,
         budget: usize,
         out: &mut dyn FnMut(usize, u64, &[u8]),
     ) -> anyhow::Result<ReadStatus> {
-        self.pick_up_new_partitions()?;
         if !self.options.commit_interval.is_zero()
             && self.last_commit.elapsed() >= self.options.commit_interval
         {

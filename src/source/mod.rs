@@ -68,6 +68,11 @@ pub trait Reader {
     ) -> anyhow::Result<ReadStatus>;
     /// Whether the partition in `slot` has ended (it no longer holds the watermark back).
     fn is_done(&self, slot: usize) -> bool;
+    /// Takes over partitions that appeared since the last call (appended to `partitions()`);
+    /// called before each `read`.
+    fn refresh(&mut self) -> anyhow::Result<()> {
+        Ok(())
+    }
     /// Whether the partition in `slot` is idle: caught up and quiet for the idle timeout, so it
     /// does not hold the watermark back until it receives data again.
     fn is_idle(&self, _slot: usize) -> bool {
@@ -286,6 +291,8 @@ where
     builder.build(move |caps| {
         let mut caps: Option<Vec<Capability<EventTime>>> = Some(caps);
         let mut reader: Option<Box<dyn Reader>> = None;
+        // The reader's partitions (cached; they only grow) and, per partition, its clock.
+        let mut parts: Vec<PartitionInfo> = Vec::new();
         let mut clocks: Vec<PartitionClock> = Vec::new();
         // Messages and records read per partition.
         let mut counts: Vec<(u64, u64)> = Vec::new();
@@ -306,8 +313,6 @@ where
                             // Fails only once the worker is gone, when there is nothing to wake.
                             let _ = sync_activator.activate();
                         }));
-                        clocks = vec![PartitionClock::default(); r.partitions().len()];
-                        counts = vec![(0, 0); r.partitions().len()];
                         reader = Some(r);
                     }
                     Err(e) => crate::fatal(&format!("cannot open input {topic}: {e:#}")),
@@ -315,9 +320,16 @@ where
             }
             // The reader was just set if it was missing.
             let r = reader.as_mut().unwrap();
+            if let Err(e) = r.refresh() {
+                crate::fatal(&format!("reading {topic} failed: {e:#}"));
+            }
+            if r.partitions().len() != parts.len() {
+                parts = r.partitions().to_vec();
+                clocks.resize(parts.len(), PartitionClock::default());
+                counts.resize(parts.len(), (0, 0));
+            }
             let held_time = *held[0].time();
             let status = {
-                let parts = r.partitions().to_vec();
                 let mut on_message = |slot: usize, offset: u64, value: &[u8]| {
                     tally.messages += 1;
                     decoded.clear();
@@ -355,8 +367,16 @@ where
                                 } else {
                                     clock.observe(time);
                                     let pos = Position { partition: part.id, offset, index };
-                                    let min_end = spec.window_ends(time).find(|e| !gone(*e)).unwrap_or(last_end);
-                                    let corrected = spec.window_ends(time).filter(|e| *e >= min_end && *e <= closed).max();
+                                    // Windows past the allowed lateness are skipped for this record;
+                                    // the last one already final (if any) is corrected.
+                                    let mut min_end = last_end;
+                                    let mut corrected = None;
+                                    for e in spec.window_ends(time).filter(|e| !gone(*e)) {
+                                        min_end = min_end.min(e);
+                                        if e <= closed {
+                                            corrected = Some(e);
+                                        }
+                                    }
                                     let rec = Timed { time, pos, rec, min_end };
                                     match corrected {
                                         // Stamped at the (last) final window's end or later, so it
