@@ -13,6 +13,7 @@ use anyhow::{bail, Context};
 use timely::dataflow::operators::core::{Concat, OkErr};
 use timely::dataflow::{Scope, StreamVec};
 
+use crate::checkpoint::{self, Checkpoints};
 use crate::cli::{ClusterArgs, InputArgs, KafkaArgs, OutputArgs, WindowArgs};
 use crate::kafka::{KafkaSettings, KafkaSink};
 use crate::sink::{self, ConsoleSink, Emit, JsonlSink, ResultSink, SinkFactory};
@@ -21,8 +22,7 @@ use crate::source::kafka::{plan_topic, KafkaFactory, ReadOptions};
 use crate::source::{source, ReaderFactory};
 use crate::stats::RunStats;
 use crate::time::{now_ms, EventTime, Timed, WindowSpec};
-use crate::window::windowed;
-use crate::window::Emission;
+use crate::window::{windowed, Emission, WindowAggregate};
 
 use binance::{KlineDecoder, KlineMetrics};
 use polymarket::{BookMetrics, Event, FrameDecoder, TradeMetrics};
@@ -72,6 +72,17 @@ pub struct RunArgs {
     /// Serve /metrics (Prometheus), /status (JSON) and a status page at `/` on HOST:PORT (a bare port binds 127.0.0.1).
     #[arg(long, value_name = "HOST:PORT")]
     pub metrics_addr: Option<String>,
+    /// Save consistent checkpoints in this folder and, when it holds one, resume from the latest
+    /// (same settings and worker count required). Needs files or Kafka as input.
+    #[arg(long, value_name = "DIR")]
+    pub checkpoint: Option<std::path::PathBuf>,
+    /// Checkpoint every this much *event time* (epochs on a fixed grid, so every worker and
+    /// process cuts at the same point without coordination).
+    #[arg(long, default_value = "10s", value_parser = crate::time::parse_duration, value_name = "DURATION")]
+    pub checkpoint_interval: std::time::Duration,
+    /// On SIGINT/SIGTERM with --checkpoint, wait at most this long for the last checkpoint.
+    #[arg(long, default_value = "30s", value_parser = crate::time::parse_duration, value_name = "DURATION")]
+    pub stop_timeout: std::time::Duration,
     /// How often to log a progress line (records, rates, watermark, lag).
     #[arg(long, default_value = "10s", value_parser = crate::time::parse_duration, value_name = "DURATION")]
     pub log_interval: std::time::Duration,
@@ -192,7 +203,11 @@ fn inputs(args: &RunArgs) -> anyhow::Result<Inputs> {
     })
 }
 
-fn sinks(args: &OutputArgs, kafka: Option<KafkaSettings>) -> anyhow::Result<SinkFactory> {
+fn sinks(
+    args: &OutputArgs,
+    kafka: Option<KafkaSettings>,
+    resume: Option<std::collections::BTreeMap<String, u64>>,
+) -> anyhow::Result<SinkFactory> {
     let dir = args.output.clone();
     let (emit_files, emit_kafka, emit_console) = (
         args.emit_files.unwrap_or(args.emit),
@@ -211,7 +226,11 @@ fn sinks(args: &OutputArgs, kafka: Option<KafkaSettings>) -> anyhow::Result<Sink
     Ok(Arc::new(move || {
         let mut s: Vec<(Box<dyn ResultSink>, Emit)> = Vec::new();
         if let Some(dir) = &dir {
-            s.push((Box::new(JsonlSink::create(dir, &STREAMS)?), emit_files));
+            let files = match &resume {
+                Some(lengths) => JsonlSink::resume(dir, &STREAMS, lengths)?,
+                None => JsonlSink::create(dir, &STREAMS)?,
+            };
+            s.push((Box::new(files), emit_files));
         }
         if let Some(k) = &kafka {
             s.push((
@@ -247,7 +266,91 @@ fn emission(args: &RunArgs) -> Emission {
     }
 }
 
+/// The checkpointing operators, by their names in the checkpoint layout.
+fn checkpointed_operators() -> Vec<String> {
+    let mut ops: Vec<String> = DATAFLOWS.iter().map(|d| format!("source-{d}")).collect();
+    ops.extend(STREAMS.iter().map(|s| format!("window-{s}")));
+    ops.extend(STREAMS.iter().map(|s| format!("sink-{s}")));
+    ops.push("sink-dead_letter".into());
+    ops
+}
+
+/// What must not change between a checkpointed run and its restart.
+fn fingerprint(
+    args: &RunArgs,
+    specs: (WindowSpec, WindowSpec),
+) -> serde_json::Map<String, serde_json::Value> {
+    let c = &args.cluster;
+    let input = if args.input.inputs.is_empty() {
+        format!(
+            "kafka topics {}, {}",
+            args.topic_binance, args.topic_polymarket
+        )
+    } else {
+        let files: Vec<String> = args
+            .input
+            .inputs
+            .iter()
+            .map(|(t, p)| format!("{t}={p}"))
+            .collect();
+        files.join(" ")
+    };
+    let output = args.output.output.as_ref().map(|d| {
+        std::fs::canonicalize(d)
+            .unwrap_or_else(|_| d.clone())
+            .display()
+            .to_string()
+    });
+    let mut m = serde_json::Map::new();
+    m.insert("workers".into(), (c.workers * c.processes).into());
+    m.insert("processes".into(), c.processes.into());
+    m.insert(
+        "checkpoint_interval_ms".into(),
+        (args.checkpoint_interval.as_millis() as u64).into(),
+    );
+    m.insert("binance_windows".into(), format!("{:?}", specs.0).into());
+    m.insert("polymarket_windows".into(), format!("{:?}", specs.1).into());
+    m.insert("input".into(), input.into());
+    m.insert("output".into(), output.into());
+    m
+}
+
+/// Opens the checkpoint folder (when asked) and finds the epoch to resume from.
+fn checkpoints(
+    args: &RunArgs,
+    specs: (WindowSpec, WindowSpec),
+    inputs: &Inputs,
+) -> anyhow::Result<Option<Arc<Checkpoints>>> {
+    let Some(dir) = &args.checkpoint else {
+        return Ok(None);
+    };
+    inputs.binance.resumable()?;
+    inputs.polymarket.resumable()?;
+    let c = &args.cluster;
+    let store = Checkpoints::open(
+        dir,
+        u64::try_from(args.checkpoint_interval.as_millis()).unwrap_or(u64::MAX),
+        c.workers * c.processes,
+        c.process * c.workers..(c.process + 1) * c.workers,
+        checkpointed_operators(),
+        fingerprint(args, specs),
+    )?;
+    match store.epoch() {
+        Some(e) => tracing::info!(
+            "resuming from the checkpoint at {} in {}",
+            crate::time::format_ms(e),
+            dir.display()
+        ),
+        None => tracing::info!(
+            "no complete checkpoint in {}; starting from the beginning",
+            dir.display()
+        ),
+    }
+    Ok(Some(Arc::new(store)))
+}
+
 /// Builds the market dataflows in `scope`.
+#[allow(clippy::too_many_arguments)]
 fn build<'s>(
     scope: Scope<'s, EventTime>,
     topics: (&str, &str),
@@ -256,7 +359,12 @@ fn build<'s>(
     emission: Emission,
     sinks: SinkFactory,
     stats: &RunStats,
+    ckpt: Option<Arc<Checkpoints>>,
 ) {
+    let handle = |name: String| {
+        ckpt.clone()
+            .map(|store| checkpoint::Handle { store, op: name })
+    };
     let (klines, dead_b) = source(
         scope,
         topics.0,
@@ -264,6 +372,7 @@ fn build<'s>(
         KlineDecoder,
         specs.0,
         stats.clone(),
+        handle(format!("source-{}", DATAFLOWS[0])),
     );
     let (events, dead_p) = source(
         scope,
@@ -272,6 +381,7 @@ fn build<'s>(
         FrameDecoder,
         specs.1,
         stats.clone(),
+        handle(format!("source-{}", DATAFLOWS[1])),
     );
     let (books, trades): (
         StreamVec<'s, EventTime, Timed<_>>,
@@ -280,12 +390,40 @@ fn build<'s>(
         (t, Event::Book(b)) => Ok(t.map(|()| b)),
         (t, Event::Trade(tr)) => Err(t.map(|()| tr)),
     });
+    let window = |s: &str| handle(format!("window-{s}"));
     let results = vec![
-        windowed::<KlineMetrics>(klines, specs.0, emission, stats.clone()),
-        windowed::<BookMetrics>(books, specs.1, emission, stats.clone()),
-        windowed::<TradeMetrics>(trades, specs.1, emission, stats.clone()),
+        (
+            KlineMetrics::STREAM,
+            windowed::<KlineMetrics>(
+                klines,
+                specs.0,
+                emission,
+                stats.clone(),
+                window(KlineMetrics::STREAM),
+            ),
+        ),
+        (
+            BookMetrics::STREAM,
+            windowed::<BookMetrics>(
+                books,
+                specs.1,
+                emission,
+                stats.clone(),
+                window(BookMetrics::STREAM),
+            ),
+        ),
+        (
+            TradeMetrics::STREAM,
+            windowed::<TradeMetrics>(
+                trades,
+                specs.1,
+                emission,
+                stats.clone(),
+                window(TradeMetrics::STREAM),
+            ),
+        ),
     ];
-    sink::write_all(results, dead_b.concat(dead_p), sinks, stats.clone());
+    sink::write_all(results, dead_b.concat(dead_p), sinks, stats.clone(), ckpt);
 }
 
 /// Runs the speed layer until its inputs end (files, `--until-end`, a bounded simulation) or
@@ -318,17 +456,37 @@ pub fn run(args: RunArgs) -> anyhow::Result<()> {
         tracing::info!("status page at http://{bound}/ (metrics at /metrics, JSON at /status)");
     }
     spawn_progress_log(stats.clone(), args.log_interval);
+    let ckpt = checkpoints(&args, specs, &inputs)?;
     let (summary_stats, process) = (stats.clone(), args.cluster.process);
-    sink::stop_on_signal(move || {
-        eprintln!(
-            "speed-layer stopped (process {process}):\n{}",
-            summary_stats.summary().trim_end()
-        );
-    })?;
-    let sinks = sinks(&args.output, args.kafka.settings())?;
+    sink::stop_on_signal(
+        move || {
+            eprintln!(
+                "speed-layer stopped (process {process}):\n{}",
+                summary_stats.summary().trim_end()
+            );
+        },
+        ckpt.clone(),
+        args.stop_timeout,
+    )?;
+    // The output files' lengths at the epoch resumed from (written by worker 0's sinks).
+    let resume = match &ckpt {
+        Some(c) if c.epoch().is_some() && args.cluster.process == 0 => {
+            let mut lengths = std::collections::BTreeMap::new();
+            for s in STREAMS.iter().chain(&["dead_letter"]) {
+                let op = format!("sink-{s}");
+                if let Some(Some(len)) = c.restored::<Option<u64>>(&op, 0)? {
+                    lengths.insert(s.to_string(), len);
+                }
+            }
+            Some(lengths)
+        }
+        _ => None,
+    };
+    let sinks = sinks(&args.output, args.kafka.settings(), resume)?;
     let emission = emission(&args);
     let topics = (args.topic_binance.clone(), args.topic_polymarket.clone());
     let worker_stats = stats.clone();
+    let worker_ckpt = ckpt.clone();
     let guards = timely::execute(config, move |worker| {
         let (inputs, sinks, stats) = (
             Arc::clone(&inputs),
@@ -344,6 +502,7 @@ pub fn run(args: RunArgs) -> anyhow::Result<()> {
                 emission,
                 sinks,
                 &stats,
+                worker_ckpt.clone(),
             );
         });
     })

@@ -252,12 +252,12 @@ pub fn produce(args: &ProduceArgs) -> anyhow::Result<()> {
             (
                 args.topic_binance.clone(),
                 nb,
-                SimFactory::new(SimTopic::Binance, 0, &args.sim_args, start)?.open(0, 1)?,
+                SimFactory::new(SimTopic::Binance, 0, &args.sim_args, start)?.open(0, 1, &[])?,
             ),
             (
                 args.topic_polymarket.clone(),
                 np,
-                SimFactory::new(SimTopic::Polymarket, 1, &args.sim_args, start)?.open(0, 1)?,
+                SimFactory::new(SimTopic::Polymarket, 1, &args.sim_args, start)?.open(0, 1, &[])?,
             ),
         ];
         loop {

@@ -7,7 +7,7 @@
 use std::fmt::Write as _;
 use std::time::{Duration, Instant};
 
-use crate::source::{owns, Origin, PartitionInfo, ReadStatus, Reader, ReaderFactory};
+use crate::source::{owns, Origin, PartitionInfo, ReadStatus, Reader, ReaderFactory, ResumePoint};
 use crate::time::{parse_duration, EventTime};
 
 /// Simulator options (used when neither `--brokers` nor `--input` is given).
@@ -91,7 +91,22 @@ impl SimFactory {
 }
 
 impl ReaderFactory for SimFactory {
-    fn open(&self, index: usize, peers: usize) -> anyhow::Result<Box<dyn Reader>> {
+    fn resumable(&self) -> anyhow::Result<()> {
+        anyhow::bail!(
+            "the built-in simulator cannot be resumed from a checkpoint (it follows the wall \
+             clock); use --checkpoint with --input files or Kafka"
+        )
+    }
+
+    fn open(
+        &self,
+        index: usize,
+        peers: usize,
+        resume: &[ResumePoint],
+    ) -> anyhow::Result<Box<dyn Reader>> {
+        if !resume.is_empty() {
+            self.resumable()?;
+        }
         let mut streams = Vec::new();
         let mut parts = Vec::new();
         for p in (0..self.topic.partitions()).filter(|p| owns(self.topic_ordinal + p, index, peers))
@@ -219,6 +234,16 @@ impl Reader for SimReader {
             Ok(ReadStatus::Idle(Duration::from_millis(
                 wait_ms.clamp(1, 200),
             )))
+        }
+    }
+
+    fn position(&self, slot: usize) -> ResumePoint {
+        let seq = self.streams[slot].seq;
+        ResumePoint {
+            id: self.parts[slot].id,
+            offset: seq,
+            seq,
+            end: None,
         }
     }
 
@@ -544,7 +569,7 @@ pub fn generate(args: &GenerateArgs) -> anyhow::Result<()> {
         (SimTopic::Binance, "binance", 0),
         (SimTopic::Polymarket, "polymarket_trade", 1),
     ] {
-        let mut reader = SimFactory::new(topic, base, &sim, start)?.open(0, 1)?;
+        let mut reader = SimFactory::new(topic, base, &sim, start)?.open(0, 1, &[])?;
         let mut files = Vec::new();
         for p in 0..topic.partitions() {
             let path = args.out_dir.join(format!("{name}-p{p}.jsonl"));

@@ -4,6 +4,7 @@
 //! it knows nothing of any market. `dataflows/` holds the market dataflows built from it.
 
 pub mod aggregate;
+pub mod checkpoint;
 pub mod cli;
 pub mod kafka;
 pub mod metrics;

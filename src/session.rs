@@ -15,9 +15,10 @@ use timely::dataflow::operators::generic::Operator;
 use timely::dataflow::operators::Capability;
 use timely::dataflow::StreamVec;
 
+use crate::checkpoint::{Entry, Handle};
 use crate::stats::RunStats;
 use crate::time::{EventTime, Timed, WindowSpec};
-use crate::window::{key_hash, now_us, Emission, Kind, ResultLine, WindowAggregate};
+use crate::window::{key_hash, now_us, Emission, Gate, Kind, ResultLine, WindowAggregate};
 
 /// One session of one key.
 struct Session<Acc> {
@@ -40,12 +41,195 @@ impl<Acc> Session<Acc> {
     }
 }
 
+/// The sessions of every key on one worker, with the corrections waiting for their session's end.
+struct State<A: WindowAggregate> {
+    keys: HashMap<String, Vec<Session<A::Acc>>>,
+    pending: Vec<(Capability<EventTime>, Timed<A::Record>)>,
+    gap: u64,
+}
+
+impl<A: WindowAggregate> State<A> {
+    /// Adds records stamped at `cap`'s time; those stamped at or after their session's end are
+    /// corrections, applied once the watermark reaches it.
+    fn apply(
+        &mut self,
+        cap: &Capability<EventTime>,
+        records: impl Iterator<Item = Timed<A::Record>>,
+    ) {
+        let (s, gap) = (*cap.time(), self.gap);
+        for r in records {
+            if s >= r.time.saturating_add(gap) {
+                self.pending.push((cap.clone(), r));
+                continue;
+            }
+            let mut acc = A::Acc::default();
+            A::add(&mut acc, &r);
+            let list = self.keys.entry(A::key(&r.rec).to_string()).or_default();
+            // Merge every open session the record reaches into one.
+            let mut merged = Session {
+                start: r.time,
+                last: r.time,
+                acc,
+                cap: None,
+                revision: 0,
+                dirty: true,
+            };
+            let mut i = 0;
+            while i < list.len() {
+                if list[i].cap.is_some() && list[i].reaches(r.time, gap) {
+                    let other = list.swap_remove(i);
+                    merged.start = merged.start.min(other.start);
+                    merged.last = merged.last.max(other.last);
+                    A::merge(&mut merged.acc, &other.acc);
+                    merged.revision = merged.revision.max(other.revision);
+                } else {
+                    i += 1;
+                }
+            }
+            merged.cap = Some(cap.delayed(&(merged.end(gap) - 1)));
+            list.push(merged);
+        }
+    }
+
+    /// Final results of sessions ending at or before `lim` (the watermark), corrections of
+    /// final sessions, and the end of state past the allowed lateness.
+    fn settle(
+        &mut self,
+        lim: EventTime,
+        spec: WindowSpec,
+    ) -> Vec<(Capability<EventTime>, ResultLine)> {
+        let gap = self.gap;
+        let mut out: Vec<(Capability<EventTime>, ResultLine)> = Vec::new();
+        let final_at_us = now_us();
+        for (key, list) in self.keys.iter_mut() {
+            for sess in list.iter_mut() {
+                let end = sess.end(gap);
+                if lim < end {
+                    continue;
+                }
+                let Some(cap) = sess.cap.take() else { continue };
+                sess.revision += 1;
+                sess.dirty = false;
+                let mut line = A::finish(key, sess.start, end, &sess.acc).tagged(
+                    Kind::Final,
+                    sess.revision,
+                    None,
+                );
+                line.final_at_us = final_at_us;
+                out.push((cap, line));
+            }
+        }
+        out.sort_by(|a, b| (a.1.window_end, &a.1.key).cmp(&(b.1.window_end, &b.1.key)));
+
+        // Corrections: into the final session the record falls in, or a new one.
+        self.pending.sort_by_key(|(cap, r)| (*cap.time(), r.pos));
+        let mut waiting = Vec::new();
+        for (cap, r) in self.pending.drain(..) {
+            let end = r.time.saturating_add(gap);
+            if lim < end {
+                waiting.push((cap, r));
+                continue;
+            }
+            let key = A::key(&r.rec).to_string();
+            let list = self.keys.entry(key.clone()).or_default();
+            let idx = match list
+                .iter()
+                .position(|x| x.cap.is_none() && x.start <= r.time && r.time < x.end(gap))
+            {
+                Some(i) => i,
+                None => {
+                    list.push(Session {
+                        start: r.time,
+                        last: r.time,
+                        acc: A::Acc::default(),
+                        cap: None,
+                        revision: 0,
+                        dirty: false,
+                    });
+                    list.len() - 1
+                }
+            };
+            let sess = &mut list[idx];
+            A::add(&mut sess.acc, &r);
+            let replaces = (sess.revision > 0).then_some(sess.revision);
+            sess.revision += 1;
+            let line = A::finish(&key, sess.start, sess.end(gap), &sess.acc).tagged(
+                Kind::Correction,
+                sess.revision,
+                replaces,
+            );
+            out.push((cap, line));
+        }
+        self.pending = waiting;
+
+        // Final sessions past the allowed lateness can no longer change.
+        self.keys.retain(|_, list| {
+            list.retain(|x| x.cap.is_some() || lim < x.end(gap).saturating_add(spec.allowed_ms));
+            !list.is_empty()
+        });
+        out
+    }
+
+    /// Per key, its sessions: start, last event, accumulator, revision, still open.
+    fn snapshot(&self) -> Vec<u8> {
+        type Row<'a, Acc> = (&'a String, Vec<(EventTime, EventTime, &'a Acc, u32, bool)>);
+        let snap: Vec<Row<'_, A::Acc>> = self
+            .keys
+            .iter()
+            .map(|(k, list)| {
+                let l = list
+                    .iter()
+                    .map(|x| (x.start, x.last, &x.acc, x.revision, x.cap.is_some()))
+                    .collect();
+                (k, l)
+            })
+            .collect();
+        crate::checkpoint::encode(&snap)
+    }
+
+    /// Rebuilds the sessions saved at `epoch`; those ending at or before it were final there.
+    fn restore(
+        &mut self,
+        snap: Snapshot<A::Acc>,
+        epoch: EventTime,
+        cap: &Capability<EventTime>,
+        spec: WindowSpec,
+    ) {
+        let gap = self.gap;
+        for (key, list) in snap {
+            let mut sessions = Vec::new();
+            for (start, last, acc, revision, open) in list {
+                let end = last.saturating_add(gap);
+                let is_final = !open || end <= epoch;
+                if is_final && end.saturating_add(spec.allowed_ms) <= epoch {
+                    continue;
+                }
+                sessions.push(Session {
+                    start,
+                    last,
+                    acc,
+                    cap: (!is_final).then(|| cap.delayed(&(end - 1))),
+                    revision: revision + u32::from(open && end <= epoch),
+                    dirty: false,
+                });
+            }
+            if !sessions.is_empty() {
+                self.keys.insert(key, sessions);
+            }
+        }
+    }
+}
+
+/// A sessions operator's checkpointed state (see [`State::snapshot`]).
+type Snapshot<Acc> = Vec<(String, Vec<(EventTime, EventTime, Acc, u32, bool)>)>;
+
 /// Aggregates `records` in session windows (see the module documentation).
 pub fn sessions<'s, A: WindowAggregate>(
     records: StreamVec<'s, EventTime, Timed<A::Record>>,
     spec: WindowSpec,
     emission: Emission,
     stats: RunStats,
+    ckpt: Option<Handle>,
 ) -> StreamVec<'s, EventTime, ResultLine> {
     let gap = spec.session_gap_ms.unwrap_or(spec.size_ms);
     let scope = records.scope();
@@ -53,127 +237,109 @@ pub fn sessions<'s, A: WindowAggregate>(
     records.unary_frontier(
         Exchange::new(|r: &Timed<A::Record>| key_hash(A::key(&r.rec))),
         &format!("Sessions({})", A::STREAM),
-        move |_cap, info| {
+        move |init_cap, info| {
             let activator = scope.activator_for(info.address);
-            let mut keys: HashMap<String, Vec<Session<A::Acc>>> = HashMap::new();
-            // Corrections wait until the watermark reaches their session's end.
-            let mut pending: Vec<(Capability<EventTime>, Timed<A::Record>)> = Vec::new();
+            let mut state = State::<A> {
+                keys: HashMap::new(),
+                pending: Vec::new(),
+                gap,
+            };
+            let mut gate = Gate::new(ckpt.as_ref());
+            if let Some(snap) = ckpt
+                .as_ref()
+                .and_then(|c| c.restored::<Snapshot<A::Acc>>(worker))
+            {
+                state.restore(snap, gate.epoch, &init_cap, spec);
+            }
+            drop(init_cap);
             let mut next_trigger = emission.trigger.map(|t| std::time::Instant::now() + t);
             move |(input, frontier), output| {
                 input.for_each_stamp(|cap, data| {
-                    let s = cap.least().copied().unwrap_or_default();
+                    let t = cap.least().copied().unwrap_or_default();
+                    if t >= gate.next {
+                        let (_, held) = gate
+                            .held
+                            .entry(t)
+                            .or_insert_with(|| (cap.delayed(&t, 0), Vec::new()));
+                        data.for_each(|b| held.append(b));
+                        return;
+                    }
+                    let cap = cap.delayed(&t, 0);
                     for batch in data {
-                        for r in batch.drain(..) {
-                            if s >= r.time.saturating_add(gap) {
-                                pending.push((cap.delayed(&s, 0), r));
-                                continue;
-                            }
-                            let mut acc = A::Acc::default();
-                            A::add(&mut acc, &r);
-                            let list = keys.entry(A::key(&r.rec).to_string()).or_default();
-                            // Merge every open session the record reaches into one.
-                            let mut merged = Session {
-                                start: r.time,
-                                last: r.time,
-                                acc,
-                                cap: None,
-                                revision: 0,
-                                dirty: true,
-                            };
-                            let mut i = 0;
-                            while i < list.len() {
-                                if list[i].cap.is_some() && list[i].reaches(r.time, gap) {
-                                    let other = list.swap_remove(i);
-                                    merged.start = merged.start.min(other.start);
-                                    merged.last = merged.last.max(other.last);
-                                    A::merge(&mut merged.acc, &other.acc);
-                                    merged.revision = merged.revision.max(other.revision);
-                                } else {
-                                    i += 1;
-                                }
-                            }
-                            merged.cap = Some(cap.delayed(&(merged.end(gap) - 1), 0));
-                            list.push(merged);
-                        }
+                        state.apply(&cap, batch.drain(..));
                     }
                 });
-
-                // Final results of sessions whose end the watermark reached.
-                let mut finals: Vec<(Capability<EventTime>, ResultLine)> = Vec::new();
-                let final_at_us = now_us();
-                for (key, list) in keys.iter_mut() {
-                    for sess in list.iter_mut() {
-                        let end = sess.end(gap);
-                        if sess.cap.is_none() || frontier.less_than(&end) {
-                            continue;
-                        }
-                        let cap = sess
-                            .cap
-                            .take()
-                            .unwrap_or_else(|| unreachable!("checked above"));
-                        sess.revision += 1;
-                        sess.dirty = false;
-                        let mut line = A::finish(key, sess.start, end, &sess.acc).tagged(
-                            Kind::Final,
-                            sess.revision,
-                            None,
-                        );
-                        line.final_at_us = final_at_us;
-                        finals.push((cap, line));
+                let lim = frontier
+                    .frontier()
+                    .first()
+                    .copied()
+                    .unwrap_or(EventTime::MAX);
+                let mut emit = |out: Vec<(Capability<EventTime>, ResultLine)>| {
+                    for (cap, line) in out {
+                        output.session(&cap).give(line);
                     }
-                }
-                finals.sort_by(|a, b| (a.1.window_end, &a.1.key).cmp(&(b.1.window_end, &b.1.key)));
-                for (cap, line) in finals {
-                    output.session(&cap).give(line);
-                }
+                };
 
-                // Corrections: into the final session the record falls in, or a new one.
-                pending.sort_by_key(|(cap, r)| (*cap.time(), r.pos));
-                let mut waiting = Vec::new();
-                for (cap, r) in pending.drain(..) {
-                    let end = r.time.saturating_add(gap);
-                    if frontier.less_than(&end) {
-                        waiting.push((cap, r));
-                        continue;
-                    }
-                    let key = A::key(&r.rec).to_string();
-                    let list = keys.entry(key.clone()).or_default();
-                    let idx = match list
-                        .iter()
-                        .position(|x| x.cap.is_none() && x.start <= r.time && r.time < x.end(gap))
-                    {
-                        Some(i) => i,
-                        None => {
-                            let acc = A::Acc::default();
-                            list.push(Session {
-                                start: r.time,
-                                last: r.time,
-                                acc,
-                                cap: None,
-                                revision: 0,
-                                dirty: false,
-                            });
-                            list.len() - 1
-                        }
+                // Checkpoint epochs the frontier passed (see `window::tumbling`).
+                if let Some(c) = ckpt
+                    .as_ref()
+                    .filter(|_| lim >= gate.next && gate.next < EventTime::MAX)
+                {
+                    let interval = c.store.interval();
+                    let last = if lim == EventTime::MAX {
+                        lim
+                    } else {
+                        c.store.floor(lim)
                     };
-                    let sess = &mut list[idx];
-                    A::add(&mut sess.acc, &r);
-                    let replaces = (sess.revision > 0).then_some(sess.revision);
-                    sess.revision += 1;
-                    let line = A::finish(&key, sess.start, sess.end(gap), &sess.acc).tagged(
-                        Kind::Correction,
-                        sess.revision,
-                        replaces,
-                    );
-                    output.session(&cap).give(line);
+                    let mut entries = Vec::new();
+                    let mut lo = gate.next;
+                    loop {
+                        while let Some((cap, items)) = gate.release_below(lo) {
+                            state.apply(&cap, items.into_iter());
+                        }
+                        emit(state.settle(lo, spec));
+                        let change =
+                            gate.held
+                                .keys()
+                                .next()
+                                .map(|s| c.store.after(*s))
+                                .into_iter()
+                                .chain(
+                                    state.pending.iter().map(|(_, r)| {
+                                        c.store.after(r.time.saturating_add(gap) - 1)
+                                    }),
+                                )
+                                .min();
+                        let hi = match change {
+                            Some(n) if n <= last => n - interval,
+                            _ => last,
+                        };
+                        entries.push(Entry {
+                            lo,
+                            hi,
+                            body: state.snapshot(),
+                        });
+                        if hi >= last {
+                            break;
+                        }
+                        lo = hi + interval;
+                    }
+                    gate.next = last.saturating_add(interval);
+                    c.write(worker, &entries);
                 }
-                pending = waiting;
+                while let Some((cap, items)) = gate.release_below(gate.next) {
+                    state.apply(&cap, items.into_iter());
+                }
+                emit(state.settle(lim, spec));
+                if let Some(c) = &ckpt {
+                    c.store.set_frontier(&c.op, worker, lim);
+                }
 
                 // Early results of changed open sessions.
                 if let (Some(every), Some(due)) = (emission.trigger, next_trigger) {
                     let now = std::time::Instant::now();
                     if now >= due {
-                        for (key, list) in keys.iter_mut() {
+                        for (key, list) in state.keys.iter_mut() {
                             for sess in list.iter_mut().filter(|x| x.dirty) {
                                 let Some(cap) = &sess.cap else { continue };
                                 sess.revision += 1;
@@ -185,23 +351,20 @@ pub fn sessions<'s, A: WindowAggregate>(
                         }
                         next_trigger = Some(now + every);
                     }
-                    if keys.values().flatten().any(|x| x.cap.is_some()) {
+                    if state.keys.values().flatten().any(|x| x.cap.is_some()) {
                         activator.activate_after(
                             next_trigger.map_or(every, |d| d.saturating_duration_since(now)),
                         );
                     }
                 }
 
-                // Final sessions past the allowed lateness can no longer change.
-                keys.retain(|_, list| {
-                    list.retain(|x| {
-                        x.cap.is_some()
-                            || frontier.less_than(&x.end(gap).saturating_add(spec.allowed_ms))
-                    });
-                    !list.is_empty()
-                });
-                let open = keys.values().flatten().filter(|x| x.cap.is_some()).count() as u64;
-                stats.set_open(A::STREAM, worker, open, keys.len() as u64);
+                let open = state
+                    .keys
+                    .values()
+                    .flatten()
+                    .filter(|x| x.cap.is_some())
+                    .count() as u64;
+                stats.set_open(A::STREAM, worker, open, state.keys.len() as u64);
             }
         },
     )

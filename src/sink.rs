@@ -18,6 +18,7 @@ use timely::dataflow::channels::pact::Exchange;
 use timely::dataflow::operators::generic::Operator;
 use timely::dataflow::StreamVec;
 
+use crate::checkpoint::{Checkpoints, Entry, Handle};
 use crate::stats::RunStats;
 use crate::time::{format_ms, EventTime};
 use crate::window::{Kind, ResultLine};
@@ -32,6 +33,11 @@ pub trait ResultSink {
     }
     /// Makes everything written so far durable or visible.
     fn flush(&mut self) -> anyhow::Result<()>;
+    /// Makes the file of `stream` durable and returns its length, for sinks whose output can
+    /// be cut back to a checkpoint (files); `None` for the others.
+    fn durable_len(&mut self, _stream: &str) -> anyhow::Result<Option<u64>> {
+        Ok(None)
+    }
 }
 
 /// Taken by every sink write and by [`stop_on_signal`] before it ends the process.
@@ -39,10 +45,17 @@ static WRITING: std::sync::Mutex<()> = std::sync::Mutex::new(());
 
 /// On SIGINT or SIGTERM: wait for any sink write in progress, run `on_stop` (print the summary),
 /// and exit 0. Outputs hold every window finalised so far; open windows are not emitted (they
-/// are not final). A second signal ends the process at once.
-pub fn stop_on_signal(on_stop: impl FnOnce() + Send + 'static) -> anyhow::Result<()> {
+/// are not final). With checkpoints, the sources first stop reading and the job settles: every
+/// operator saves the latest epoch the watermark passed (waiting at most `timeout`), so a
+/// restart resumes exactly where this run stopped. A second signal ends the process at once.
+pub fn stop_on_signal(
+    on_stop: impl FnOnce() + Send + 'static,
+    ckpt: Option<std::sync::Arc<Checkpoints>>,
+    timeout: std::time::Duration,
+) -> anyhow::Result<()> {
     use std::sync::atomic::{AtomicBool, Ordering};
     use std::sync::Arc;
+    use std::time::{Duration, Instant};
     let stop = Arc::new(AtomicBool::new(false));
     for sig in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
         signal_hook::flag::register_conditional_shutdown(sig, 1, Arc::clone(&stop))?;
@@ -50,10 +63,36 @@ pub fn stop_on_signal(on_stop: impl FnOnce() + Send + 'static) -> anyhow::Result
     }
     std::thread::spawn(move || {
         while !stop.load(Ordering::Relaxed) {
-            std::thread::sleep(std::time::Duration::from_millis(50));
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        tracing::info!("stopping on a signal");
+        if let Some(c) = &ckpt {
+            crate::checkpoint::request_stop();
+            // Settled, and still settled a moment later (other processes' sources may still
+            // have been reading when the signal came).
+            let began = Instant::now();
+            let mut settled_since: Option<Instant> = None;
+            while began.elapsed() < timeout {
+                if c.settled() {
+                    let since = *settled_since.get_or_insert_with(Instant::now);
+                    if since.elapsed() >= Duration::from_millis(300) {
+                        break;
+                    }
+                } else {
+                    settled_since = None;
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            if c.settled() {
+                tracing::info!("checkpoint complete; a restart resumes here");
+            } else {
+                tracing::warn!(
+                    "the last checkpoint did not complete within {}; a restart resumes from the one before",
+                    humantime::format_duration(timeout)
+                );
+            }
         }
         let _writing = WRITING.lock().unwrap_or_else(|e| e.into_inner());
-        tracing::info!("stopping on a signal");
         on_stop();
         let _ = std::io::Write::flush(&mut std::io::stdout());
         std::process::exit(0);
@@ -124,22 +163,108 @@ fn with_sinks(
     }
 }
 
+/// Opens the sinks on first use (on the worker that writes) and asks them for the durable
+/// length of `stream`'s file; `None` on the other workers and for sinks without files.
+fn durable_len(shared: &SharedSinks, factory: &SinkFactory, stream: &str) -> Option<u64> {
+    let mut len = None;
+    with_sinks(
+        shared,
+        factory,
+        &[],
+        |s, _| {
+            len = len.or(s.durable_len(stream)?);
+            Ok(())
+        },
+        "syncing outputs",
+    );
+    len
+}
+
+/// Writes what is held in `pending` (by timely time) once the frontier `lim` passes it, in time
+/// order, with `write`. With `ckpt`, at each checkpoint epoch the frontier passes, records the
+/// output's durable length after exactly the batches stamped before it (`len`).
+#[allow(clippy::too_many_arguments)]
+fn write_settled<X>(
+    pending: &mut BTreeMap<EventTime, Vec<X>>,
+    lim: EventTime,
+    next: &mut EventTime,
+    ckpt: Option<&Handle>,
+    worker: usize,
+    mut write: impl FnMut(EventTime, Vec<X>),
+    mut len: impl FnMut() -> Option<u64>,
+) {
+    let mut write_below = |pending: &mut BTreeMap<EventTime, Vec<X>>, t: EventTime| {
+        while let Some(e) = pending.first_entry() {
+            if *e.key() >= t {
+                break;
+            }
+            let (time, items) = e.remove_entry();
+            write(time, items);
+        }
+    };
+    if let Some(c) = ckpt.filter(|_| lim >= *next && *next < EventTime::MAX) {
+        let interval = c.store.interval();
+        let last = if lim == EventTime::MAX {
+            lim
+        } else {
+            c.store.floor(lim)
+        };
+        let mut entries = Vec::new();
+        let mut lo = *next;
+        loop {
+            write_below(pending, lo);
+            let hi = match pending.keys().next().map(|s| c.store.after(*s)) {
+                Some(n) if n <= last => n - interval,
+                _ => last,
+            };
+            entries.push(Entry {
+                lo,
+                hi,
+                body: crate::checkpoint::encode(&len()),
+            });
+            if hi >= last {
+                break;
+            }
+            lo = hi + interval;
+        }
+        *next = last.saturating_add(interval);
+        c.write(worker, &entries);
+    }
+    write_below(pending, lim);
+}
+
 /// Routes results and dead letters to worker 0 and writes them to the sinks made by `factory`,
 /// each sink receiving the kinds it selected.
 ///
 /// Each result stream has its own sink operator, so a stream is written as soon as *its*
-/// watermark reaches a window end, not when the slowest input's does. Final results are held
-/// until then, so each window end is written as one batch sorted by key; updates, corrections
-/// and dead letters are written as they come.
+/// watermark reaches a window end, not when the slowest input's does. Final results,
+/// corrections and dead letters are held until then, so each window end is written as one
+/// batch sorted by key; updates are written as they come. With `ckpt`, each sink operator
+/// records its file's length at every checkpoint epoch (`sink-<stream>`, `sink-dead_letter`).
 pub fn write_all<'s>(
-    results: Vec<StreamVec<'s, EventTime, ResultLine>>,
+    results: Vec<(&'static str, StreamVec<'s, EventTime, ResultLine>)>,
     dead: StreamVec<'s, EventTime, String>,
     factory: SinkFactory,
     stats: RunStats,
+    ckpt: Option<std::sync::Arc<Checkpoints>>,
 ) {
     let shared: SharedSinks = Rc::new(RefCell::new(None));
-    for stream in results {
+    let handle = |name: &str| {
+        ckpt.clone().map(|store| Handle {
+            store,
+            op: format!("sink-{name}"),
+        })
+    };
+    let first_epoch = |h: &Option<Handle>| {
+        h.as_ref().map_or(EventTime::MAX, |c| {
+            c.store.after(c.store.epoch().unwrap_or(0))
+        })
+    };
+    let worker = dead.scope().index();
+    for (name, stream) in results {
         let (shared, factory, stats) = (Rc::clone(&shared), factory.clone(), stats.clone());
+        let ckpt = handle(name);
+        let mut next = first_epoch(&ckpt);
         let mut pending: BTreeMap<EventTime, Vec<ResultLine>> = BTreeMap::new();
         let mut now: Vec<ResultLine> = Vec::new();
         stream.sink(
@@ -172,11 +297,12 @@ pub fn write_all<'s>(
                         stats.record_result(&l.stream, &l.key, l.window_end, &l.json, None);
                     }
                 }
-                while let Some(entry) = pending.first_entry() {
-                    if frontier.less_equal(entry.key()) {
-                        break;
-                    }
-                    let (_, mut lines) = entry.remove_entry();
+                let lim = frontier
+                    .frontier()
+                    .first()
+                    .copied()
+                    .unwrap_or(EventTime::MAX);
+                let write = |_, mut lines: Vec<ResultLine>| {
                     // Stable: corrections of one key keep their revision order.
                     lines.sort_by(|a, b| {
                         (&a.stream, &a.key, a.revision).cmp(&(&b.stream, &b.key, b.revision))
@@ -197,30 +323,66 @@ pub fn write_all<'s>(
                             .then(|| now_us.saturating_sub(l.final_at_us) as f64 / 1e6);
                         stats.record_result(&l.stream, &l.key, l.window_end, &l.json, latency);
                     }
-                }
+                };
+                let len = || {
+                    (worker == 0)
+                        .then(|| durable_len(&shared, &factory, name))
+                        .flatten()
+                };
+                write_settled(
+                    &mut pending,
+                    lim,
+                    &mut next,
+                    ckpt.as_ref(),
+                    worker,
+                    write,
+                    len,
+                );
             },
         );
     }
-    let mut buf: Vec<String> = Vec::new();
+    let ckpt = handle("dead_letter");
+    let mut next = first_epoch(&ckpt);
+    let mut pending: BTreeMap<EventTime, Vec<String>> = BTreeMap::new();
     dead.sink(
         Exchange::new(|_: &String| 0),
         "DeadLetterSink",
-        move |(input, _frontier)| {
-            input.for_each_stamp(|_cap, data| {
+        move |(input, frontier)| {
+            input.for_each_stamp(|cap, data| {
+                let t = cap.least().copied().unwrap_or_default();
+                let held = pending.entry(t).or_default();
                 for batch in data {
-                    buf.append(batch);
+                    held.append(batch);
                 }
             });
-            if !buf.is_empty() {
+            let lim = frontier
+                .frontier()
+                .first()
+                .copied()
+                .unwrap_or(EventTime::MAX);
+            let write = |_, lines: Vec<String>| {
                 with_sinks(
                     &shared,
                     &factory,
                     &[],
-                    |s, _| s.dead_letters(&buf),
+                    |s, _| s.dead_letters(&lines),
                     "writing dead letters",
                 );
-                buf.clear();
-            }
+            };
+            let len = || {
+                (worker == 0)
+                    .then(|| durable_len(&shared, &factory, "dead_letter"))
+                    .flatten()
+            };
+            write_settled(
+                &mut pending,
+                lim,
+                &mut next,
+                ckpt.as_ref(),
+                worker,
+                write,
+                len,
+            );
         },
     );
 }
@@ -232,6 +394,44 @@ pub struct JsonlSink {
 }
 
 impl JsonlSink {
+    /// Reopens the files of a run resumed from a checkpoint, cut back to the lengths they had
+    /// there (what follows is written again by the resumed run); other files are created.
+    pub fn resume(
+        dir: &Path,
+        streams: &[&str],
+        lengths: &BTreeMap<String, u64>,
+    ) -> anyhow::Result<Self> {
+        std::fs::create_dir_all(dir)
+            .with_context(|| format!("cannot create output folder {}", dir.display()))?;
+        let mut sink = Self {
+            dir: dir.to_path_buf(),
+            files: BTreeMap::new(),
+        };
+        for s in streams.iter().chain(std::iter::once(&"dead_letter")) {
+            let Some(&len) = lengths.get(*s) else {
+                sink.file(s)?;
+                continue;
+            };
+            let path = dir.join(format!("{s}.jsonl"));
+            let mut f = std::fs::OpenOptions::new()
+                .write(true)
+                .open(&path)
+                .with_context(|| format!("cannot reopen {} to resume", path.display()))?;
+            let have = f.metadata()?.len();
+            anyhow::ensure!(
+                have >= len,
+                "{} has {have} bytes but the checkpoint says {len} were written: the output was \
+                 changed or removed since; restore it or start over with a new --checkpoint folder",
+                path.display()
+            );
+            f.set_len(len)?;
+            std::io::Seek::seek(&mut f, std::io::SeekFrom::End(0))?;
+            sink.files
+                .insert(s.to_string(), BufWriter::with_capacity(1 << 16, f));
+        }
+        Ok(sink)
+    }
+
     /// Creates (truncating) one file per stream plus the dead-letter file.
     pub fn create(dir: &Path, streams: &[&str]) -> anyhow::Result<Self> {
         std::fs::create_dir_all(dir)
@@ -283,6 +483,13 @@ impl ResultSink for JsonlSink {
             f.flush()?;
         }
         Ok(())
+    }
+
+    fn durable_len(&mut self, stream: &str) -> anyhow::Result<Option<u64>> {
+        let f = self.file(stream)?;
+        f.flush()?;
+        f.get_ref().sync_data()?;
+        Ok(Some(f.get_ref().metadata()?.len()))
     }
 }
 

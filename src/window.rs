@@ -17,6 +17,7 @@ use timely::dataflow::operators::Capability;
 use timely::dataflow::StreamVec;
 use timely::ExchangeData;
 
+use crate::checkpoint::{Entry, Handle};
 use crate::stats::RunStats;
 use crate::time::{EventTime, Timed, WindowSpec};
 
@@ -231,6 +232,7 @@ pub fn tumbling<'s, A: WindowAggregate>(
     spec: WindowSpec,
     emission: Emission,
     stats: RunStats,
+    ckpt: Option<Handle>,
 ) -> StreamVec<'s, EventTime, ResultLine> {
     let scope = records.scope();
     let worker = scope.index();
@@ -277,113 +279,100 @@ pub fn tumbling<'s, A: WindowAggregate>(
     partials.unary_frontier(
         Exchange::new(|p: &Partial<A>| key_hash(&p.1)),
         &format!("Window({})", A::STREAM),
-        move |_cap, info| {
+        move |init_cap, info| {
             let activator = scope.activator_for(info.address);
             let mut windows: BTreeMap<EventTime, WindowState<A::Acc>> = BTreeMap::new();
             let mut pending: Pending<A::Acc> = BTreeMap::new();
+            let mut gate = Gate::new(ckpt.as_ref());
+            if let Some(snap) = ckpt
+                .as_ref()
+                .and_then(|c| c.restored::<Snapshot<A::Acc>>(worker))
+            {
+                restore(&mut windows, snap, gate.epoch, &init_cap, spec);
+            }
+            drop(init_cap);
             let mut next_trigger = emission.trigger.map(|t| std::time::Instant::now() + t);
             let mut reported = (0, 0);
             move |(input, frontier), output| {
                 input.for_each_stamp(|cap, data| {
                     let t = cap.least().copied().unwrap_or_default();
+                    if t >= gate.next {
+                        let (_, held) = gate
+                            .held
+                            .entry(t)
+                            .or_insert_with(|| (cap.delayed(&t, 0), Vec::new()));
+                        data.for_each(|b| held.append(b));
+                        return;
+                    }
+                    let cap = cap.delayed(&t, 0);
                     for batch in data {
-                        for (end, key, acc) in batch.drain(..) {
-                            if t >= end {
-                                pending.entry(end).or_default().push((
-                                    cap.delayed(&t, 0),
-                                    key,
-                                    acc,
-                                ));
-                                continue;
-                            }
-                            // Every record of the window was stamped before its end, and the
-                            // final result goes out at `end - 1`: a sink can write it as soon as
-                            // the frontier reaches `end`.
-                            let w = windows.entry(end).or_insert_with(|| WindowState {
-                                cap: Some(cap.delayed(&(end - 1), 0)),
-                                keys: HashMap::new(),
-                            });
-                            match w.keys.get_mut(&key) {
-                                Some(k) => {
-                                    A::merge(&mut k.acc, &acc);
-                                    k.dirty = true;
-                                }
-                                None => {
-                                    w.keys.insert(
-                                        key,
-                                        KeyState {
-                                            acc,
-                                            revision: 0,
-                                            dirty: true,
-                                        },
-                                    );
-                                }
-                            }
+                        apply::<A>(&mut windows, &mut pending, &cap, batch.drain(..));
+                    }
+                });
+                let lim = frontier
+                    .frontier()
+                    .first()
+                    .copied()
+                    .unwrap_or(EventTime::MAX);
+                let mut emit = |out: Vec<(Capability<EventTime>, Vec<ResultLine>)>| {
+                    for (cap, lines) in out {
+                        output.session(&cap).give_iterator(lines.into_iter());
+                    }
+                };
+
+                // Checkpoint epochs the frontier passed: the state after exactly the inputs
+                // stamped before each, one entry per distinct state.
+                if let Some(c) = ckpt
+                    .as_ref()
+                    .filter(|_| lim >= gate.next && gate.next < EventTime::MAX)
+                {
+                    c.store.set_frontier(&c.op, worker, lim);
+                    let interval = c.store.interval();
+                    let last = if lim == EventTime::MAX {
+                        lim
+                    } else {
+                        c.store.floor(lim)
+                    };
+                    let mut entries = Vec::new();
+                    let mut lo = gate.next;
+                    loop {
+                        while let Some((cap, items)) = gate.release_below(lo) {
+                            apply::<A>(&mut windows, &mut pending, &cap, items.into_iter());
                         }
-                    }
-                });
-
-                // Final results, in window order, once the watermark reaches each end.
-                for (&end, w) in windows.iter_mut() {
-                    if frontier.less_than(&end) {
-                        break;
-                    }
-                    let Some(cap) = w.cap.take() else { continue };
-                    let final_at_us = now_us();
-                    let start = spec.window_start(end);
-                    let mut keys: Vec<(&String, &mut KeyState<A::Acc>)> =
-                        w.keys.iter_mut().collect();
-                    keys.sort_unstable_by(|a, b| a.0.cmp(b.0));
-                    output
-                        .session(&cap)
-                        .give_iterator(keys.into_iter().map(|(k, st)| {
-                            st.revision += 1;
-                            st.dirty = false;
-                            let mut line = A::finish(k, start, end, &st.acc).tagged(
-                                Kind::Final,
-                                st.revision,
-                                None,
-                            );
-                            line.final_at_us = final_at_us;
-                            line
-                        }));
-                }
-
-                // Corrections, once their window's final result is out.
-                while let Some(entry) = pending.first_entry() {
-                    let end = *entry.key();
-                    if frontier.less_than(&end) {
-                        break;
-                    }
-                    let mut items = entry.remove();
-                    items.sort_by_key(|(cap, _, _)| *cap.time());
-                    let w = windows.entry(end).or_insert_with(|| WindowState {
-                        cap: None,
-                        keys: HashMap::new(),
-                    });
-                    let start = spec.window_start(end);
-                    for (cap, key, acc) in items {
-                        let st = w.keys.entry(key.clone()).or_insert_with(|| KeyState {
-                            acc: A::Acc::default(),
-                            revision: 0,
-                            dirty: false,
+                        emit(settle::<A>(&mut windows, &mut pending, lo, spec));
+                        // The state changes again with the next input held back, or with the
+                        // next correction applied.
+                        let change = [
+                            gate.held.keys().next().map(|s| c.store.after(*s)),
+                            pending.keys().next().map(|e| c.store.after(e - 1)),
+                        ]
+                        .into_iter()
+                        .flatten()
+                        .min();
+                        let hi = match change {
+                            Some(n) if n <= last => n - interval,
+                            _ => last,
+                        };
+                        entries.push(Entry {
+                            lo,
+                            hi,
+                            body: snapshot(&windows),
                         });
-                        A::merge(&mut st.acc, &acc);
-                        let replaces = (st.revision > 0).then_some(st.revision);
-                        st.revision += 1;
-                        let line = A::finish(&key, start, end, &st.acc).tagged(
-                            Kind::Correction,
-                            st.revision,
-                            replaces,
-                        );
-                        output.session(&cap).give(line);
+                        if hi >= last {
+                            break;
+                        }
+                        lo = hi + interval;
                     }
+                    gate.next = last.saturating_add(interval);
+                    c.write(worker, &entries);
                 }
-
-                // State past the allowed lateness can no longer change: drop it.
-                windows.retain(|&end, w| {
-                    w.cap.is_some() || frontier.less_than(&end.saturating_add(spec.allowed_ms))
-                });
+                while let Some((cap, items)) = gate.release_below(gate.next) {
+                    apply::<A>(&mut windows, &mut pending, &cap, items.into_iter());
+                }
+                emit(settle::<A>(&mut windows, &mut pending, lim, spec));
+                if let Some(c) = &ckpt {
+                    c.store.set_frontier(&c.op, worker, lim);
+                }
 
                 // Early results of changed open windows, every trigger period.
                 if let (Some(every), Some(due)) = (emission.trigger, next_trigger) {
@@ -427,6 +416,202 @@ pub fn tumbling<'s, A: WindowAggregate>(
     )
 }
 
+/// Inputs a window operator holds back until its frontier passes the next checkpoint epoch, so
+/// the state it saves there holds exactly the inputs stamped before it.
+pub struct Gate<D> {
+    /// The epoch resumed from (0 for a fresh start).
+    pub epoch: EventTime,
+    /// The next epoch to save (`u64::MAX` without checkpoints: nothing is held back).
+    pub next: EventTime,
+    /// Inputs stamped at or after `next`, by stamp.
+    pub held: BTreeMap<EventTime, (Capability<EventTime>, Vec<D>)>,
+}
+
+impl<D> Gate<D> {
+    /// A gate for an operator with `ckpt`, or an open one without.
+    pub fn new(ckpt: Option<&crate::checkpoint::Handle>) -> Self {
+        let epoch = ckpt.and_then(|c| c.store.epoch()).unwrap_or(0);
+        Self {
+            epoch,
+            next: ckpt.map_or(EventTime::MAX, |c| c.store.after(epoch)),
+            held: BTreeMap::new(),
+        }
+    }
+
+    /// The earliest held inputs stamped before `t`, if any.
+    pub fn release_below(&mut self, t: EventTime) -> Option<(Capability<EventTime>, Vec<D>)> {
+        let e = self.held.first_entry()?;
+        (*e.key() < t).then(|| e.remove())
+    }
+}
+
+/// A window operator's checkpointed state: per window end, whether it is still open, and its
+/// keys with their accumulators and last revisions.
+type Snapshot<Acc> = Vec<(EventTime, bool, Vec<(String, Acc, u32)>)>;
+
+/// [`Snapshot`] borrowing the live state, for writing.
+type SnapshotRef<'a, Acc> = Vec<(EventTime, bool, Vec<(&'a String, &'a Acc, u32)>)>;
+
+fn snapshot<Acc: serde::Serialize>(windows: &BTreeMap<EventTime, WindowState<Acc>>) -> Vec<u8> {
+    let snap: SnapshotRef<'_, Acc> = windows
+        .iter()
+        .map(|(end, w)| {
+            let keys = w
+                .keys
+                .iter()
+                .map(|(k, st)| (k, &st.acc, st.revision))
+                .collect();
+            (*end, w.cap.is_some(), keys)
+        })
+        .collect();
+    crate::checkpoint::encode(&snap)
+}
+
+/// Rebuilds the windows saved at `epoch`. Windows ending at or before it were final there (their
+/// results are in the outputs): they only keep their state for corrections.
+fn restore<Acc>(
+    windows: &mut BTreeMap<EventTime, WindowState<Acc>>,
+    snap: Snapshot<Acc>,
+    epoch: EventTime,
+    cap: &Capability<EventTime>,
+    spec: WindowSpec,
+) {
+    for (end, open, keys) in snap {
+        let is_final = !open || end <= epoch;
+        if is_final && end.saturating_add(spec.allowed_ms) <= epoch {
+            continue;
+        }
+        let settled_here = open && end <= epoch;
+        let keys = keys
+            .into_iter()
+            .map(|(k, acc, revision)| {
+                let revision = revision + u32::from(settled_here);
+                (
+                    k,
+                    KeyState {
+                        acc,
+                        revision,
+                        dirty: false,
+                    },
+                )
+            })
+            .collect();
+        let cap = (!is_final).then(|| cap.delayed(&(end - 1)));
+        windows.insert(end, WindowState { cap, keys });
+    }
+}
+
+/// Merges partial aggregates stamped at `cap`'s time into their windows; those stamped at or
+/// after their window's end are corrections, applied once the watermark reaches it.
+fn apply<A: WindowAggregate>(
+    windows: &mut BTreeMap<EventTime, WindowState<A::Acc>>,
+    pending: &mut Pending<A::Acc>,
+    cap: &Capability<EventTime>,
+    items: impl Iterator<Item = Partial<A>>,
+) {
+    let t = *cap.time();
+    for (end, key, acc) in items {
+        if t >= end {
+            pending
+                .entry(end)
+                .or_default()
+                .push((cap.clone(), key, acc));
+            continue;
+        }
+        // Every record of the window was stamped before its end, and the final result goes out
+        // at `end - 1`: a sink can write it as soon as the frontier reaches `end`.
+        let w = windows.entry(end).or_insert_with(|| WindowState {
+            cap: Some(cap.delayed(&(end - 1))),
+            keys: HashMap::new(),
+        });
+        match w.keys.get_mut(&key) {
+            Some(k) => {
+                A::merge(&mut k.acc, &acc);
+                k.dirty = true;
+            }
+            None => {
+                w.keys.insert(
+                    key,
+                    KeyState {
+                        acc,
+                        revision: 0,
+                        dirty: true,
+                    },
+                );
+            }
+        }
+    }
+}
+
+/// Final results of the windows ending at or before `lim` (the watermark), corrections of
+/// windows whose final is out, and the end of state past the allowed lateness.
+fn settle<A: WindowAggregate>(
+    windows: &mut BTreeMap<EventTime, WindowState<A::Acc>>,
+    pending: &mut Pending<A::Acc>,
+    lim: EventTime,
+    spec: WindowSpec,
+) -> Vec<(Capability<EventTime>, Vec<ResultLine>)> {
+    let mut out = Vec::new();
+    // Final results, in window order, once the watermark reaches each end.
+    for (&end, w) in windows.iter_mut() {
+        if lim < end {
+            break;
+        }
+        let Some(cap) = w.cap.take() else { continue };
+        let final_at_us = now_us();
+        let start = spec.window_start(end);
+        let mut keys: Vec<(&String, &mut KeyState<A::Acc>)> = w.keys.iter_mut().collect();
+        keys.sort_unstable_by(|a, b| a.0.cmp(b.0));
+        let lines = keys
+            .into_iter()
+            .map(|(k, st)| {
+                st.revision += 1;
+                st.dirty = false;
+                let mut line =
+                    A::finish(k, start, end, &st.acc).tagged(Kind::Final, st.revision, None);
+                line.final_at_us = final_at_us;
+                line
+            })
+            .collect();
+        out.push((cap, lines));
+    }
+
+    // Corrections, once their window's final result is out.
+    while let Some(entry) = pending.first_entry() {
+        let end = *entry.key();
+        if lim < end {
+            break;
+        }
+        let mut items = entry.remove();
+        items.sort_by_key(|(cap, _, _)| *cap.time());
+        let w = windows.entry(end).or_insert_with(|| WindowState {
+            cap: None,
+            keys: HashMap::new(),
+        });
+        let start = spec.window_start(end);
+        for (cap, key, acc) in items {
+            let st = w.keys.entry(key.clone()).or_insert_with(|| KeyState {
+                acc: A::Acc::default(),
+                revision: 0,
+                dirty: false,
+            });
+            A::merge(&mut st.acc, &acc);
+            let replaces = (st.revision > 0).then_some(st.revision);
+            st.revision += 1;
+            let line = A::finish(&key, start, end, &st.acc).tagged(
+                Kind::Correction,
+                st.revision,
+                replaces,
+            );
+            out.push((cap, vec![line]));
+        }
+    }
+
+    // State past the allowed lateness can no longer change: drop it.
+    windows.retain(|&end, w| w.cap.is_some() || lim < end.saturating_add(spec.allowed_ms));
+    out
+}
+
 /// Aggregates `records` in the windows `spec` describes: tumbling, hopping (`slide`) or
 /// session windows (`session_gap`), with the same watermark, emission and correction rules.
 pub fn windowed<'s, A: WindowAggregate>(
@@ -434,11 +619,12 @@ pub fn windowed<'s, A: WindowAggregate>(
     spec: WindowSpec,
     emission: Emission,
     stats: RunStats,
+    ckpt: Option<Handle>,
 ) -> StreamVec<'s, EventTime, ResultLine> {
     if spec.session_gap_ms.is_some() {
-        crate::session::sessions::<A>(records, spec, emission, stats)
+        crate::session::sessions::<A>(records, spec, emission, stats, ckpt)
     } else {
-        tumbling::<A>(records, spec, emission, stats)
+        tumbling::<A>(records, spec, emission, stats, ckpt)
     }
 }
 
@@ -480,7 +666,8 @@ mod tests {
                     trigger: Some(Duration::ZERO),
                 };
                 let (probe, out) =
-                    tumbling::<KlineMetrics>(stream, spec, emission, RunStats::default()).probe();
+                    tumbling::<KlineMetrics>(stream, spec, emission, RunStats::default(), None)
+                        .probe();
                 (input, probe, out.capture())
             });
             let rec = |t: EventTime, p: f64| Timed {

@@ -8,7 +8,9 @@ use std::sync::mpsc::{sync_channel, Receiver, TryRecvError};
 
 use anyhow::Context;
 
-use super::{owns, Origin, PartitionInfo, ReadStatus, Reader, ReaderFactory};
+use std::io::{Seek, SeekFrom};
+
+use super::{owns, Origin, PartitionInfo, ReadStatus, Reader, ReaderFactory, ResumePoint};
 
 /// Opens the files of one topic, partitioned over workers.
 pub struct FileFactory {
@@ -36,27 +38,57 @@ impl FileFactory {
 }
 
 impl ReaderFactory for FileFactory {
-    fn open(&self, index: usize, peers: usize) -> anyhow::Result<Box<dyn Reader>> {
+    fn resumable(&self) -> anyhow::Result<()> {
+        anyhow::ensure!(
+            !self.paths.iter().any(|p| p == "-"),
+            "standard input (--input TOPIC=-) cannot be read again after a restart, so it cannot \
+             be checkpointed; give files or Kafka with --checkpoint"
+        );
+        Ok(())
+    }
+
+    fn open(
+        &self,
+        index: usize,
+        peers: usize,
+        resume: &[ResumePoint],
+    ) -> anyhow::Result<Box<dyn Reader>> {
         let mut parts = Vec::new();
         let mut inputs = Vec::new();
         for (i, path) in self.paths.iter().enumerate() {
             if !owns(self.topic_ordinal + i, index, peers) {
                 continue;
             }
+            let at = resume.iter().find(|r| r.id == i as u32);
             let lines = if path == "-" {
                 Lines::Piped(stdin_lines())
             } else {
-                let f =
+                let mut f =
                     File::open(path).with_context(|| format!("cannot read input file '{path}'"))?;
+                if let Some(at) = at {
+                    let len = f.metadata()?.len();
+                    anyhow::ensure!(
+                        len >= at.offset,
+                        "input file '{path}' is shorter ({len} bytes) than when it was checkpointed \
+                         ({} bytes read); inputs must not change between a run and its restart",
+                        at.offset
+                    );
+                    f.seek(SeekFrom::Start(at.offset))?;
+                }
                 Lines::File(BufReader::with_capacity(1 << 20, f))
             };
             parts.push(PartitionInfo {
                 id: i as u32,
                 origin: Origin::File(path.clone()),
             });
-            inputs.push(Some(LineInput { lines, line: 0 }));
+            inputs.push(Some(LineInput {
+                lines,
+                line: at.map_or(0, |a| a.seq),
+                offset: at.map_or(0, |a| a.offset),
+            }));
         }
         Ok(Box::new(FileReader {
+            ended: vec![(0, 0); parts.len()],
             parts,
             inputs,
             buf: Vec::with_capacity(1 << 16),
@@ -124,6 +156,8 @@ fn stdin_lines() -> Receiver<std::io::Result<Vec<u8>>> {
 struct LineInput {
     lines: Lines,
     line: u64,
+    /// Bytes consumed so far (the resume position).
+    offset: u64,
 }
 
 /// Reads its files round-robin, so that every file's watermark advances together and open
@@ -132,6 +166,8 @@ struct FileReader {
     parts: Vec<PartitionInfo>,
     /// `None` once a file has ended.
     inputs: Vec<Option<LineInput>>,
+    /// Where each ended file stopped (line count, byte length).
+    ended: Vec<(u64, u64)>,
     buf: Vec<u8>,
 }
 
@@ -166,11 +202,13 @@ impl Reader for FileReader {
                         break;
                     }
                     Next::End => {
+                        self.ended[slot] = (li.line, li.offset);
                         *input = None;
                         break;
                     }
                 }
                 li.line += 1;
+                li.offset += self.buf.len() as u64;
                 let mut line = &self.buf[..];
                 while let Some((last, rest)) = line.split_last() {
                     if matches!(last, b'\n' | b'\r') {
@@ -197,6 +235,18 @@ impl Reader for FileReader {
     fn is_done(&self, slot: usize) -> bool {
         self.inputs[slot].is_none()
     }
+
+    fn position(&self, slot: usize) -> ResumePoint {
+        let (seq, offset) = self.inputs[slot]
+            .as_ref()
+            .map_or(self.ended[slot], |li| (li.line, li.offset));
+        ResumePoint {
+            id: self.parts[slot].id,
+            offset,
+            seq,
+            end: None,
+        }
+    }
 }
 
 #[cfg(test)]
@@ -219,7 +269,7 @@ mod tests {
             .unwrap();
         let f =
             FileFactory::new(vec![a.display().to_string(), b.display().to_string()], 0).unwrap();
-        let mut r = f.open(0, 1).unwrap();
+        let mut r = f.open(0, 1, &[]).unwrap();
         let mut got = Vec::new();
         while r
             .read(2, &mut |s, o, v| {
@@ -239,7 +289,20 @@ mod tests {
         );
         assert!(r.is_done(0) && r.is_done(1));
         // With two workers, the second file belongs to worker 1.
-        assert_eq!(f.open(1, 2).unwrap().partitions()[0].id, 1);
+        assert_eq!(f.open(1, 2, &[]).unwrap().partitions()[0].id, 1);
+        // Resuming after the third line of the first file reads only the fourth.
+        let at = ResumePoint {
+            id: 0,
+            offset: 9,
+            seq: 3,
+            end: None,
+        };
+        let mut r = f.open(0, 1, &[at]).unwrap();
+        let mut again = Vec::new();
+        r.read(10, &mut |s, o, v| again.push((s, o, v.to_vec())))
+            .unwrap();
+        assert_eq!(again[0], (0, 4, b"a4".to_vec()));
+        assert_eq!(r.position(0).offset, 11);
     }
 
     #[test]

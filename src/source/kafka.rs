@@ -17,7 +17,7 @@ use rdkafka::{ClientContext, Offset, TopicPartitionList};
 
 use crate::kafka::KafkaSettings;
 
-use super::{owns, Origin, PartitionInfo, ReadStatus, Reader, ReaderFactory};
+use super::{owns, Origin, PartitionInfo, ReadStatus, Reader, ReaderFactory, ResumePoint};
 
 /// Longest wait before a source re-polls an empty consumer queue (the non-empty callback
 /// usually wakes it first; it can miss, so this bounds the extra latency).
@@ -256,7 +256,12 @@ impl StatsContext {
 }
 
 impl ReaderFactory for KafkaFactory {
-    fn open(&self, index: usize, peers: usize) -> anyhow::Result<Box<dyn Reader>> {
+    fn open(
+        &self,
+        index: usize,
+        peers: usize,
+        resume: &[ResumePoint],
+    ) -> anyhow::Result<Box<dyn Reader>> {
         let context = StatsContext::default();
         let consumer = consumer(&self.settings, context.clone())?;
         let mut reader = KafkaReader {
@@ -274,7 +279,15 @@ impl ReaderFactory for KafkaFactory {
             last_error: None,
             last_commit: Instant::now(),
         };
-        reader.adopt(&self.plan.partitions)?;
+        // A resumed partition continues after its last message read, up to the end it had.
+        let mut plan = self.plan.partitions.clone();
+        for p in &mut plan {
+            if let Some(at) = resume.iter().find(|r| r.id == p.partition as u32) {
+                p.start = at.offset as i64;
+                p.end = at.end.map(|e| e as i64);
+            }
+        }
+        reader.adopt(&plan)?;
         reader.known_count = self.plan.partitions.len();
         Ok(Box::new(reader))
     }
@@ -459,6 +472,15 @@ impl Reader for KafkaReader {
 
     fn is_done(&self, slot: usize) -> bool {
         self.state[slot].done
+    }
+
+    fn position(&self, slot: usize) -> ResumePoint {
+        ResumePoint {
+            id: self.plan[slot].partition as u32,
+            offset: self.state[slot].next.max(0) as u64,
+            seq: 0,
+            end: self.plan[slot].end.map(|e| e.max(0) as u64),
+        }
     }
 
     fn is_idle(&self, slot: usize) -> bool {

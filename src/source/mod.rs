@@ -15,13 +15,14 @@ use std::borrow::Cow;
 use std::rc::Rc;
 use std::time::Duration;
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use timely::dataflow::operators::generic::builder_rc::OperatorBuilder;
 use timely::dataflow::operators::generic::OutputBuilder;
 use timely::dataflow::operators::Capability;
 use timely::dataflow::{Scope, StreamVec};
 use timely::ExchangeData;
 
+use crate::checkpoint::{self, Entry};
 use crate::stats::{PartitionStatus, RunStats, TopicCounts};
 use crate::time::{EventTime, PartitionClock, Position, Timed, WindowSpec};
 
@@ -85,6 +86,21 @@ pub trait Reader {
     /// Gives the reader a way to wake its source operator from another thread when data
     /// arrives, so that `Idle` can wait long without adding latency.
     fn set_waker(&mut self, _wake: Waker) {}
+    /// Where the partition in `slot` stands: reading resumes right after the last message read.
+    fn position(&self, slot: usize) -> ResumePoint;
+}
+
+/// A partition's reading position, saved in checkpoints.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ResumePoint {
+    /// The partition ([`PartitionInfo::id`]).
+    pub id: u32,
+    /// Next Kafka offset to read, or the byte offset in a file.
+    pub offset: u64,
+    /// Messages before `offset` (file lines), so positions in dead letters stay the same.
+    pub seq: u64,
+    /// Where a bounded Kafka read stops (`--until-end`), kept so a resumed run stops there too.
+    pub end: Option<u64>,
 }
 
 /// Wakes a source operator; callable from any thread.
@@ -103,8 +119,19 @@ impl Origin {
 
 /// Opens, on each worker, the reader for the partitions that worker owns.
 pub trait ReaderFactory: Send + Sync {
-    /// The reader for worker `index` of `peers`.
-    fn open(&self, index: usize, peers: usize) -> anyhow::Result<Box<dyn Reader>>;
+    /// The reader for worker `index` of `peers`, resuming its partitions at `resume` (the
+    /// partitions it owns that `resume` does not name start as in a fresh run).
+    fn open(
+        &self,
+        index: usize,
+        peers: usize,
+        resume: &[ResumePoint],
+    ) -> anyhow::Result<Box<dyn Reader>>;
+    /// Whether a run over this input can be resumed from a checkpoint (it can be read again
+    /// from a saved position); a clear error when not.
+    fn resumable(&self) -> anyhow::Result<()> {
+        Ok(())
+    }
 }
 
 /// The fixed partition assignment rule: partition `p` of the topic with ordinal `t` (0 for the
@@ -261,8 +288,20 @@ const STATUS_EVERY: Duration = Duration::from_millis(250);
 /// Reads up to this many messages per activation before yielding to other operators.
 const READ_BUDGET: usize = 4096;
 
+/// A source's checkpointed state: where each partition stands and its clock, and the
+/// corrections it sent stamped at or after the epoch (the only records read before the cut
+/// whose times fall after it).
+#[derive(Serialize, Deserialize)]
+struct SourceState<R> {
+    partitions: Vec<(ResumePoint, PartitionClock)>,
+    inflight: Vec<(EventTime, Timed<R>)>,
+}
+
 /// Builds the source operator for `topic`: records (stamped at the source's watermark) and
 /// dead-letter lines. `factory` is opened on each worker; `decoder` is cloned per worker.
+/// With `ckpt`, it resumes from the checkpoint's positions and writes its part whenever its
+/// capability crosses checkpoint epochs.
+#[allow(clippy::too_many_arguments)]
 pub fn source<'s, D>(
     scope: Scope<'s, EventTime>,
     topic: &str,
@@ -270,6 +309,7 @@ pub fn source<'s, D>(
     decoder: D,
     spec: WindowSpec,
     stats: RunStats,
+    ckpt: Option<checkpoint::Handle>,
 ) -> SourceStreams<'s, D::Record>
 where
     D: Decoder,
@@ -288,8 +328,26 @@ where
     let topic = topic.to_string();
     let mut decoder = decoder;
 
-    builder.build(move |caps| {
-        let mut caps: Option<Vec<Capability<EventTime>>> = Some(caps);
+    builder.build(move |mut start_caps| {
+        let restored: Option<SourceState<D::Record>> =
+            ckpt.as_ref().and_then(|c| c.restored(index));
+        let epoch = ckpt.as_ref().and_then(|c| c.store.epoch()).unwrap_or(0);
+        // Resumed: nothing read from here on is stamped before the epoch.
+        start_caps.iter_mut().for_each(|c| c.downgrade(&epoch));
+        let mut next_epoch = ckpt.as_ref().map_or(EventTime::MAX, |c| c.store.after(epoch));
+        let (resume, mut restored_clocks, mut inflight) = match restored {
+            Some(st) => {
+                let (points, clocks): (Vec<_>, Vec<_>) = st.partitions.into_iter().unzip();
+                let ids: Vec<u32> = points.iter().map(|p| p.id).collect();
+                let inflight: Vec<(EventTime, Timed<D::Record>)> =
+                    st.inflight.into_iter().filter(|(t, _)| *t >= epoch).collect();
+                (points, ids.into_iter().zip(clocks).collect::<Vec<_>>(), inflight)
+            }
+            None => (Vec::new(), Vec::new(), Vec::new()),
+        };
+        // Restored corrections go out again, at their own times.
+        let mut pending_corrections: Vec<(EventTime, Timed<D::Record>)> = inflight.clone();
+        let mut caps: Option<Vec<Capability<EventTime>>> = Some(start_caps);
         let mut reader: Option<Box<dyn Reader>> = None;
         // The reader's partitions (cached; they only grow) and, per partition, its clock.
         let mut parts: Vec<PartitionInfo> = Vec::new();
@@ -300,13 +358,16 @@ where
         let mut decoded = Vec::new();
         let mut pending_records = Vec::new();
         let mut pending_dead: Vec<String> = Vec::new();
-        let mut pending_corrections: Vec<(EventTime, Timed<D::Record>)> = Vec::new();
         let mut last_status = std::time::Instant::now() - STATUS_EVERY;
 
         move |_frontiers| {
             let Some(held) = caps.as_mut() else { return };
+            // A graceful stop: read nothing more, hold the capability, let the job settle.
+            if ckpt.is_some() && checkpoint::stopping() {
+                return;
+            }
             if reader.is_none() {
-                match factory.open(index, peers) {
+                match factory.open(index, peers, &resume) {
                     Ok(mut r) => {
                         let sync_activator = sync_activator.clone();
                         r.set_waker(std::sync::Arc::new(move || {
@@ -327,6 +388,11 @@ where
                 parts = r.partitions().to_vec();
                 clocks.resize(parts.len(), PartitionClock::default());
                 counts.resize(parts.len(), (0, 0));
+                for (id, clock) in restored_clocks.drain(..) {
+                    if let Some(slot) = parts.iter().position(|p| p.id == id) {
+                        clocks[slot] = clock;
+                    }
+                }
             }
             let held_time = *held[0].time();
             let status = {
@@ -439,6 +505,14 @@ where
             if !pending_corrections.is_empty() {
                 pending_corrections.sort_by_key(|(t, _)| *t);
                 let mut out = records_out.activate();
+                if ckpt.is_some() {
+                    inflight.extend(
+                        pending_corrections
+                            .iter()
+                            .filter(|(t, _)| *t >= next_epoch)
+                            .cloned(),
+                    );
+                }
                 for (stamp, r) in pending_corrections.drain(..) {
                     let cap = held[0].delayed(&stamp);
                     out.session(&cap).give(r);
@@ -487,6 +561,27 @@ where
                     };
                     stats.set_partition(&topic, &part.origin.label(), st);
                 }
+            }
+            // The state at each epoch this source's capability now passes: every record read so
+            // far is stamped before it.
+            let new_time = match (status, target) {
+                (ReadStatus::Done, _) | (_, None) => EventTime::MAX,
+                (_, Some(wm)) => spec.round_down(wm).max(*held[0].time()),
+            };
+            if let Some(c) = ckpt.as_ref().filter(|_| new_time >= next_epoch && next_epoch < EventTime::MAX) {
+                let hi = if new_time == EventTime::MAX {
+                    EventTime::MAX
+                } else {
+                    c.store.floor(new_time)
+                };
+                let state = SourceState {
+                    partitions: (0..parts.len()).map(|s| (r.position(s), clocks[s])).collect(),
+                    inflight: std::mem::take(&mut inflight),
+                };
+                c.write(index, &[Entry { lo: next_epoch, hi, body: checkpoint::encode(&state) }]);
+                next_epoch = hi.saturating_add(c.store.interval());
+                inflight = state.inflight;
+                inflight.retain(|(t, _)| *t >= next_epoch);
             }
             match (status, target) {
                 (ReadStatus::Done, _) | (_, None) => {

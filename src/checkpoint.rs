@@ -1,0 +1,707 @@
+//! Checkpoints: durable, consistent snapshots of a running job, and the restore.
+//!
+//! A checkpoint *epoch* is a point `b` on a fixed grid of event time (multiples of
+//! `--checkpoint-interval`). The snapshot at `b` is the job's state after exactly the records
+//! stamped before `b`: the timely frontier is the cut, so every worker and process agrees on it
+//! without coordination messages. Each stateful operator instance (a source, a window operator,
+//! a sink, on each worker) writes *parts*: when its frontier (or a source's capability) crosses
+//! one or more grid points, it writes one file covering that range of epochs, holding one or
+//! more entries `[lo, hi] → state` (the state is the same for every epoch of an entry).
+//!
+//! Epoch `b` is complete when every (operator, worker) has a part covering `b`; a restart
+//! resumes from the latest complete epoch. Layout of `DIR`:
+//!
+//! ```text
+//! DIR/job.json                              format version and the job's fingerprint
+//! DIR/committed                             the latest epoch seen complete (torn-checkpoint check)
+//! DIR/parts/<operator>/w<worker>/<hi>-<lo>.part
+//! ```
+//!
+//! A part file is a magic line, a JSON header line (version, operator, worker, entries with
+//! their ranges, lengths and FNV-1a checksums), then the entries' bincode bodies. Files are
+//! written to a temporary name, fsynced and renamed, so a crash never leaves half a part.
+
+use std::collections::HashMap;
+use std::fs::File;
+use std::io::{Read, Write};
+use std::ops::Range;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Mutex;
+use std::time::Instant;
+
+use anyhow::{bail, Context};
+use serde::{de::DeserializeOwned, Deserialize, Serialize};
+
+use crate::time::EventTime;
+
+/// Version of the checkpoint layout and part format; a different version is refused.
+pub const FORMAT_VERSION: u32 = 1;
+const MAGIC: &str = "speed-layer checkpoint part";
+const JOB_FORMAT: &str = "speed-layer-checkpoint";
+
+/// Set on SIGINT/SIGTERM when checkpointing: sources stop reading so the job can settle on a
+/// complete checkpoint before the process exits.
+static STOP: AtomicBool = AtomicBool::new(false);
+
+/// Asks the sources to stop reading (graceful stop).
+pub fn request_stop() {
+    STOP.store(true, Ordering::SeqCst);
+}
+
+/// Whether a graceful stop was requested.
+pub fn stopping() -> bool {
+    STOP.load(Ordering::Relaxed)
+}
+
+/// What an operator needs to take part in checkpoints: the store and its stable name.
+#[derive(Clone)]
+pub struct Handle {
+    /// The process's checkpoint store.
+    pub store: std::sync::Arc<Checkpoints>,
+    /// The operator's name in the checkpoint layout (`source-binance`, `window-binance`, ...).
+    pub op: String,
+}
+
+impl Handle {
+    /// The state this operator instance saved at the epoch resumed from; a state that does not
+    /// decode ends the process with a clear message.
+    pub fn restored<T: DeserializeOwned>(&self, worker: usize) -> Option<T> {
+        self.store
+            .restored(&self.op, worker)
+            .unwrap_or_else(|e| crate::fatal(&format!("cannot resume: {e:#}")))
+    }
+
+    /// Writes a part; a failed write ends the process (a checkpoint that cannot be written
+    /// must not be skipped silently).
+    pub fn write(&self, worker: usize, entries: &[Entry]) {
+        if let Err(e) = self.store.write(&self.op, worker, entries) {
+            crate::fatal(&format!("cannot write a checkpoint: {e:#}"));
+        }
+    }
+}
+
+/// One state of an operator, valid for every epoch in `[lo, hi]` (`hi` = `u64::MAX`: forever).
+pub struct Entry {
+    /// First epoch covered.
+    pub lo: EventTime,
+    /// Last epoch covered.
+    pub hi: EventTime,
+    /// The operator's state (bincode).
+    pub body: Vec<u8>,
+}
+
+#[derive(Serialize, Deserialize)]
+struct Header {
+    version: u32,
+    op: String,
+    worker: usize,
+    entries: Vec<EntryHeader>,
+}
+
+#[derive(Serialize, Deserialize)]
+struct EntryHeader {
+    lo: EventTime,
+    hi: EventTime,
+    len: usize,
+    fnv: String,
+}
+
+#[derive(Serialize, Deserialize)]
+struct JobFile {
+    format: String,
+    version: u32,
+    fingerprint: serde_json::Map<String, serde_json::Value>,
+}
+
+/// Checkpoint writes and restores of this process, for the metrics.
+#[derive(Default)]
+pub struct CheckpointStats {
+    /// Part files written.
+    pub parts: AtomicU64,
+    /// Bytes written in parts.
+    pub bytes: AtomicU64,
+    /// Total time spent writing parts (µs).
+    pub write_us: AtomicU64,
+    /// Longest single part write (µs).
+    pub max_write_us: AtomicU64,
+    /// Latest epoch seen complete (ms of event time; 0: none yet).
+    pub complete_epoch: AtomicU64,
+}
+
+/// The checkpoint store of one process, shared by its workers.
+pub struct Checkpoints {
+    dir: PathBuf,
+    interval: u64,
+    peers: usize,
+    local: Range<usize>,
+    expected: Vec<String>,
+    epoch: Option<EventTime>,
+    restored: HashMap<(String, usize), Vec<u8>>,
+    /// Per local (operator, worker): the last epoch its parts cover.
+    covered: Mutex<HashMap<(String, usize), EventTime>>,
+    /// Per local window operator: its input frontier (u64::MAX when empty).
+    frontiers: Mutex<HashMap<(String, usize), EventTime>>,
+    last_gc: Mutex<Instant>,
+    /// Write statistics.
+    pub stats: CheckpointStats,
+}
+
+/// 64-bit FNV-1a: detects damaged part bodies.
+fn fnv(bytes: &[u8]) -> String {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in bytes {
+        h ^= u64::from(*b);
+        h = h.wrapping_mul(0x0000_0100_0000_01b3);
+    }
+    format!("{h:016x}")
+}
+
+fn part_name(lo: EventTime, hi: EventTime) -> String {
+    format!("{hi:020}-{lo:020}.part")
+}
+
+fn parse_part_name(name: &str) -> Option<(EventTime, EventTime)> {
+    let stem = name.strip_suffix(".part")?;
+    let (hi, lo) = stem.split_once('-')?;
+    Some((lo.parse().ok()?, hi.parse().ok()?))
+}
+
+/// Writes `bytes` to `path` atomically: a temporary file, fsync, rename, fsync of the folder.
+pub fn write_atomic(path: &Path, bytes: &[u8]) -> anyhow::Result<()> {
+    let dir = path.parent().unwrap_or(Path::new("."));
+    // Unique per process and call: several workers may write the same file at once.
+    static SEQ: AtomicU64 = AtomicU64::new(0);
+    let tmp = dir.join(format!(
+        ".{}.{}.{}.tmp",
+        path.file_name().and_then(|n| n.to_str()).unwrap_or("part"),
+        std::process::id(),
+        SEQ.fetch_add(1, Ordering::Relaxed)
+    ));
+    let mut f = File::create(&tmp).with_context(|| format!("cannot create {}", tmp.display()))?;
+    f.write_all(bytes)
+        .and_then(|()| f.sync_all())
+        .with_context(|| format!("cannot write {}", tmp.display()))?;
+    std::fs::rename(&tmp, path).with_context(|| format!("cannot rename to {}", path.display()))?;
+    // The rename is durable once the folder is synced.
+    File::open(dir)
+        .and_then(|d| d.sync_all())
+        .with_context(|| format!("cannot sync {}", dir.display()))?;
+    Ok(())
+}
+
+/// Serializes an operator state for an [`Entry`].
+pub fn encode<T: Serialize>(state: &T) -> Vec<u8> {
+    // bincode writes any serde value of plain data (numbers, strings, vectors, maps) into a Vec.
+    bincode::serialize(state).unwrap_or_else(|e| unreachable!("bincode into a Vec: {e}"))
+}
+
+/// A part's ranges, by (operator, worker).
+type Listing = Vec<Vec<(EventTime, EventTime, PathBuf)>>;
+
+impl Checkpoints {
+    /// Opens (or creates) the checkpoint folder and finds the epoch to resume from.
+    ///
+    /// `expected` names every checkpointing operator; each runs on every one of the `peers`
+    /// workers, of which this process hosts `local`. Fails with a clear message when the folder
+    /// belongs to another job or format, or when its latest committed checkpoint is damaged.
+    pub fn open(
+        dir: &Path,
+        interval_ms: u64,
+        peers: usize,
+        local: Range<usize>,
+        expected: Vec<String>,
+        fingerprint: serde_json::Map<String, serde_json::Value>,
+    ) -> anyhow::Result<Self> {
+        anyhow::ensure!(interval_ms > 0, "--checkpoint-interval must be positive");
+        std::fs::create_dir_all(dir)
+            .with_context(|| format!("cannot create checkpoint folder {}", dir.display()))?;
+        let mut store = Self {
+            dir: dir.to_path_buf(),
+            interval: interval_ms,
+            peers,
+            local,
+            expected,
+            epoch: None,
+            restored: HashMap::new(),
+            covered: Mutex::new(HashMap::new()),
+            frontiers: Mutex::new(HashMap::new()),
+            last_gc: Mutex::new(Instant::now()),
+            stats: CheckpointStats::default(),
+        };
+        store.check_job(fingerprint)?;
+        let listing = store.list()?;
+        let complete = complete_epoch(&listing);
+        let committed = store.committed();
+        if let Some(c) = committed {
+            if complete.is_none_or(|e| e < c) {
+                let missing: Vec<String> = store
+                    .pairs()
+                    .zip(&listing)
+                    .filter(|(_, ranges)| !ranges.iter().any(|(lo, hi, _)| *lo <= c && c <= *hi))
+                    .map(|((op, w), _)| format!("{op} of worker {w}"))
+                    .take(4)
+                    .collect();
+                bail!(
+                    "checkpoint {} is torn: epoch {} was committed but the parts of {} are missing; \
+                     restore the folder from a backup, or delete it to start over",
+                    dir.display(),
+                    crate::time::format_ms(c),
+                    missing.join(", ")
+                );
+            }
+        }
+        if let Some(e) = complete {
+            for ((op, w), ranges) in store.pairs().zip(&listing).collect::<Vec<_>>() {
+                if !store.local.contains(&w) {
+                    continue;
+                }
+                // `complete` is covered by every (operator, worker).
+                let (_, _, path) = ranges
+                    .iter()
+                    .find(|(lo, hi, _)| *lo <= e && e <= *hi)
+                    .unwrap_or_else(|| unreachable!("complete epochs are covered"));
+                let body = store.load(path, &op, w, e)?;
+                store.restored.insert((op, w), body);
+            }
+            store.epoch = Some(e);
+            store.stats.complete_epoch.store(e, Ordering::Relaxed);
+        }
+        store.trim(&listing, complete)?;
+        Ok(store)
+    }
+
+    fn pairs(&self) -> impl Iterator<Item = (String, usize)> + '_ {
+        self.expected
+            .iter()
+            .flat_map(|op| (0..self.peers).map(move |w| (op.clone(), w)))
+    }
+
+    fn part_dir(&self, op: &str, worker: usize) -> PathBuf {
+        self.dir.join("parts").join(op).join(format!("w{worker}"))
+    }
+
+    /// Writes `job.json` on first use, else checks that it describes this job.
+    fn check_job(
+        &self,
+        fingerprint: serde_json::Map<String, serde_json::Value>,
+    ) -> anyhow::Result<()> {
+        let path = self.dir.join("job.json");
+        let dir = self.dir.display();
+        if !path.exists() {
+            let foreign = std::fs::read_dir(&self.dir)?
+                .filter_map(Result::ok)
+                .any(|e| !e.file_name().to_string_lossy().starts_with('.'));
+            anyhow::ensure!(
+                !foreign,
+                "{dir} is not a speed-layer checkpoint folder (it has files but no job.json); \
+                 choose an empty or new folder for --checkpoint"
+            );
+            let job = JobFile {
+                format: JOB_FORMAT.into(),
+                version: FORMAT_VERSION,
+                fingerprint,
+            };
+            // A map of plain JSON values always serializes.
+            let text = serde_json::to_string_pretty(&job).unwrap_or_default();
+            return write_atomic(&path, text.as_bytes());
+        }
+        let text = std::fs::read_to_string(&path)
+            .with_context(|| format!("cannot read {}", path.display()))?;
+        let job: JobFile = serde_json::from_str(&text).map_err(|e| {
+            anyhow::anyhow!(
+                "{} is damaged or not a speed-layer checkpoint ({e}); restore it from a backup, \
+                 or delete {dir} to start over",
+                path.display()
+            )
+        })?;
+        anyhow::ensure!(
+            job.format == JOB_FORMAT,
+            "{dir} is not a speed-layer checkpoint folder (format '{}')",
+            job.format
+        );
+        anyhow::ensure!(
+            job.version == FORMAT_VERSION,
+            "checkpoint {dir} has format version {}, this speed-layer reads version {FORMAT_VERSION}; \
+             finish the job with the version that wrote it, or delete the folder to start over",
+            job.version
+        );
+        let mut diffs = Vec::new();
+        for (k, v) in &fingerprint {
+            let there = job.fingerprint.get(k).unwrap_or(&serde_json::Value::Null);
+            if there != v {
+                diffs.push(format!("{k}: {there} there, {v} now"));
+            }
+        }
+        anyhow::ensure!(
+            diffs.is_empty(),
+            "checkpoint {dir} belongs to a different job ({}); resume with the same settings, \
+             or use a new --checkpoint folder",
+            diffs.join("; ")
+        );
+        Ok(())
+    }
+
+    fn committed(&self) -> Option<EventTime> {
+        std::fs::read_to_string(self.dir.join("committed"))
+            .ok()
+            .and_then(|s| s.trim().parse().ok())
+    }
+
+    /// Lists the parts of every expected (operator, worker) by the ranges in their names.
+    fn list(&self) -> anyhow::Result<Listing> {
+        let mut out = Vec::new();
+        for (op, w) in self.pairs() {
+            let dir = self.part_dir(&op, w);
+            let mut ranges = Vec::new();
+            if dir.exists() {
+                for e in std::fs::read_dir(&dir)
+                    .with_context(|| format!("cannot list {}", dir.display()))?
+                {
+                    let e = e?;
+                    let name = e.file_name().to_string_lossy().into_owned();
+                    if name.ends_with(".tmp") {
+                        continue;
+                    }
+                    let Some((lo, hi)) = parse_part_name(&name) else {
+                        bail!(
+                            "unexpected file {} in the checkpoint folder; it is not a checkpoint part",
+                            e.path().display()
+                        );
+                    };
+                    ranges.push((lo, hi, e.path()));
+                }
+            }
+            ranges.sort_by_key(|r| (r.0, r.1));
+            out.push(ranges);
+        }
+        Ok(out)
+    }
+
+    /// Removes what a crashed run wrote past the epoch resumed from (and leftover temporary
+    /// files) in the folders of this process's workers, so old and new parts never mix.
+    fn trim(&self, listing: &Listing, epoch: Option<EventTime>) -> anyhow::Result<()> {
+        for ((op, w), ranges) in self.pairs().zip(listing) {
+            if !self.local.contains(&w) {
+                continue;
+            }
+            let dir = self.part_dir(&op, w);
+            if let Ok(rd) = std::fs::read_dir(&dir) {
+                for e in rd.filter_map(Result::ok) {
+                    if e.file_name().to_string_lossy().ends_with(".tmp") {
+                        let _ = std::fs::remove_file(e.path());
+                    }
+                }
+            }
+            for (lo, hi, path) in ranges {
+                match epoch {
+                    Some(e) if *lo <= e && e < *hi => {
+                        std::fs::rename(path, dir.join(part_name(*lo, e)))
+                            .with_context(|| format!("cannot trim {}", path.display()))?;
+                    }
+                    Some(e) if *lo <= e => {}
+                    _ => std::fs::remove_file(path)
+                        .with_context(|| format!("cannot remove {}", path.display()))?,
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Reads a part file and returns the body of its entry covering `epoch`.
+    fn load(
+        &self,
+        path: &Path,
+        op: &str,
+        worker: usize,
+        epoch: EventTime,
+    ) -> anyhow::Result<Vec<u8>> {
+        let damaged = |why: String| {
+            anyhow::anyhow!(
+                "checkpoint part {} is damaged ({why}); the checkpoint cannot be trusted. Restore {} \
+                 from a backup, or delete it to start over",
+                path.display(),
+                self.dir.display()
+            )
+        };
+        let mut bytes = Vec::new();
+        File::open(path)
+            .and_then(|mut f| f.read_to_end(&mut bytes))
+            .with_context(|| format!("cannot read {}", path.display()))?;
+        let mut lines = bytes.splitn(3, |b| *b == b'\n');
+        let magic = lines.next().unwrap_or_default();
+        if magic != MAGIC.as_bytes() {
+            return Err(damaged("not a checkpoint part".into()));
+        }
+        let header: Header = serde_json::from_slice(lines.next().unwrap_or_default())
+            .map_err(|e| damaged(format!("bad header: {e}")))?;
+        if header.version != FORMAT_VERSION || header.op != op || header.worker != worker {
+            return Err(damaged(format!(
+                "written for {} of worker {} in format {}",
+                header.op, header.worker, header.version
+            )));
+        }
+        let mut body = lines.next().unwrap_or_default();
+        let total: usize = header.entries.iter().map(|e| e.len).sum();
+        if body.len() != total {
+            return Err(damaged(format!(
+                "{} body bytes, expected {total}",
+                body.len()
+            )));
+        }
+        for e in &header.entries {
+            let (this, rest) = body.split_at(e.len);
+            body = rest;
+            if fnv(this) != e.fnv {
+                return Err(damaged("checksum mismatch".into()));
+            }
+            if e.lo <= epoch && epoch <= e.hi {
+                return Ok(this.to_vec());
+            }
+        }
+        Err(damaged(format!("no entry covers epoch {epoch}")))
+    }
+
+    /// The epoch this run resumed from, or `None` for a fresh start.
+    pub fn epoch(&self) -> Option<EventTime> {
+        self.epoch
+    }
+
+    /// The checkpoint grid step (ms of event time).
+    pub fn interval(&self) -> u64 {
+        self.interval
+    }
+
+    /// The last epoch at or before `t`, or 0.
+    pub fn floor(&self, t: EventTime) -> EventTime {
+        t - t % self.interval
+    }
+
+    /// The first epoch strictly after `t`.
+    pub fn after(&self, t: EventTime) -> EventTime {
+        self.floor(t).saturating_add(self.interval)
+    }
+
+    /// The state an operator instance saved at the epoch resumed from.
+    pub fn restored<T: DeserializeOwned>(
+        &self,
+        op: &str,
+        worker: usize,
+    ) -> anyhow::Result<Option<T>> {
+        let Some(body) = self.restored.get(&(op.to_string(), worker)) else {
+            return Ok(None);
+        };
+        bincode::deserialize(body).map(Some).with_context(|| {
+            format!("the checkpointed state of {op} (worker {worker}) does not decode")
+        })
+    }
+
+    /// Records a window operator's input frontier, for the graceful stop.
+    pub fn set_frontier(&self, op: &str, worker: usize, frontier: EventTime) {
+        let mut f = self.frontiers.lock().unwrap_or_else(|e| e.into_inner());
+        f.insert((op.to_string(), worker), frontier);
+    }
+
+    /// Writes one part of `op` on `worker` covering `entries` (consecutive, increasing).
+    pub fn write(&self, op: &str, worker: usize, entries: &[Entry]) -> anyhow::Result<()> {
+        let (Some(first), Some(last)) = (entries.first(), entries.last()) else {
+            return Ok(());
+        };
+        let started = Instant::now();
+        let header = Header {
+            version: FORMAT_VERSION,
+            op: op.to_string(),
+            worker,
+            entries: entries
+                .iter()
+                .map(|e| EntryHeader {
+                    lo: e.lo,
+                    hi: e.hi,
+                    len: e.body.len(),
+                    fnv: fnv(&e.body),
+                })
+                .collect(),
+        };
+        let mut bytes =
+            Vec::with_capacity(entries.iter().map(|e| e.body.len()).sum::<usize>() + 256);
+        bytes.extend_from_slice(MAGIC.as_bytes());
+        bytes.push(b'\n');
+        // A struct of numbers and strings always serializes.
+        serde_json::to_writer(&mut bytes, &header).unwrap_or_default();
+        bytes.push(b'\n');
+        for e in entries {
+            bytes.extend_from_slice(&e.body);
+        }
+        let dir = self.part_dir(op, worker);
+        std::fs::create_dir_all(&dir)
+            .with_context(|| format!("cannot create {}", dir.display()))?;
+        write_atomic(&dir.join(part_name(first.lo, last.hi)), &bytes)?;
+        let us = started.elapsed().as_micros() as u64;
+        self.stats.parts.fetch_add(1, Ordering::Relaxed);
+        self.stats
+            .bytes
+            .fetch_add(bytes.len() as u64, Ordering::Relaxed);
+        self.stats.write_us.fetch_add(us, Ordering::Relaxed);
+        self.stats.max_write_us.fetch_max(us, Ordering::Relaxed);
+        self.covered
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert((op.to_string(), worker), last.hi);
+        self.collect_garbage(op, worker, last.hi == EventTime::MAX)
+    }
+
+    /// Finds the latest complete epoch (at most twice a second per process, or when forced),
+    /// records it in `committed`, and deletes this operator's parts that only cover older ones.
+    fn collect_garbage(&self, op: &str, worker: usize, force: bool) -> anyhow::Result<()> {
+        {
+            let mut last = self.last_gc.lock().unwrap_or_else(|e| e.into_inner());
+            if !force && last.elapsed() < std::time::Duration::from_millis(500) {
+                return Ok(());
+            }
+            *last = Instant::now();
+        }
+        let listing = self.list()?;
+        let Some(complete) = complete_epoch(&listing) else {
+            return Ok(());
+        };
+        self.stats
+            .complete_epoch
+            .fetch_max(complete, Ordering::Relaxed);
+        if self.committed().is_none_or(|c| c < complete) {
+            write_atomic(&self.dir.join("committed"), complete.to_string().as_bytes())?;
+        }
+        for ((o, w), ranges) in self.pairs().zip(&listing) {
+            if !self.local.contains(&w) || (o != op && !force) || (w != worker && !force) {
+                continue;
+            }
+            for (_, hi, path) in ranges {
+                if *hi < complete {
+                    let _ = std::fs::remove_file(path);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Whether every local operator's parts cover the latest epoch its window operators'
+    /// frontier has passed: the process then holds a checkpoint of everything it processed.
+    pub fn settled(&self) -> bool {
+        let frontier = {
+            let f = self.frontiers.lock().unwrap_or_else(|e| e.into_inner());
+            f.values().copied().min().unwrap_or(0)
+        };
+        let target = if frontier == EventTime::MAX {
+            EventTime::MAX
+        } else {
+            self.floor(frontier)
+        };
+        if target == 0 || self.epoch.is_some_and(|e| target <= e) {
+            return true;
+        }
+        let covered = self.covered.lock().unwrap_or_else(|e| e.into_inner());
+        self.pairs()
+            .filter(|(_, w)| self.local.contains(w))
+            .all(|k| covered.get(&k).is_some_and(|c| *c >= target))
+    }
+}
+
+/// The latest epoch every (operator, worker) has a part for.
+fn complete_epoch(listing: &Listing) -> Option<EventTime> {
+    let mut candidates: Vec<EventTime> = listing
+        .iter()
+        .flatten()
+        .flat_map(|(lo, hi, _)| [*lo, *hi])
+        .filter(|t| *t != EventTime::MAX)
+        .collect();
+    candidates.sort_unstable();
+    candidates.dedup();
+    candidates.into_iter().rev().find(|c| {
+        listing
+            .iter()
+            .all(|ranges| ranges.iter().any(|(lo, hi, _)| lo <= c && c <= hi))
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn fp() -> serde_json::Map<String, serde_json::Value> {
+        let mut m = serde_json::Map::new();
+        m.insert("workers".into(), 1.into());
+        m
+    }
+
+    fn open(dir: &Path) -> anyhow::Result<Checkpoints> {
+        Checkpoints::open(dir, 10, 1, 0..1, vec!["a".into(), "b".into()], fp())
+    }
+
+    fn entry(lo: EventTime, hi: EventTime, v: u32) -> Entry {
+        Entry {
+            lo,
+            hi,
+            body: encode(&v),
+        }
+    }
+
+    #[test]
+    fn resumes_from_the_latest_epoch_every_operator_covers() {
+        let dir = tempfile::tempdir().unwrap();
+        let c = open(dir.path()).unwrap();
+        assert_eq!(c.epoch(), None);
+        c.write("a", 0, &[entry(10, 20, 1), entry(30, 50, 2)])
+            .unwrap();
+        c.write("a", 0, &[entry(60, 60, 3)]).unwrap();
+        c.write("b", 0, &[entry(10, 40, 7)]).unwrap();
+        let c = open(dir.path()).unwrap();
+        assert_eq!(c.epoch(), Some(40));
+        assert_eq!(c.restored::<u32>("a", 0).unwrap(), Some(2));
+        assert_eq!(c.restored::<u32>("b", 0).unwrap(), Some(7));
+        // The part past the epoch is gone, so a new run's parts never mix with it.
+        c.write("b", 0, &[entry(50, 50, 8)]).unwrap();
+        assert_eq!(open(dir.path()).unwrap().epoch(), Some(40));
+        let c = open(dir.path()).unwrap();
+        c.write("a", 0, &[entry(50, 60, 4)]).unwrap();
+        c.write("b", 0, &[entry(50, 50, 8)]).unwrap();
+        let c = open(dir.path()).unwrap();
+        assert_eq!(c.epoch(), Some(50));
+        assert_eq!(c.restored::<u32>("a", 0).unwrap(), Some(4));
+    }
+
+    #[test]
+    fn damaged_torn_and_foreign_checkpoints_are_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let c = open(dir.path()).unwrap();
+        c.write("a", 0, &[entry(10, EventTime::MAX, 1)]).unwrap();
+        c.write("b", 0, &[entry(10, EventTime::MAX, 2)]).unwrap();
+        // Flip one body byte.
+        let part = c.part_dir("b", 0).join(part_name(10, EventTime::MAX));
+        let mut bytes = std::fs::read(&part).unwrap();
+        let n = bytes.len();
+        bytes[n - 1] ^= 0xff;
+        std::fs::write(&part, &bytes).unwrap();
+        let e = open(dir.path()).err().unwrap().to_string();
+        assert!(e.contains("is damaged (checksum mismatch)"), "{e}");
+        // Cut it short.
+        std::fs::write(&part, &bytes[..n - 2]).unwrap();
+        let e = open(dir.path()).err().unwrap().to_string();
+        assert!(e.contains("is damaged"), "{e}");
+        // Remove it: epoch 10 was committed, so this is a torn checkpoint.
+        std::fs::remove_file(&part).unwrap();
+        let e = open(dir.path()).err().unwrap().to_string();
+        assert!(e.contains("is torn") && e.contains("b of worker 0"), "{e}");
+        // Another job's folder.
+        let mut other = fp();
+        other.insert("workers".into(), 2.into());
+        let e = Checkpoints::open(dir.path(), 10, 1, 0..1, vec!["a".into()], other)
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(e.contains("different job (workers: 1 there, 2 now)"), "{e}");
+        // A folder that is not a checkpoint at all.
+        let plain = tempfile::tempdir().unwrap();
+        std::fs::write(plain.path().join("notes.txt"), "x").unwrap();
+        let e = open(plain.path()).err().unwrap().to_string();
+        assert!(e.contains("not a speed-layer checkpoint folder"), "{e}");
+    }
+}
