@@ -296,7 +296,7 @@ fn fingerprint(
         files.join(" ")
     };
     let output = args.output.output.as_ref().map(|d| {
-        std::fs::canonicalize(d)
+        std::path::absolute(d)
             .unwrap_or_else(|_| d.clone())
             .display()
             .to_string()

@@ -291,7 +291,12 @@ impl Checkpoints {
         if !path.exists() {
             let foreign = std::fs::read_dir(&self.dir)?
                 .filter_map(Result::ok)
-                .any(|e| !e.file_name().to_string_lossy().starts_with('.'));
+                .any(|e| {
+                    let name = e.file_name().to_string_lossy().into_owned();
+                    // Another process of the cluster may be creating the same checkpoint.
+                    !(name.starts_with('.')
+                        || ["job.json", "parts", "committed"].contains(&name.as_str()))
+                });
             anyhow::ensure!(
                 !foreign,
                 "{dir} is not a speed-layer checkpoint folder (it has files but no job.json); \
@@ -550,12 +555,12 @@ impl Checkpoints {
         self.collect_garbage(op, worker, last.hi == EventTime::MAX)
     }
 
-    /// Finds the latest complete epoch (at most twice a second per process, or when forced),
+    /// Finds the latest complete epoch (at most ten times a second per process, or when forced),
     /// records it in `committed`, and deletes this operator's parts that only cover older ones.
     fn collect_garbage(&self, op: &str, worker: usize, force: bool) -> anyhow::Result<()> {
         {
             let mut last = self.last_gc.lock().unwrap_or_else(|e| e.into_inner());
-            if !force && last.elapsed() < std::time::Duration::from_millis(500) {
+            if !force && last.elapsed() < std::time::Duration::from_millis(100) {
                 return Ok(());
             }
             *last = Instant::now();

@@ -12,6 +12,7 @@ pub mod session;
 pub mod sink;
 pub mod source;
 pub mod stats;
+pub mod supervisor;
 pub mod time;
 pub mod window;
 

@@ -32,6 +32,8 @@ enum Command {
     Topics(dataflows::ops::TopicsArgs),
     /// Write messages into Kafka from files or the simulator.
     Produce(Box<dataflows::ops::ProduceArgs>),
+    /// Start the processes of a cluster here; restart them all from the last checkpoint when one dies.
+    Cluster(speed_layer::supervisor::ClusterCommand),
 }
 
 fn main() -> ExitCode {
@@ -63,6 +65,7 @@ fn main() -> ExitCode {
         Command::Generate(args) => dataflows::sim::generate(&args),
         Command::Topics(args) => dataflows::ops::topics(&args),
         Command::Produce(args) => dataflows::ops::produce(&args),
+        Command::Cluster(args) => speed_layer::supervisor::supervise(&args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

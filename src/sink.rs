@@ -84,7 +84,9 @@ pub fn stop_on_signal(
                 std::thread::sleep(Duration::from_millis(20));
             }
             if c.settled() {
-                tracing::info!("checkpoint complete; a restart resumes here");
+                eprintln!(
+                    "speed-layer: checkpoint complete; a restart resumes where this run stopped"
+                );
             } else {
                 tracing::warn!(
                     "the last checkpoint did not complete within {}; a restart resumes from the one before",

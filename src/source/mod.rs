@@ -288,6 +288,10 @@ const STATUS_EVERY: Duration = Duration::from_millis(250);
 /// Reads up to this many messages per activation before yielding to other operators.
 const READ_BUDGET: usize = 4096;
 
+/// ... and about this many bytes, so that large messages also leave room for the other
+/// operators, and watermarks (and checkpoints) advance in small steps.
+const READ_BYTES: usize = 1 << 20;
+
 /// A source's checkpointed state: where each partition stands and its clock, and the
 /// corrections it sent stamped at or after the epoch (the only records read before the cut
 /// whose times fall after it).
@@ -345,8 +349,8 @@ where
             }
             None => (Vec::new(), Vec::new(), Vec::new()),
         };
-        // Restored corrections go out again, at their own times.
-        let mut pending_corrections: Vec<(EventTime, Timed<D::Record>)> = inflight.clone();
+        // Restored corrections go out again, at their own times (and so back into `inflight`).
+        let mut pending_corrections: Vec<(EventTime, Timed<D::Record>)> = std::mem::take(&mut inflight);
         let mut caps: Option<Vec<Capability<EventTime>>> = Some(start_caps);
         let mut reader: Option<Box<dyn Reader>> = None;
         // The reader's partitions (cached; they only grow) and, per partition, its clock.
@@ -359,6 +363,8 @@ where
         let mut pending_records = Vec::new();
         let mut pending_dead: Vec<String> = Vec::new();
         let mut last_status = std::time::Instant::now() - STATUS_EVERY;
+        // Mean message size (bytes) seen so far, for the per-activation budget.
+        let mut mean_len: usize = 256;
 
         move |_frontiers| {
             let Some(held) = caps.as_mut() else { return };
@@ -396,7 +402,9 @@ where
             }
             let held_time = *held[0].time();
             let status = {
+                let budget = (READ_BYTES / mean_len.max(1)).clamp(16, READ_BUDGET);
                 let mut on_message = |slot: usize, offset: u64, value: &[u8]| {
+                    mean_len = (mean_len * 15 + value.len()) / 16;
                     tally.messages += 1;
                     decoded.clear();
                     decoder.decode(value, &mut decoded);
@@ -489,7 +497,7 @@ where
                         }
                     }
                 };
-                r.read(READ_BUDGET, &mut on_message)
+                r.read(budget, &mut on_message)
             };
             let status = match status {
                 Ok(s) => s,

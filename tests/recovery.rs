@@ -1,0 +1,518 @@
+//! Exactly-once through crashes: runs over files and over a real Kafka-protocol broker (tansu)
+//! are killed with SIGKILL at random points and restarted from their checkpoint, with 1 worker,
+//! 2 workers and a cluster of 2 processes under `speed-layer cluster`; the final outputs must
+//! equal an uninterrupted run's, with no window lost or written twice. Also: damaged, torn and
+//! foreign checkpoints are refused with a clear error, and SIGTERM leaves a checkpoint and
+//! complete outputs.
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::kafka::*;
+use common::*;
+
+/// How a job runs: worker threads, and processes (more than 1: under `speed-layer cluster`).
+#[derive(Clone, Copy, Debug)]
+struct Shape {
+    workers: usize,
+    processes: usize,
+}
+
+const SHAPES: [Shape; 3] = [
+    Shape {
+        workers: 1,
+        processes: 1,
+    },
+    Shape {
+        workers: 2,
+        processes: 1,
+    },
+    Shape {
+        workers: 1,
+        processes: 2,
+    },
+];
+
+fn seed() -> u64 {
+    std::env::var("CRASH_SEED")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| fastrand::u64(..))
+}
+
+/// Starts the job once: `run` in one process, or `cluster` for several.
+fn start(shape: Shape, out: &Path, ckpt: &Path, args: &[String]) -> Child {
+    let mut cmd = Command::new(bin());
+    let run_args = [
+        "--output",
+        &out.display().to_string(),
+        "--checkpoint",
+        &ckpt.display().to_string(),
+        "--log-level",
+        "info",
+        "--log-interval",
+        "0s",
+    ]
+    .map(String::from);
+    if shape.processes > 1 {
+        cmd.args(["cluster", "-n", &shape.processes.to_string()])
+            .args([
+                "-w",
+                &shape.workers.to_string(),
+                "--restart-delay",
+                "50ms",
+                "--",
+            ]);
+    } else {
+        cmd.args(["run", "-w", &shape.workers.to_string()]);
+    }
+    cmd.args(run_args)
+        .args(args)
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("cannot start speed-layer")
+}
+
+/// The processes `speed-layer cluster` started.
+fn children(supervisor: &Child) -> Vec<u32> {
+    let pid = supervisor.id();
+    std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children"))
+        .unwrap_or_default()
+        .split_whitespace()
+        .filter_map(|p| p.parse().ok())
+        .collect()
+}
+
+fn signal(pid: u32, sig: rustix::process::Signal) {
+    if let Some(pid) = rustix::process::Pid::from_raw(pid as i32) {
+        let _ = rustix::process::kill_process(pid, sig);
+    }
+}
+
+/// The epoch last seen complete in a checkpoint folder.
+fn committed(ckpt: &Path) -> Option<u64> {
+    std::fs::read_to_string(ckpt.join("committed"))
+        .ok()
+        .and_then(|s| s.trim().parse().ok())
+}
+
+/// Runs the job and kills it (one process of a cluster) with SIGKILL `kills` times, then lets
+/// it finish. The first kill comes at a random point within `span` (often before any
+/// checkpoint); each later one a random moment (0–250 ms) after the restarted job committed a
+/// new checkpoint. Returns the kills that landed and how many restarts resumed from a
+/// checkpoint (as their logs say).
+fn killed_and_resumed(
+    shape: Shape,
+    out: &Path,
+    ckpt: &Path,
+    args: &[String],
+    span: Duration,
+    kills: usize,
+    rng: &mut fastrand::Rng,
+) -> (usize, usize) {
+    let mut landed = 0;
+    let mut logs = String::new();
+    let mut child = start(shape, out, ckpt, args);
+    for attempt in 0..kills * 3 {
+        if landed == kills {
+            break;
+        }
+        if attempt == 0 {
+            std::thread::sleep(span.mul_f64(0.1 + 0.8 * rng.f64()));
+        } else {
+            let before = committed(ckpt);
+            let began = Instant::now();
+            while committed(ckpt) == before
+                && child.try_wait().unwrap().is_none()
+                && began.elapsed() < Duration::from_secs(60)
+            {
+                std::thread::sleep(Duration::from_millis(5));
+            }
+            std::thread::sleep(Duration::from_millis(rng.u64(0..250)));
+        }
+        if let Some(status) = child.try_wait().unwrap() {
+            let o = child.wait_with_output().unwrap();
+            let stderr = String::from_utf8_lossy(&o.stderr);
+            assert!(status.success(), "a run failed: {stderr}");
+            logs += &stderr;
+            // Finished before the kill: start again (it resumes from the end).
+            child = start(shape, out, ckpt, args);
+            continue;
+        }
+        if shape.processes > 1 {
+            let kids = children(&child);
+            if kids.is_empty() {
+                continue;
+            }
+            // The supervisor restarts the whole cluster from the last checkpoint.
+            signal(kids[rng.usize(..kids.len())], rustix::process::Signal::KILL);
+        } else {
+            child.kill().unwrap();
+            logs += &String::from_utf8_lossy(&child.wait_with_output().unwrap().stderr);
+            child = start(shape, out, ckpt, args);
+        }
+        landed += 1;
+    }
+    let done = wait(child, Duration::from_secs(300), "the resumed run");
+    let stderr = String::from_utf8_lossy(&done.stderr);
+    assert!(done.status.success(), "the resumed run failed: {stderr}");
+    logs += &stderr;
+    (landed, logs.matches("resuming from the checkpoint").count())
+}
+
+/// Runs the job uninterrupted (no checkpoint) and returns its output folder and duration.
+fn uninterrupted(shape: Shape, dir: &Path, args: &[String]) -> (PathBuf, Duration) {
+    let began = Instant::now();
+    let mut all = args.to_vec();
+    all.extend(["-w".to_string(), shape.workers.to_string()]);
+    let r = if shape.processes > 1 {
+        run_cluster(dir, shape.processes, shape.workers, args)
+    } else {
+        run(dir, &all)
+    };
+    (r.dir, began.elapsed())
+}
+
+/// Dead letters as sorted JSON lines, to compare as multisets.
+fn dead_lines(dir: &Path) -> Vec<String> {
+    let mut v: Vec<String> = read_dead_letters(dir)
+        .iter()
+        .map(|d| d.to_string())
+        .collect();
+    v.sort();
+    v
+}
+
+/// Final results only: every window once, as the uninterrupted run's.
+fn same_finals(got: &Path, want: &Path, what: &str) {
+    let want = read_results(want);
+    assert!(want.len() > 100, "{what}: too few windows to test");
+    // read_results fails on a window written twice.
+    assert_same_results(&read_results(got), &want, what);
+}
+
+/// With corrections: per window, the same number of lines (final + corrections) and the same
+/// last revision.
+fn same_revisions(got: &Path, want: &Path, what: &str) {
+    fn settled(dir: &Path) -> (Results, BTreeMap<(String, String, u64), usize>) {
+        let (mut last, mut lines) = (Results::new(), BTreeMap::new());
+        for stream in STREAMS {
+            let text = std::fs::read_to_string(dir.join(format!("{stream}.jsonl"))).unwrap();
+            for line in text.lines() {
+                let row: serde_json::Map<String, serde_json::Value> =
+                    serde_json::from_str(line).unwrap();
+                let key = row
+                    .get("symbol")
+                    .or_else(|| row.get("market_id"))
+                    .and_then(|v| v.as_str())
+                    .unwrap()
+                    .to_string();
+                let k = (
+                    stream.to_string(),
+                    key,
+                    row["window_start"].as_u64().unwrap(),
+                );
+                *lines.entry(k.clone()).or_insert(0) += 1;
+                let newer = last
+                    .get(&k)
+                    .is_none_or(|r| r["revision"].as_u64() < row["revision"].as_u64());
+                if newer {
+                    last.insert(k, row);
+                }
+            }
+        }
+        (last, lines)
+    }
+    let (want_last, want_lines) = settled(want);
+    let corrected = want_lines.values().filter(|n| **n > 1).count();
+    assert!(
+        corrected > 0,
+        "{what}: the reference has no corrections to test"
+    );
+    let (got_last, got_lines) = settled(got);
+    let differ: Vec<_> = want_lines
+        .iter()
+        .filter(|(k, n)| got_lines.get(*k) != Some(*n))
+        .map(|(k, n)| (k, *n, got_lines.get(k).copied()))
+        .take(8)
+        .collect();
+    assert!(
+        differ.is_empty() && got_lines.len() == want_lines.len(),
+        "{what}: lines per window (window, expected, got): {differ:?}"
+    );
+    assert_same_results(&got_last, &want_last, what);
+}
+
+/// Kills and resumes the job in every shape, checking its outputs against uninterrupted runs
+/// with `compare`.
+fn survives_kills(tmp: &Path, what: &str, args: &[String], compare: fn(&Path, &Path, &str)) {
+    let seed = seed();
+    eprintln!("{what}: kill points from CRASH_SEED={seed}");
+    let mut rng = fastrand::Rng::with_seed(seed);
+    for shape in SHAPES {
+        let name = format!("{what}-w{}-n{}", shape.workers, shape.processes);
+        let (want_dir, span) = uninterrupted(shape, &tmp.join(format!("{name}-ref")), args);
+        eprintln!("{name}: an uninterrupted run takes {span:?}");
+        // Until 3 kills landed: each job killed and resumed to its end, then checked. A job
+        // that ended before 3 kills is checked and followed by a fresh one.
+        let (mut landed, mut resumed) = (0, 0);
+        for job in 0..4 {
+            if landed >= 3 {
+                break;
+            }
+            let (out, ckpt) = (
+                tmp.join(format!("{name}-{job}")),
+                tmp.join(format!("{name}-{job}-ckpt")),
+            );
+            let (l, r) = killed_and_resumed(shape, &out, &ckpt, args, span, 3 - landed, &mut rng);
+            eprintln!("{name} job {job}: {l} kills, {r} restarts resumed from a checkpoint");
+            compare(
+                &out,
+                &want_dir,
+                &format!("{name} job {job} after {l} kills"),
+            );
+            assert_eq!(
+                dead_lines(&out),
+                dead_lines(&want_dir),
+                "{name}: dead letters"
+            );
+            (landed, resumed) = (landed + l, resumed + r);
+        }
+        assert!(landed >= 3, "{name}: only {landed} kills landed mid-run");
+        assert!(resumed >= 1, "{name}: no restart resumed from a checkpoint");
+    }
+}
+
+#[test]
+fn file_runs_survive_kills_on_any_shape() {
+    let tmp = tempfile::tempdir().unwrap();
+    let inputs = garbled_sim_inputs(tmp.path(), "2h");
+    survives_kills(tmp.path(), "files", &inputs.args(), same_finals);
+}
+
+#[test]
+fn corrections_survive_kills_on_any_shape() {
+    let tmp = tempfile::tempdir().unwrap();
+    let inputs = garbled_sim_inputs(tmp.path(), "2h");
+    let mut args = inputs.args();
+    args.extend(["--allowed-lateness".to_string(), "30m".to_string()]);
+    survives_kills(tmp.path(), "corrections", &args, same_revisions);
+}
+
+#[test]
+fn kafka_runs_survive_kills_on_any_shape() {
+    let tmp = tempfile::tempdir().unwrap();
+    let inputs = garbled_sim_inputs(tmp.path(), "40m");
+    let broker = Broker::start();
+    let bootstrap = broker.bootstrap();
+    create_topics(
+        &bootstrap,
+        &[
+            ("binance", inputs.binance.len() as i32),
+            ("polymarket_trade", inputs.polymarket.len() as i32),
+        ],
+    );
+    produce_files(&bootstrap, "binance", &inputs.binance, 1);
+    produce_files(&bootstrap, "polymarket_trade", &inputs.polymarket, 10);
+    let args: Vec<String> = [
+        "--brokers",
+        &bootstrap,
+        "--start-from",
+        "earliest",
+        "--until-end",
+        // Small fetches: the job takes long enough to be killed at many points.
+        "-X",
+        "max.partition.fetch.bytes=100000",
+        "-X",
+        "fetch.max.bytes=1000000",
+        "-X",
+        "message.max.bytes=1000000",
+    ]
+    .map(String::from)
+    .to_vec();
+    survives_kills(tmp.path(), "kafka", &args, same_finals);
+}
+
+/// A finished checkpointed run over the real recorded data, for the damage tests.
+fn finished_checkpoint(tmp: &Path) -> (Vec<String>, PathBuf) {
+    let inputs = real_inputs(tmp);
+    let ckpt = tmp.join("ckpt");
+    let mut args = inputs.args();
+    args.extend(["--checkpoint".to_string(), ckpt.display().to_string()]);
+    run(&tmp.join("out"), &args);
+    (args, ckpt)
+}
+
+fn expect_error(args: &[String], out: &Path, needle: &str) {
+    let o = Command::new(bin())
+        .arg("run")
+        .arg("--output")
+        .arg(out)
+        .args(args)
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(!o.status.success(), "expected a failure with '{needle}'");
+    assert!(err.contains(needle), "expected '{needle}' in: {err}");
+    assert!(!err.contains("panicked"), "{err}");
+}
+
+/// A part of the window operator of worker 0 (the largest, so damage hits a body).
+fn a_window_part(ckpt: &Path) -> PathBuf {
+    let dir = ckpt.join("parts/window-binance/w0");
+    std::fs::read_dir(&dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .find(|p| p.extension().is_some_and(|x| x == "part"))
+        .unwrap()
+}
+
+#[test]
+fn damaged_torn_and_foreign_checkpoints_are_clear_errors() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (args, ckpt) = finished_checkpoint(tmp.path());
+    let out = tmp.path().join("out");
+    // Intact: it resumes.
+    run(&out, &args);
+    let part = a_window_part(&ckpt);
+    let good = std::fs::read(&part).unwrap();
+
+    let mut flipped = good.clone();
+    let last = flipped.len() - 1;
+    flipped[last] ^= 0x55;
+    std::fs::write(&part, &flipped).unwrap();
+    expect_error(&args, &out, "is damaged (checksum mismatch)");
+
+    std::fs::write(&part, &good[..good.len() / 2]).unwrap();
+    expect_error(&args, &out, "is damaged");
+
+    std::fs::write(&part, b"garbage").unwrap();
+    expect_error(&args, &out, "is damaged (not a checkpoint part)");
+
+    std::fs::remove_file(&part).unwrap();
+    expect_error(&args, &out, "is torn");
+
+    std::fs::write(&part, &good).unwrap();
+    run(&out, &args);
+
+    let mut two = args.clone();
+    two.extend(["-w".to_string(), "2".to_string()]);
+    expect_error(
+        &two,
+        &out,
+        "belongs to a different job (workers: 1 there, 2 now)",
+    );
+
+    let job = ckpt.join("job.json");
+    let text = std::fs::read_to_string(&job).unwrap();
+    std::fs::write(&job, &text[..text.len() / 2]).unwrap();
+    expect_error(
+        &args,
+        &out,
+        "job.json is damaged or not a speed-layer checkpoint",
+    );
+
+    let foreign = tmp.path().join("foreign");
+    std::fs::create_dir(&foreign).unwrap();
+    std::fs::write(foreign.join("data.bin"), b"x").unwrap();
+    let mut other = args[..args.len() - 2].to_vec();
+    other.extend(["--checkpoint".to_string(), foreign.display().to_string()]);
+    expect_error(&other, &out, "is not a speed-layer checkpoint folder");
+}
+
+#[test]
+fn inputs_that_cannot_be_replayed_are_refused_with_checkpoints() {
+    let tmp = tempfile::tempdir().unwrap();
+    let ck = tmp.path().join("ck").display().to_string();
+    let out = tmp.path().join("out");
+    expect_error(
+        &[
+            "--checkpoint".into(),
+            ck.clone(),
+            "--input".into(),
+            "binance=-".into(),
+        ],
+        &out,
+        "standard input (--input TOPIC=-) cannot be read again",
+    );
+    expect_error(
+        &["--checkpoint".into(), ck],
+        &out,
+        "the built-in simulator cannot be resumed",
+    );
+}
+
+#[test]
+fn sigterm_leaves_a_checkpoint_and_complete_outputs() {
+    let tmp = tempfile::tempdir().unwrap();
+    let inputs = garbled_sim_inputs(tmp.path(), "2h");
+    let args = inputs.args();
+    let (want_dir, _) = uninterrupted(
+        Shape {
+            workers: 2,
+            processes: 1,
+        },
+        &tmp.path().join("ref"),
+        &args,
+    );
+    let want = read_results(&want_dir);
+    let (out, ckpt) = (tmp.path().join("out"), tmp.path().join("ckpt"));
+    let shape = Shape {
+        workers: 2,
+        processes: 1,
+    };
+    let child = start(shape, &out, &ckpt, &args);
+    // Stop it once it has written some results, well before the end.
+    let began = Instant::now();
+    while std::fs::metadata(out.join("polymarket_books.jsonl")).map_or(0, |m| m.len()) == 0 {
+        assert!(began.elapsed() < Duration::from_secs(60), "no output");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    signal(child.id(), rustix::process::Signal::TERM);
+    let o = wait(child, Duration::from_secs(60), "the stopped run");
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(o.status.success(), "SIGTERM must exit 0: {err}");
+    assert!(err.contains("checkpoint complete"), "{err}");
+    assert!(ckpt.join("committed").exists(), "no committed checkpoint");
+
+    // Complete outputs: whole lines, and per stream every window of the reference up to the
+    // last one written (no gaps, nothing partial).
+    let got = read_results(&out);
+    assert!(
+        got.len() < want.len(),
+        "the stop came too late to test anything"
+    );
+    for stream in STREAMS {
+        let last = got
+            .iter()
+            .filter(|(k, _)| k.0 == stream)
+            .map(|(k, _)| k.2)
+            .max();
+        let expected: Results = want
+            .iter()
+            .filter(|(k, _)| k.0 == stream && last.is_some_and(|l| k.2 <= l))
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect();
+        let written: Results = got
+            .iter()
+            .filter(|(k, _)| k.0 == stream)
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect();
+        assert_same_results(&written, &expected, &format!("{stream} at the stop"));
+    }
+
+    // The restart resumes there and completes the outputs.
+    let resumed = wait(
+        start(shape, &out, &ckpt, &args),
+        Duration::from_secs(300),
+        "resume",
+    );
+    assert!(resumed.status.success());
+    assert_same_results(&read_results(&out), &want, "after the restart");
+    assert_eq!(dead_lines(&out), dead_lines(&want_dir), "dead letters");
+}
