@@ -451,12 +451,12 @@ pub fn run(args: RunArgs) -> anyhow::Result<()> {
         "speed-layer starting"
     );
     let stats = RunStats::default();
+    let ckpt = checkpoints(&args, specs, &inputs)?;
     if let Some(addr) = &args.metrics_addr {
-        let bound = crate::metrics::serve(addr, stats.clone(), args.cluster.process)?;
+        let bound = crate::metrics::serve(addr, stats.clone(), args.cluster.process, ckpt.clone())?;
         tracing::info!("status page at http://{bound}/ (metrics at /metrics, JSON at /status)");
     }
     spawn_progress_log(stats.clone(), args.log_interval);
-    let ckpt = checkpoints(&args, specs, &inputs)?;
     let (summary_stats, process) = (stats.clone(), args.cluster.process);
     sink::stop_on_signal(
         move || {
@@ -511,10 +511,17 @@ pub fn run(args: RunArgs) -> anyhow::Result<()> {
     if !failures.is_empty() {
         bail!("a worker failed: {}", failures.join("; "));
     }
+    if let Some(c) = &ckpt {
+        // The last parts (those covering the end of the input) are on the writer's queue.
+        c.finish();
+    }
     eprintln!(
         "speed-layer finished (process {}):\n{}",
         args.cluster.process,
         stats.summary().trim_end()
     );
+    if let Some(c) = &ckpt {
+        eprintln!("  {}", c.summary());
+    }
     Ok(())
 }

@@ -27,7 +27,7 @@ use std::io::{Read, Write};
 use std::ops::Range;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use anyhow::{bail, Context};
@@ -58,7 +58,7 @@ pub fn stopping() -> bool {
 #[derive(Clone)]
 pub struct Handle {
     /// The process's checkpoint store.
-    pub store: std::sync::Arc<Checkpoints>,
+    pub store: Arc<Checkpoints>,
     /// The operator's name in the checkpoint layout (`source-binance`, `window-binance`, ...).
     pub op: String,
 }
@@ -72,12 +72,15 @@ impl Handle {
             .unwrap_or_else(|e| crate::fatal(&format!("cannot resume: {e:#}")))
     }
 
-    /// Writes a part; a failed write ends the process (a checkpoint that cannot be written
-    /// must not be skipped silently).
-    pub fn write(&self, worker: usize, entries: &[Entry]) {
-        if let Err(e) = self.store.write(&self.op, worker, entries) {
-            crate::fatal(&format!("cannot write a checkpoint: {e:#}"));
-        }
+    /// Queues a part for writing; a failed write ends the process (a checkpoint that cannot
+    /// be written must not be skipped silently).
+    pub fn write(&self, worker: usize, entries: Vec<Entry>) {
+        self.store.submit(&self.op, worker, entries, None);
+    }
+
+    /// Queues a part to be written once the file at `sync` (an output) is fsynced.
+    pub fn write_after_sync(&self, worker: usize, entries: Vec<Entry>, sync: Option<PathBuf>) {
+        self.store.submit(&self.op, worker, entries, sync);
     }
 }
 
@@ -143,9 +146,20 @@ pub struct Checkpoints {
     /// Per local window operator: its input frontier (u64::MAX when empty).
     frontiers: Mutex<HashMap<(String, usize), EventTime>>,
     last_gc: Mutex<Instant>,
+    /// The background writer: parts are written (and fsynced) off the worker threads.
+    writer: Mutex<Option<Writer>>,
     /// Write statistics.
     pub stats: CheckpointStats,
 }
+
+/// A part waiting for the writer: operator, worker, entries, an output file to fsync first.
+type Job = (String, usize, Vec<Entry>, Option<PathBuf>);
+
+/// The queue to the background writer thread, and the thread.
+type Writer = (
+    std::sync::mpsc::SyncSender<Job>,
+    std::thread::JoinHandle<()>,
+);
 
 /// 64-bit FNV-1a: detects damaged part bodies.
 fn fnv(bytes: &[u8]) -> String {
@@ -227,6 +241,7 @@ impl Checkpoints {
             covered: Mutex::new(HashMap::new()),
             frontiers: Mutex::new(HashMap::new()),
             last_gc: Mutex::new(Instant::now()),
+            writer: Mutex::new(None),
             stats: CheckpointStats::default(),
         };
         store.check_job(fingerprint)?;
@@ -467,6 +482,23 @@ impl Checkpoints {
         Err(damaged(format!("no entry covers epoch {epoch}")))
     }
 
+    /// One line about this process's checkpoint writes, for the run summary.
+    pub fn summary(&self) -> String {
+        let s = &self.stats;
+        let n = s.parts.load(Ordering::Relaxed);
+        let us = s.write_us.load(Ordering::Relaxed);
+        format!(
+            "checkpoints: {n} parts, {:.1} MiB, {:.2} s writing (longest {:.1} ms){}",
+            s.bytes.load(Ordering::Relaxed) as f64 / 1048576.0,
+            us as f64 / 1e6,
+            s.max_write_us.load(Ordering::Relaxed) as f64 / 1e3,
+            self.epoch.map_or(String::new(), |e| format!(
+                "; resumed from {}",
+                crate::time::format_ms(e)
+            ))
+        )
+    }
+
     /// The epoch this run resumed from, or `None` for a fresh start.
     pub fn epoch(&self) -> Option<EventTime> {
         self.epoch
@@ -505,6 +537,77 @@ impl Checkpoints {
     pub fn set_frontier(&self, op: &str, worker: usize, frontier: EventTime) {
         let mut f = self.frontiers.lock().unwrap_or_else(|e| e.into_inner());
         f.insert((op.to_string(), worker), frontier);
+    }
+
+    /// Queues a part for the background writer (started on first use), so workers do not wait
+    /// for fsync; a full queue (4096 parts) makes them wait. A failed write ends the process.
+    pub fn submit(
+        self: &Arc<Self>,
+        op: &str,
+        worker: usize,
+        entries: Vec<Entry>,
+        sync: Option<PathBuf>,
+    ) {
+        let tx = {
+            let mut w = self.writer.lock().unwrap_or_else(|e| e.into_inner());
+            let (tx, _) = w.get_or_insert_with(|| {
+                let (tx, rx) = std::sync::mpsc::sync_channel::<Job>(4096);
+                let me = Arc::clone(self);
+                let thread = std::thread::Builder::new()
+                    .name("checkpoint-writer".into())
+                    .spawn(move || me.write_batches(&rx))
+                    .unwrap_or_else(|e| {
+                        crate::fatal(&format!("cannot start the checkpoint writer: {e}"))
+                    });
+                (tx, thread)
+            });
+            tx.clone()
+        };
+        if tx.send((op.to_string(), worker, entries, sync)).is_err() {
+            crate::fatal("the checkpoint writer stopped");
+        }
+    }
+
+    /// The writer thread: every 100 ms at most, writes what was queued, one file per operator
+    /// instance (its queued parts are consecutive, so their entries join), which keeps the
+    /// number of files (and fsyncs) small when epochs pass quickly, as in a backfill.
+    fn write_batches(&self, rx: &std::sync::mpsc::Receiver<Job>) {
+        let every = std::time::Duration::from_millis(100);
+        let mut last = Instant::now() - every;
+        while let Ok(first) = rx.recv() {
+            std::thread::sleep(every.saturating_sub(last.elapsed()));
+            let mut groups: Vec<Job> = Vec::new();
+            for (op, worker, entries, sync) in std::iter::once(first).chain(rx.try_iter()) {
+                match groups.iter_mut().find(|g| g.0 == op && g.1 == worker) {
+                    Some(g) => {
+                        g.2.extend(entries);
+                        g.3 = sync.or(g.3.take());
+                    }
+                    None => groups.push((op, worker, entries, sync)),
+                }
+            }
+            for (op, worker, entries, sync) in groups {
+                // The output must be durable up to the lengths the part records.
+                let synced = sync.map_or(Ok(()), |p| {
+                    File::open(&p)
+                        .and_then(|f| f.sync_data())
+                        .with_context(|| format!("cannot fsync {}", p.display()))
+                });
+                if let Err(e) = synced.and_then(|()| self.write(&op, worker, &entries)) {
+                    crate::fatal(&format!("cannot write a checkpoint: {e:#}"));
+                }
+            }
+            last = Instant::now();
+        }
+    }
+
+    /// Waits until every queued part is written.
+    pub fn finish(&self) {
+        let writer = self.writer.lock().unwrap_or_else(|e| e.into_inner()).take();
+        if let Some((tx, thread)) = writer {
+            drop(tx);
+            let _ = thread.join();
+        }
     }
 
     /// Writes one part of `op` on `worker` covering `entries` (consecutive, increasing).

@@ -7,6 +7,10 @@ use std::time::Instant;
 use anyhow::Context;
 use serde_json::{json, Map, Value};
 
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+
+use crate::checkpoint::Checkpoints;
 use crate::stats::{RunStats, LATENCY_BUCKETS};
 use crate::time::now_ms;
 
@@ -26,7 +30,12 @@ pub fn bind_address(addr: &str) -> String {
 }
 
 /// Starts the HTTP server on a background thread. Fails at once if the address cannot be bound.
-pub fn serve(addr: &str, stats: RunStats, process: usize) -> anyhow::Result<String> {
+pub fn serve(
+    addr: &str,
+    stats: RunStats,
+    process: usize,
+    ckpt: Option<Arc<Checkpoints>>,
+) -> anyhow::Result<String> {
     let addr = bind_address(addr);
     let server = tiny_http::Server::http(&addr)
         .map_err(|e| anyhow::anyhow!("{e}"))
@@ -41,12 +50,12 @@ pub fn serve(addr: &str, stats: RunStats, process: usize) -> anyhow::Result<Stri
             let path = request.url().split('?').next().unwrap_or("/").to_string();
             let (body, content_type, code) = match path.as_str() {
                 "/metrics" => (
-                    prometheus(&stats),
+                    prometheus(&stats) + &checkpoint_metrics(ckpt.as_deref()),
                     "text/plain; version=0.0.4; charset=utf-8",
                     200,
                 ),
                 "/status" => (
-                    status(&stats, process, started).to_string(),
+                    with_checkpoint(status(&stats, process, started), ckpt.as_deref()).to_string(),
                     "application/json",
                     200,
                 ),
@@ -325,6 +334,71 @@ pub fn prometheus(stats: &RunStats) -> String {
     o
 }
 
+/// Checkpoint families: parts written, bytes, write time, the latest complete epoch.
+pub fn checkpoint_metrics(ckpt: Option<&Checkpoints>) -> String {
+    let Some(c) = ckpt else {
+        return String::new();
+    };
+    let s = &c.stats;
+    let get = |a: &std::sync::atomic::AtomicU64| a.load(Ordering::Relaxed);
+    let mut o = String::new();
+    for (name, kind, help, value) in [
+        (
+            "speed_layer_checkpoint_parts_total",
+            "counter",
+            "Checkpoint part files written by this process.",
+            get(&s.parts) as f64,
+        ),
+        (
+            "speed_layer_checkpoint_bytes_total",
+            "counter",
+            "Bytes of checkpoint parts written by this process.",
+            get(&s.bytes) as f64,
+        ),
+        (
+            "speed_layer_checkpoint_write_seconds_total",
+            "counter",
+            "Time spent writing checkpoint parts (serialise, write, fsync, rename).",
+            get(&s.write_us) as f64 / 1e6,
+        ),
+        (
+            "speed_layer_checkpoint_write_seconds_max",
+            "gauge",
+            "Longest single checkpoint part write.",
+            get(&s.max_write_us) as f64 / 1e6,
+        ),
+        (
+            "speed_layer_checkpoint_complete_epoch_ms",
+            "gauge",
+            "Latest checkpoint epoch (event time, ms) complete on every worker: where a restart resumes.",
+            get(&s.complete_epoch) as f64,
+        ),
+    ] {
+        family(&mut o, name, kind, help);
+        let _ = writeln!(o, "{name} {value}");
+    }
+    o
+}
+
+/// Adds the checkpoint facts to a `/status` document.
+fn with_checkpoint(mut doc: Value, ckpt: Option<&Checkpoints>) -> Value {
+    if let (Some(c), Some(obj)) = (ckpt, doc.as_object_mut()) {
+        let s = &c.stats;
+        let epoch = s.complete_epoch.load(Ordering::Relaxed);
+        obj.insert(
+            "checkpoint".into(),
+            json!({
+                "resumed_from_ms": c.epoch(),
+                "complete_epoch_ms": (epoch > 0).then_some(epoch),
+                "parts": s.parts.load(Ordering::Relaxed),
+                "bytes": s.bytes.load(Ordering::Relaxed),
+                "max_write_seconds": s.max_write_us.load(Ordering::Relaxed) as f64 / 1e6,
+            }),
+        );
+    }
+    doc
+}
+
 /// The `/status` document: the same facts as `/metrics`, plus the latest final results.
 pub fn status(stats: &RunStats, process: usize, started: Instant) -> Value {
     let now = now_ms();
@@ -391,6 +465,37 @@ pub fn status(stats: &RunStats, process: usize, started: Instant) -> Value {
         "memory_bytes": memory_bytes(),
         "latest": latest,
     })
+}
+
+#[cfg(test)]
+mod checkpoint_tests {
+    use super::*;
+
+    #[test]
+    fn checkpoint_families_report_writes_and_the_complete_epoch() {
+        let dir = tempfile::tempdir().unwrap();
+        let c = Checkpoints::open(dir.path(), 10, 1, 0..1, vec!["op".into()], Map::new()).unwrap();
+        assert_eq!(checkpoint_metrics(None), "");
+        let entry = crate::checkpoint::Entry {
+            lo: 10,
+            hi: EventTimeMax::MAX,
+            body: vec![1, 2, 3],
+        };
+        c.write("op", 0, &[entry]).unwrap();
+        let text = checkpoint_metrics(Some(&c));
+        assert!(
+            text.contains("speed_layer_checkpoint_parts_total 1\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains("speed_layer_checkpoint_complete_epoch_ms 10\n"),
+            "{text}"
+        );
+        let doc = with_checkpoint(json!({}), Some(&c));
+        assert_eq!(doc["checkpoint"]["complete_epoch_ms"], 10);
+    }
+
+    type EventTimeMax = u64;
 }
 
 #[cfg(test)]

@@ -325,7 +325,7 @@ pub fn sessions<'s, A: WindowAggregate>(
                         lo = hi + interval;
                     }
                     gate.next = last.saturating_add(interval);
-                    c.write(worker, &entries);
+                    c.write(worker, entries);
                 }
                 while let Some((cap, items)) = gate.release_below(gate.next) {
                     state.apply(&cap, items.into_iter());

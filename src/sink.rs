@@ -33,9 +33,9 @@ pub trait ResultSink {
     }
     /// Makes everything written so far durable or visible.
     fn flush(&mut self) -> anyhow::Result<()>;
-    /// Makes the file of `stream` durable and returns its length, for sinks whose output can
-    /// be cut back to a checkpoint (files); `None` for the others.
-    fn durable_len(&mut self, _stream: &str) -> anyhow::Result<Option<u64>> {
+    /// The length written so far (handed to the OS) of the file of `stream`, and its path, for
+    /// sinks whose output can be cut back to a checkpoint (files); `None` for the others.
+    fn written(&mut self, _stream: &str) -> anyhow::Result<Option<(u64, PathBuf)>> {
         Ok(None)
     }
 }
@@ -165,26 +165,29 @@ fn with_sinks(
     }
 }
 
-/// Opens the sinks on first use (on the worker that writes) and asks them for the durable
-/// length of `stream`'s file; `None` on the other workers and for sinks without files.
-fn durable_len(shared: &SharedSinks, factory: &SinkFactory, stream: &str) -> Option<u64> {
+/// Opens the sinks on first use (on the worker that writes) and asks them for the length and
+/// path of `stream`'s file; `None` on the other workers and for sinks without files.
+fn written(shared: &SharedSinks, factory: &SinkFactory, stream: &str) -> Option<(u64, PathBuf)> {
     let mut len = None;
     with_sinks(
         shared,
         factory,
         &[],
         |s, _| {
-            len = len.or(s.durable_len(stream)?);
+            if len.is_none() {
+                len = s.written(stream)?;
+            }
             Ok(())
         },
-        "syncing outputs",
+        "flushing outputs",
     );
     len
 }
 
 /// Writes what is held in `pending` (by timely time) once the frontier `lim` passes it, in time
 /// order, with `write`. With `ckpt`, at each checkpoint epoch the frontier passes, records the
-/// output's durable length after exactly the batches stamped before it (`len`).
+/// output's length after exactly the batches stamped before it (`len`); the checkpoint writer
+/// fsyncs the output before it writes the part.
 #[allow(clippy::too_many_arguments)]
 fn write_settled<X>(
     pending: &mut BTreeMap<EventTime, Vec<X>>,
@@ -193,7 +196,7 @@ fn write_settled<X>(
     ckpt: Option<&Handle>,
     worker: usize,
     mut write: impl FnMut(EventTime, Vec<X>),
-    mut len: impl FnMut() -> Option<u64>,
+    mut len: impl FnMut() -> Option<(u64, PathBuf)>,
 ) {
     let mut write_below = |pending: &mut BTreeMap<EventTime, Vec<X>>, t: EventTime| {
         while let Some(e) = pending.first_entry() {
@@ -212,6 +215,7 @@ fn write_settled<X>(
             c.store.floor(lim)
         };
         let mut entries = Vec::new();
+        let mut sync;
         let mut lo = *next;
         loop {
             write_below(pending, lo);
@@ -219,18 +223,20 @@ fn write_settled<X>(
                 Some(n) if n <= last => n - interval,
                 _ => last,
             };
+            let written = len();
             entries.push(Entry {
                 lo,
                 hi,
-                body: crate::checkpoint::encode(&len()),
+                body: crate::checkpoint::encode(&written.as_ref().map(|w| w.0)),
             });
+            sync = written.map(|w| w.1);
             if hi >= last {
                 break;
             }
             lo = hi + interval;
         }
         *next = last.saturating_add(interval);
-        c.write(worker, &entries);
+        c.write_after_sync(worker, entries, sync);
     }
     write_below(pending, lim);
 }
@@ -328,7 +334,7 @@ pub fn write_all<'s>(
                 };
                 let len = || {
                     (worker == 0)
-                        .then(|| durable_len(&shared, &factory, name))
+                        .then(|| written(&shared, &factory, name))
                         .flatten()
                 };
                 write_settled(
@@ -373,7 +379,7 @@ pub fn write_all<'s>(
             };
             let len = || {
                 (worker == 0)
-                    .then(|| durable_len(&shared, &factory, "dead_letter"))
+                    .then(|| written(&shared, &factory, "dead_letter"))
                     .flatten()
             };
             write_settled(
@@ -487,11 +493,11 @@ impl ResultSink for JsonlSink {
         Ok(())
     }
 
-    fn durable_len(&mut self, stream: &str) -> anyhow::Result<Option<u64>> {
+    fn written(&mut self, stream: &str) -> anyhow::Result<Option<(u64, PathBuf)>> {
+        let path = self.dir.join(format!("{stream}.jsonl"));
         let f = self.file(stream)?;
         f.flush()?;
-        f.get_ref().sync_data()?;
-        Ok(Some(f.get_ref().metadata()?.len()))
+        Ok(Some((f.get_ref().metadata()?.len(), path)))
     }
 }
 

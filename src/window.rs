@@ -364,7 +364,7 @@ pub fn tumbling<'s, A: WindowAggregate>(
                         lo = hi + interval;
                     }
                     gate.next = last.saturating_add(interval);
-                    c.write(worker, &entries);
+                    c.write(worker, entries);
                 }
                 while let Some((cap, items)) = gate.release_below(gate.next) {
                     apply::<A>(&mut windows, &mut pending, &cap, items.into_iter());

@@ -586,7 +586,7 @@ where
                     partitions: (0..parts.len()).map(|s| (r.position(s), clocks[s])).collect(),
                     inflight: std::mem::take(&mut inflight),
                 };
-                c.write(index, &[Entry { lo: next_epoch, hi, body: checkpoint::encode(&state) }]);
+                c.write(index, vec![Entry { lo: next_epoch, hi, body: checkpoint::encode(&state) }]);
                 next_epoch = hi.saturating_add(c.store.interval());
                 inflight = state.inflight;
                 inflight.retain(|(t, _)| *t >= next_epoch);
