@@ -296,6 +296,25 @@ fn file_runs_survive_kills_on_any_shape() {
 }
 
 #[test]
+fn hopping_windows_and_sessions_survive_kills_on_any_shape() {
+    let tmp = tempfile::tempdir().unwrap();
+    let inputs = garbled_sim_inputs(tmp.path(), "2h");
+    let mut args = inputs.args();
+    args.extend(
+        [
+            "--window",
+            "binance=2m",
+            "--slide",
+            "binance=30s",
+            "--session-gap",
+            "polymarket=30s",
+        ]
+        .map(String::from),
+    );
+    survives_kills(tmp.path(), "hopping-sessions", &args, same_finals);
+}
+
+#[test]
 fn corrections_survive_kills_on_any_shape() {
     let tmp = tempfile::tempdir().unwrap();
     let inputs = garbled_sim_inputs(tmp.path(), "2h");
