@@ -655,12 +655,13 @@ impl Checkpoints {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .insert((op.to_string(), worker), last.hi);
-        self.collect_garbage(op, worker, last.hi == EventTime::MAX)
+        self.collect_garbage(last.hi == EventTime::MAX)
     }
 
     /// Finds the latest complete epoch (at most ten times a second per process, or when forced),
-    /// records it in `committed`, and deletes this operator's parts that only cover older ones.
-    fn collect_garbage(&self, op: &str, worker: usize, force: bool) -> anyhow::Result<()> {
+    /// records it in `committed`, and deletes the parts of this process's workers that only
+    /// cover older epochs (this process's parts are all written by its one writer thread).
+    fn collect_garbage(&self, force: bool) -> anyhow::Result<()> {
         {
             let mut last = self.last_gc.lock().unwrap_or_else(|e| e.into_inner());
             if !force && last.elapsed() < std::time::Duration::from_millis(100) {
@@ -678,8 +679,8 @@ impl Checkpoints {
         if self.committed().is_none_or(|c| c < complete) {
             write_atomic(&self.dir.join("committed"), complete.to_string().as_bytes())?;
         }
-        for ((o, w), ranges) in self.pairs().zip(&listing) {
-            if !self.local.contains(&w) || (o != op && !force) || (w != worker && !force) {
+        for ((_, w), ranges) in self.pairs().zip(&listing) {
+            if !self.local.contains(&w) {
                 continue;
             }
             for (_, hi, path) in ranges {
