@@ -37,6 +37,18 @@ enum Command {
 }
 
 fn main() -> ExitCode {
+    // A panic on any thread ends the process: when a peer of a cluster dies, timely's network
+    // threads panic and the workers would otherwise wait forever. Exiting lets a supervisor
+    // (`speed-layer cluster`, systemd, Kubernetes) restart the job from its last checkpoint.
+    let report = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        report(info);
+        eprintln!(
+            "error: a speed-layer thread failed (see above); stopping this process \
+             (a restart with the same --checkpoint resumes from the last checkpoint)"
+        );
+        std::process::exit(101);
+    }));
     let cli = Cli::parse();
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .or_else(|_| tracing_subscriber::EnvFilter::try_new(&cli.log_level));
