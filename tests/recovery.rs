@@ -543,3 +543,59 @@ fn sigterm_leaves_a_checkpoint_and_complete_outputs() {
     assert_same_results(&read_results(&out), &want, "after the restart");
     assert_eq!(dead_lines(&out), dead_lines(&want_dir), "dead letters");
 }
+
+/// Without `speed-layer cluster`: when one process of a cluster is killed, the other stops on
+/// its own (instead of waiting for its peer forever), and starting both again resumes.
+#[test]
+fn a_lost_peer_stops_the_other_process_and_both_resume() {
+    let tmp = tempfile::tempdir().unwrap();
+    let inputs = garbled_sim_inputs(tmp.path(), "2h");
+    let shape = Shape {
+        workers: 1,
+        processes: 2,
+    };
+    let (want_dir, _) = uninterrupted(shape, &tmp.path().join("ref"), &inputs.args());
+    let (out, ckpt) = (tmp.path().join("out"), tmp.path().join("ckpt"));
+    let hostfile = tmp.path().join("hosts");
+    let hosts: Vec<String> = free_ports(2)
+        .iter()
+        .map(|p| format!("127.0.0.1:{p}"))
+        .collect();
+    std::fs::write(&hostfile, hosts.join("\n") + "\n").unwrap();
+    let mut args = inputs.args();
+    args.extend(["--checkpoint".to_string(), ckpt.display().to_string()]);
+    let process = |p: usize| {
+        Command::new(bin())
+            .args(["run", "--output", &out.display().to_string()])
+            .args(&args)
+            .args(["-n", "2", "-p", &p.to_string(), "--hostfile"])
+            .arg(&hostfile)
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap()
+    };
+    let (p0, mut p1) = (process(0), process(1));
+    let began = Instant::now();
+    while committed(&ckpt).is_none() {
+        assert!(began.elapsed() < Duration::from_secs(60), "no checkpoint");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    p1.kill().unwrap();
+    p1.wait().unwrap();
+    let o = wait(p0, Duration::from_secs(30), "the surviving process");
+    let err = String::from_utf8_lossy(&o.stderr);
+    eprintln!("the surviving process ended with {}", o.status);
+    if !o.status.success() {
+        // It lost its peer mid-run (it may also have finished its share just before).
+        assert!(err.contains("stopping this process"), "{err}");
+    }
+    let r = run_cluster(&out, 2, 1, &args);
+    assert!(
+        r.stderr.contains("resuming from the checkpoint"),
+        "{}",
+        r.stderr
+    );
+    same_finals(&out, &want_dir, "after losing a peer");
+    assert_eq!(dead_lines(&out), dead_lines(&want_dir), "dead letters");
+}
