@@ -692,9 +692,10 @@ impl Checkpoints {
         Ok(())
     }
 
-    /// Whether every local operator's parts cover the latest epoch its window operators'
-    /// frontier has passed: the process then holds a checkpoint of everything it processed.
-    pub fn settled(&self) -> bool {
+    /// The epoch a graceful stop settles on: the latest one this process's window operators'
+    /// frontier passed (`u64::MAX`: the end of the input), at least the one resumed from; `None`
+    /// before the first.
+    pub fn stop_epoch(&self) -> Option<EventTime> {
         let frontier = {
             let f = self.frontiers.lock().unwrap_or_else(|e| e.into_inner());
             f.values().copied().min().unwrap_or(0)
@@ -704,7 +705,17 @@ impl Checkpoints {
         } else {
             self.floor(frontier)
         };
-        if target == 0 || self.epoch.is_some_and(|e| target <= e) {
+        let target = target.max(self.epoch.unwrap_or(0));
+        (target > 0).then_some(target)
+    }
+
+    /// Whether every local operator's parts cover [`Self::stop_epoch`]: the process then holds
+    /// a checkpoint of everything it processed.
+    pub fn settled(&self) -> bool {
+        let Some(target) = self.stop_epoch() else {
+            return true;
+        };
+        if self.epoch.is_some_and(|e| target <= e) {
             return true;
         }
         let covered = self.covered.lock().unwrap_or_else(|e| e.into_inner());

@@ -84,9 +84,19 @@ pub fn stop_on_signal(
                 std::thread::sleep(Duration::from_millis(20));
             }
             if c.settled() {
-                eprintln!(
-                    "speed-layer: checkpoint complete; a restart resumes where this run stopped"
-                );
+                match c.stop_epoch() {
+                    Some(EventTime::MAX) => eprintln!(
+                        "speed-layer: checkpoint complete at the end of the input; a restart has nothing left to do"
+                    ),
+                    Some(e) => eprintln!(
+                        "speed-layer: checkpoint complete at {}; a restart resumes where this run stopped",
+                        crate::time::format_ms(e)
+                    ),
+                    None => eprintln!(
+                        "speed-layer: checkpoint complete: nothing had reached the first checkpoint epoch yet, \
+                         so a restart starts from the beginning"
+                    ),
+                }
             } else {
                 tracing::warn!(
                     "the last checkpoint did not complete within {}; a restart resumes from the one before",

@@ -504,7 +504,7 @@ fn sigterm_leaves_a_checkpoint_and_complete_outputs() {
     let o = wait(child, Duration::from_secs(60), "the stopped run");
     let err = String::from_utf8_lossy(&o.stderr);
     assert!(o.status.success(), "SIGTERM must exit 0: {err}");
-    assert!(err.contains("checkpoint complete"), "{err}");
+    assert!(err.contains("checkpoint complete at "), "{err}");
     assert!(ckpt.join("committed").exists(), "no committed checkpoint");
 
     // Complete outputs: whole lines, and per stream every window of the reference up to the
