@@ -281,7 +281,13 @@ fn fingerprint(
     specs: (WindowSpec, WindowSpec),
 ) -> serde_json::Map<String, serde_json::Value> {
     let c = &args.cluster;
-    let input = if args.input.inputs.is_empty() {
+    let input = if args.input.inputs.is_empty() && args.kafka.brokers.is_none() {
+        let s = &args.sim;
+        format!(
+            "simulator seed {} speed {} for {:?}",
+            s.sim_seed, s.sim_speed, s.sim_duration
+        )
+    } else if args.input.inputs.is_empty() {
         format!(
             "kafka topics {}, {}",
             args.topic_binance, args.topic_polymarket
@@ -311,6 +317,13 @@ fn fingerprint(
     m.insert("binance_windows".into(), format!("{:?}", specs.0).into());
     m.insert("polymarket_windows".into(), format!("{:?}", specs.1).into());
     m.insert("input".into(), input.into());
+    if let Some(start) = args
+        .sim
+        .sim_start
+        .filter(|_| args.input.inputs.is_empty() && args.kafka.brokers.is_none())
+    {
+        m.insert("sim_start".into(), start.into());
+    }
     m.insert("output".into(), output.into());
     m
 }
@@ -435,6 +448,14 @@ pub fn run(args: RunArgs) -> anyhow::Result<()> {
         args.window.spec_for(DATAFLOWS[1])?,
     );
     let config = args.cluster.timely_config()?;
+    let mut args = args;
+    let simulated = args.input.inputs.is_empty() && args.kafka.brokers.is_none();
+    if let (true, None, Some(dir)) = (simulated, args.sim.sim_start, &args.checkpoint) {
+        // A resumed simulation continues the same messages: it keeps its first start time.
+        args.sim.sim_start = checkpoint::stored_fingerprint(dir)
+            .and_then(|f| f.get("sim_start").and_then(serde_json::Value::as_u64))
+            .or_else(|| Some(now_ms()));
+    }
     let inputs = Arc::new(inputs(&args)?);
     if let (Some(dir), 0) = (&args.output.output, args.cluster.process) {
         std::fs::create_dir_all(dir)

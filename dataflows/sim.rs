@@ -91,22 +91,12 @@ impl SimFactory {
 }
 
 impl ReaderFactory for SimFactory {
-    fn resumable(&self) -> anyhow::Result<()> {
-        anyhow::bail!(
-            "the built-in simulator cannot be resumed from a checkpoint (it follows the wall \
-             clock); use --checkpoint with --input files or Kafka"
-        )
-    }
-
     fn open(
         &self,
         index: usize,
         peers: usize,
         resume: &[ResumePoint],
     ) -> anyhow::Result<Box<dyn Reader>> {
-        if !resume.is_empty() {
-            self.resumable()?;
-        }
         let mut streams = Vec::new();
         let mut parts = Vec::new();
         for p in (0..self.topic.partitions()).filter(|p| owns(self.topic_ordinal + p, index, peers))
@@ -135,12 +125,26 @@ impl ReaderFactory for SimFactory {
                 next: self.start,
                 seq: 0,
             });
+            // Resumed: the same seed and start give the same messages; skip those already read.
+            if let Some(at) = resume.iter().find(|r| r.id == p as u32) {
+                let s = streams
+                    .last_mut()
+                    .unwrap_or_else(|| unreachable!("just pushed"));
+                let mut buf = String::new();
+                while s.seq < at.seq {
+                    buf.clear();
+                    s.next += s.gen.message(&mut s.rng, s.next, &mut buf);
+                    s.seq += 1;
+                }
+            }
         }
+        // Pacing continues from where the resumed streams stand.
+        let paced_from = streams.iter().map(|s| s.next).min().unwrap_or(self.start);
         Ok(Box::new(SimReader {
             parts,
             streams,
             speed: self.speed,
-            start: self.start,
+            paced_from,
             end: self.end,
             began: Instant::now(),
             buf: String::new(),
@@ -161,11 +165,22 @@ enum Gen {
     Poly(BookGen),
 }
 
+impl Gen {
+    /// Writes the message at event time `t`; returns the step to the next one.
+    fn message(&mut self, rng: &mut fastrand::Rng, t: EventTime, out: &mut String) -> u64 {
+        match self {
+            Gen::Binance(g) => g.message(rng, t, out),
+            Gen::Poly(g) => g.message(rng, t, out),
+        }
+    }
+}
+
 struct SimReader {
     parts: Vec<PartitionInfo>,
     streams: Vec<Stream>,
     speed: f64,
-    start: EventTime,
+    /// Event time at `began`.
+    paced_from: EventTime,
     end: Option<EventTime>,
     began: Instant,
     buf: String,
@@ -180,7 +195,8 @@ impl SimReader {
         if self.speed == 0.0 {
             EventTime::MAX
         } else {
-            self.start + (self.began.elapsed().as_secs_f64() * 1000.0 * self.speed) as EventTime
+            self.paced_from
+                + (self.began.elapsed().as_secs_f64() * 1000.0 * self.speed) as EventTime
         }
     }
 }
@@ -206,10 +222,7 @@ impl Reader for SimReader {
                 }
                 let s = &mut self.streams[slot];
                 self.buf.clear();
-                let step = match &mut s.gen {
-                    Gen::Binance(g) => g.message(&mut s.rng, s.next, &mut self.buf),
-                    Gen::Poly(g) => g.message(&mut s.rng, s.next, &mut self.buf),
-                };
+                let step = s.gen.message(&mut s.rng, s.next, &mut self.buf);
                 s.seq += 1;
                 s.next += step;
                 out(slot, s.seq, self.buf.as_bytes());

@@ -204,6 +204,14 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// The fingerprint a checkpoint folder's `job.json` holds, if it has one that reads.
+pub fn stored_fingerprint(dir: &Path) -> Option<serde_json::Map<String, serde_json::Value>> {
+    let text = std::fs::read_to_string(dir.join("job.json")).ok()?;
+    serde_json::from_str::<JobFile>(&text)
+        .ok()
+        .map(|j| j.fingerprint)
+}
+
 /// Serializes an operator state for an [`Entry`].
 pub fn encode<T: Serialize>(state: &T) -> Vec<u8> {
     // bincode writes any serde value of plain data (numbers, strings, vectors, maps) into a Vec.
