@@ -700,6 +700,11 @@ impl Checkpoints {
         Ok(())
     }
 
+    /// Records the latest complete epoch in `committed` now (a graceful stop's last step).
+    pub fn commit(&self) -> anyhow::Result<()> {
+        self.collect_garbage(true)
+    }
+
     /// The epoch a graceful stop settles on: the latest one this process's window operators'
     /// frontier passed (`u64::MAX`: the end of the input), at least the one resumed from; `None`
     /// before the first.

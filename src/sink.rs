@@ -84,6 +84,9 @@ pub fn stop_on_signal(
                 std::thread::sleep(Duration::from_millis(20));
             }
             if c.settled() {
+                if let Err(e) = c.commit() {
+                    tracing::warn!("cannot record the committed checkpoint: {e:#}");
+                }
                 match c.stop_epoch() {
                     Some(EventTime::MAX) => eprintln!(
                         "speed-layer: checkpoint complete at the end of the input; a restart has nothing left to do"
