@@ -73,7 +73,8 @@ pub struct RunArgs {
     #[arg(long, value_name = "HOST:PORT")]
     pub metrics_addr: Option<String>,
     /// Save consistent checkpoints in this folder and, when it holds one, resume from the latest
-    /// (same settings and worker count required). Needs files or Kafka as input.
+    /// (same settings and worker count required). Needs replayable input: Kafka, files or the
+    /// simulator (not standard input).
     #[arg(long, value_name = "DIR")]
     pub checkpoint: Option<std::path::PathBuf>,
     /// Checkpoint every this much *event time* (epochs on a fixed grid, so every worker and

@@ -26,7 +26,7 @@ pub struct ClusterCommand {
     /// HOST:PORT per process, one per line (default: free ports on 127.0.0.1).
     #[arg(long, value_name = "PATH")]
     pub hostfile: Option<PathBuf>,
-    /// Give up after this many restarts.
+    /// Give up after this many restarts in a row (a cluster that ran 10 minutes starts counting anew).
     #[arg(long, default_value_t = 10, value_name = "N")]
     pub max_restarts: u32,
     /// Wait this long before the first restart (doubling with each restart, up to 30s).
@@ -149,6 +149,7 @@ pub fn supervise(args: &ClusterCommand) -> anyhow::Result<()> {
             restarts,
             "cluster started"
         );
+        let started = Instant::now();
         let mut failed: Option<(usize, ExitStatus)> = None;
         let mut statuses: Vec<Option<ExitStatus>> = vec![None; args.processes];
         while failed.is_none() && statuses.iter().any(Option::is_none) {
@@ -182,6 +183,9 @@ pub fn supervise(args: &ClusterCommand) -> anyhow::Result<()> {
         for child in children.iter_mut().flatten() {
             let _ = child.kill();
             let _ = child.wait();
+        }
+        if started.elapsed() >= Duration::from_secs(600) {
+            restarts = 0;
         }
         restarts += 1;
         if restarts > args.max_restarts {
