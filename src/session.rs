@@ -257,11 +257,8 @@ pub fn sessions<'s, A: WindowAggregate>(
                 input.for_each_stamp(|cap, data| {
                     let t = cap.least().copied().unwrap_or_default();
                     if t >= gate.next {
-                        let (_, held) = gate
-                            .held
-                            .entry(t)
-                            .or_insert_with(|| (cap.delayed(&t, 0), Vec::new()));
-                        data.for_each(|b| held.append(b));
+                        // Records cannot be merged before their sessions are known.
+                        gate.hold(t, || cap.delayed(&t, 0), data, |_, _| {});
                         return;
                     }
                     let cap = cap.delayed(&t, 0);

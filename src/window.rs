@@ -297,11 +297,7 @@ pub fn tumbling<'s, A: WindowAggregate>(
                 input.for_each_stamp(|cap, data| {
                     let t = cap.least().copied().unwrap_or_default();
                     if t >= gate.next {
-                        let (_, held) = gate
-                            .held
-                            .entry(t)
-                            .or_insert_with(|| (cap.delayed(&t, 0), Vec::new()));
-                        data.for_each(|b| held.append(b));
+                        gate.hold(t, || cap.delayed(&t, 0), data, compact::<A>);
                         return;
                     }
                     let cap = cap.delayed(&t, 0);
@@ -424,8 +420,19 @@ pub struct Gate<D> {
     /// The next epoch to save (`u64::MAX` without checkpoints: nothing is held back).
     pub next: EventTime,
     /// Inputs stamped at or after `next`, by stamp.
-    pub held: BTreeMap<EventTime, (Capability<EventTime>, Vec<D>)>,
+    pub held: BTreeMap<EventTime, Held<D>>,
 }
+
+/// Inputs of one stamp held back by a [`Gate`].
+pub struct Held<D> {
+    cap: Capability<EventTime>,
+    items: Vec<D>,
+    /// Compact when this many are held.
+    compact_at: usize,
+}
+
+/// Held inputs of one stamp are compacted from this many on (then each time they double).
+const COMPACT_FROM: usize = 4096;
 
 impl<D> Gate<D> {
     /// A gate for an operator with `ckpt`, or an open one without.
@@ -438,10 +445,37 @@ impl<D> Gate<D> {
         }
     }
 
+    /// Holds back the inputs `batches` stamped `t` (`cap` makes the capability for them).
+    /// `compact` merges what can be merged whenever a stamp's held inputs doubled, so that
+    /// while the watermark lags memory grows with keys and windows, not with input batches.
+    pub fn hold<'a>(
+        &mut self,
+        t: EventTime,
+        cap: impl FnOnce() -> Capability<EventTime>,
+        batches: impl Iterator<Item = &'a mut Vec<D>>,
+        compact: impl FnOnce(EventTime, &mut Vec<D>),
+    ) where
+        D: 'a,
+    {
+        let h = self.held.entry(t).or_insert_with(|| Held {
+            cap: cap(),
+            items: Vec::new(),
+            compact_at: COMPACT_FROM,
+        });
+        batches.for_each(|b| h.items.append(b));
+        if h.items.len() >= h.compact_at {
+            compact(t, &mut h.items);
+            h.compact_at = (h.items.len() * 2).max(COMPACT_FROM);
+        }
+    }
+
     /// The earliest held inputs stamped before `t`, if any.
     pub fn release_below(&mut self, t: EventTime) -> Option<(Capability<EventTime>, Vec<D>)> {
         let e = self.held.first_entry()?;
-        (*e.key() < t).then(|| e.remove())
+        (*e.key() < t).then(|| {
+            let h = e.remove();
+            (h.cap, h.items)
+        })
     }
 }
 
@@ -499,6 +533,27 @@ fn restore<Acc>(
         let cap = (!is_final).then(|| cap.delayed(&(end - 1)));
         windows.insert(end, WindowState { cap, keys });
     }
+}
+
+/// Merges held partial aggregates of one stamp `t` by window and key (corrections stay one per
+/// record, as the pre-aggregation keeps them).
+fn compact<A: WindowAggregate>(t: EventTime, items: &mut Vec<Partial<A>>) {
+    let mut merged: HashMap<(EventTime, String), A::Acc> = HashMap::new();
+    let mut kept = Vec::new();
+    for (end, key, acc) in items.drain(..) {
+        if t >= end {
+            kept.push((end, key, acc));
+            continue;
+        }
+        match merged.entry((end, key)) {
+            std::collections::hash_map::Entry::Occupied(mut e) => A::merge(e.get_mut(), &acc),
+            std::collections::hash_map::Entry::Vacant(e) => {
+                e.insert(acc);
+            }
+        }
+    }
+    kept.extend(merged.into_iter().map(|((end, key), acc)| (end, key, acc)));
+    *items = kept;
 }
 
 /// Merges partial aggregates stamped at `cap`'s time into their windows; those stamped at or
@@ -720,6 +775,48 @@ mod tests {
                 (Kind::Final, 3, "2".into())
             ]
         );
+    }
+
+    /// Held partials of one stamp merge by (window, key) into the same result, while a
+    /// correction (stamped at or after its window's end) stays on its own.
+    #[test]
+    fn compaction_merges_partials_and_keeps_corrections_apart() {
+        use crate::dataflows::binance::{Kline, KlineMetrics};
+        use crate::time::Position;
+        let partial = |end: EventTime, key: &str, p: f64| {
+            let mut acc = <KlineMetrics as WindowAggregate>::Acc::default();
+            let rec = Timed {
+                min_end: 0,
+                time: end - 1_000,
+                pos: Position {
+                    partition: 0,
+                    offset: 0,
+                    index: 0,
+                },
+                rec: Kline::new(key.into(), Some(p), Some(1.0), Some(0.5)),
+            };
+            KlineMetrics::add(&mut acc, &rec);
+            (end, key.to_string(), acc)
+        };
+        let t = 60_000;
+        let mut items = vec![
+            partial(120_000, "A", 1.0),
+            partial(120_000, "A", 3.0),
+            partial(120_000, "B", 2.0),
+            partial(60_000, "A", 5.0),
+            partial(60_000, "A", 6.0),
+        ];
+        let mut expected = items[0].2.clone();
+        KlineMetrics::merge(&mut expected, &items[1].2);
+        compact::<KlineMetrics>(t, &mut items);
+        assert_eq!(items.len(), 4, "two corrections, one merged A, one B");
+        let merged = items
+            .iter()
+            .find(|(e, k, _)| *e == 120_000 && k == "A")
+            .unwrap();
+        let json = |acc| KlineMetrics::finish("A", 60_000, 120_000, acc).json;
+        assert_eq!(json(&merged.2), json(&expected));
+        assert_eq!(items.iter().filter(|(e, _, _)| *e == 60_000).count(), 2);
     }
 
     #[test]
