@@ -120,6 +120,11 @@ fn spawn_progress_log(stats: RunStats, every: std::time::Duration) {
     });
 }
 
+/// Whether the job reads the built-in simulator (neither Kafka nor files given).
+fn simulated(args: &RunArgs) -> bool {
+    args.input.inputs.is_empty() && args.kafka.brokers.is_none()
+}
+
 /// Where each topic's messages come from.
 struct Inputs {
     binance: Arc<dyn ReaderFactory>,
@@ -282,7 +287,7 @@ fn fingerprint(
     specs: (WindowSpec, WindowSpec),
 ) -> serde_json::Map<String, serde_json::Value> {
     let c = &args.cluster;
-    let input = if args.input.inputs.is_empty() && args.kafka.brokers.is_none() {
+    let input = if simulated(args) {
         let s = &args.sim;
         format!(
             "simulator seed {} speed {} for {:?}",
@@ -318,11 +323,7 @@ fn fingerprint(
     m.insert("binance_windows".into(), format!("{:?}", specs.0).into());
     m.insert("polymarket_windows".into(), format!("{:?}", specs.1).into());
     m.insert("input".into(), input.into());
-    if let Some(start) = args
-        .sim
-        .sim_start
-        .filter(|_| args.input.inputs.is_empty() && args.kafka.brokers.is_none())
-    {
+    if let Some(start) = args.sim.sim_start.filter(|_| simulated(args)) {
         m.insert("sim_start".into(), start.into());
     }
     m.insert("output".into(), output.into());
@@ -450,8 +451,7 @@ pub fn run(args: RunArgs) -> anyhow::Result<()> {
     );
     let config = args.cluster.timely_config()?;
     let mut args = args;
-    let simulated = args.input.inputs.is_empty() && args.kafka.brokers.is_none();
-    if let (true, None, Some(dir)) = (simulated, args.sim.sim_start, &args.checkpoint) {
+    if let (true, None, Some(dir)) = (simulated(&args), args.sim.sim_start, &args.checkpoint) {
         // A resumed simulation continues the same messages: it keeps its first start time.
         args.sim.sim_start = checkpoint::stored_fingerprint(dir)
             .and_then(|f| f.get("sim_start").and_then(serde_json::Value::as_u64))

@@ -72,6 +72,42 @@ impl Handle {
             .unwrap_or_else(|e| crate::fatal(&format!("cannot resume: {e:#}")))
     }
 
+    /// The entries for the checkpoint epochs a frontier at `lim` passes, from `next` on (none
+    /// when it passes none), and the next epoch after them. `at(lo)` brings the operator's state
+    /// to epoch `lo` and returns it encoded, with the first later epoch at which it differs
+    /// (`None`: not before the frontier); one entry then covers every epoch in between.
+    pub fn save_epochs(
+        &self,
+        lim: EventTime,
+        next: EventTime,
+        mut at: impl FnMut(EventTime) -> (Vec<u8>, Option<EventTime>),
+    ) -> (Vec<Entry>, EventTime) {
+        let mut entries = Vec::new();
+        if lim < next || next == EventTime::MAX {
+            return (entries, next);
+        }
+        let interval = self.store.interval();
+        let last = if lim == EventTime::MAX {
+            lim
+        } else {
+            self.store.floor(lim)
+        };
+        let mut lo = next;
+        loop {
+            let (body, change) = at(lo);
+            let hi = match change {
+                Some(n) if n <= last => n - interval,
+                _ => last,
+            };
+            entries.push(Entry { lo, hi, body });
+            if hi >= last {
+                break;
+            }
+            lo = hi + interval;
+        }
+        (entries, last.saturating_add(interval))
+    }
+
     /// Queues a part for writing; a failed write ends the process (a checkpoint that cannot
     /// be written must not be skipped silently).
     pub fn write(&self, worker: usize, entries: Vec<Entry>) {

@@ -478,7 +478,7 @@ mod checkpoint_tests {
         assert_eq!(checkpoint_metrics(None), "");
         let entry = crate::checkpoint::Entry {
             lo: 10,
-            hi: EventTimeMax::MAX,
+            hi: u64::MAX,
             body: vec![1, 2, 3],
         };
         c.write("op", 0, &[entry]).unwrap();
@@ -494,8 +494,6 @@ mod checkpoint_tests {
         let doc = with_checkpoint(json!({}), Some(&c));
         assert_eq!(doc["checkpoint"]["complete_epoch_ms"], 10);
     }
-
-    type EventTimeMax = u64;
 }
 
 #[cfg(test)]

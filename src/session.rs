@@ -15,7 +15,7 @@ use timely::dataflow::operators::generic::Operator;
 use timely::dataflow::operators::Capability;
 use timely::dataflow::StreamVec;
 
-use crate::checkpoint::{Entry, Handle};
+use crate::checkpoint::Handle;
 use crate::stats::RunStats;
 use crate::time::{EventTime, Timed, WindowSpec};
 use crate::window::{key_hash, now_us, Emission, Gate, Kind, ResultLine, WindowAggregate};
@@ -278,51 +278,23 @@ pub fn sessions<'s, A: WindowAggregate>(
                 };
 
                 // Checkpoint epochs the frontier passed (see `window::tumbling`).
-                if let Some(c) = ckpt
-                    .as_ref()
-                    .filter(|_| lim >= gate.next && gate.next < EventTime::MAX)
-                {
-                    let interval = c.store.interval();
-                    let last = if lim == EventTime::MAX {
-                        lim
-                    } else {
-                        c.store.floor(lim)
-                    };
-                    let mut entries = Vec::new();
-                    let mut lo = gate.next;
-                    loop {
+                if let Some(c) = &ckpt {
+                    let (entries, next) = c.save_epochs(lim, gate.next, |lo| {
                         while let Some((cap, items)) = gate.release_below(lo) {
                             state.apply(&cap, items.into_iter());
                         }
                         emit(state.settle(lo, spec));
-                        let change =
-                            gate.held
-                                .keys()
-                                .next()
-                                .map(|s| c.store.after(*s))
-                                .into_iter()
-                                .chain(
-                                    state.pending.iter().map(|(_, r)| {
-                                        c.store.after(r.time.saturating_add(gap) - 1)
-                                    }),
-                                )
-                                .min();
-                        let hi = match change {
-                            Some(n) if n <= last => n - interval,
-                            _ => last,
-                        };
-                        entries.push(Entry {
-                            lo,
-                            hi,
-                            body: state.snapshot(),
-                        });
-                        if hi >= last {
-                            break;
-                        }
-                        lo = hi + interval;
+                        let held = gate.held.keys().next().map(|s| c.store.after(*s));
+                        let corrections = state
+                            .pending
+                            .iter()
+                            .map(|(_, r)| c.store.after(r.time.saturating_add(gap) - 1));
+                        (state.snapshot(), held.into_iter().chain(corrections).min())
+                    });
+                    gate.next = next;
+                    if !entries.is_empty() {
+                        c.write(worker, entries);
                     }
-                    gate.next = last.saturating_add(interval);
-                    c.write(worker, entries);
                 }
                 while let Some((cap, items)) = gate.release_below(gate.next) {
                     state.apply(&cap, items.into_iter());

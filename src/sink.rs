@@ -18,7 +18,7 @@ use timely::dataflow::channels::pact::Exchange;
 use timely::dataflow::operators::generic::Operator;
 use timely::dataflow::StreamVec;
 
-use crate::checkpoint::{Checkpoints, Entry, Handle};
+use crate::checkpoint::{Checkpoints, Handle};
 use crate::stats::RunStats;
 use crate::time::{format_ms, EventTime};
 use crate::window::{Kind, ResultLine};
@@ -220,36 +220,19 @@ fn write_settled<X>(
             write(time, items);
         }
     };
-    if let Some(c) = ckpt.filter(|_| lim >= *next && *next < EventTime::MAX) {
-        let interval = c.store.interval();
-        let last = if lim == EventTime::MAX {
-            lim
-        } else {
-            c.store.floor(lim)
-        };
-        let mut entries = Vec::new();
-        let mut sync;
-        let mut lo = *next;
-        loop {
+    if let Some(c) = ckpt {
+        let mut sync = None;
+        let (entries, after) = c.save_epochs(lim, *next, |lo| {
             write_below(pending, lo);
-            let hi = match pending.keys().next().map(|s| c.store.after(*s)) {
-                Some(n) if n <= last => n - interval,
-                _ => last,
-            };
             let written = len();
-            entries.push(Entry {
-                lo,
-                hi,
-                body: crate::checkpoint::encode(&written.as_ref().map(|w| w.0)),
-            });
+            let body = crate::checkpoint::encode(&written.as_ref().map(|w| w.0));
             sync = written.map(|w| w.1);
-            if hi >= last {
-                break;
-            }
-            lo = hi + interval;
+            (body, pending.keys().next().map(|s| c.store.after(*s)))
+        });
+        *next = after;
+        if !entries.is_empty() {
+            c.write_after_sync(worker, entries, sync);
         }
-        *next = last.saturating_add(interval);
-        c.write_after_sync(worker, entries, sync);
     }
     write_below(pending, lim);
 }

@@ -17,7 +17,7 @@ use timely::dataflow::operators::Capability;
 use timely::dataflow::StreamVec;
 use timely::ExchangeData;
 
-use crate::checkpoint::{Entry, Handle};
+use crate::checkpoint::Handle;
 use crate::stats::RunStats;
 use crate::time::{EventTime, Timed, WindowSpec};
 
@@ -318,20 +318,8 @@ pub fn tumbling<'s, A: WindowAggregate>(
 
                 // Checkpoint epochs the frontier passed: the state after exactly the inputs
                 // stamped before each, one entry per distinct state.
-                if let Some(c) = ckpt
-                    .as_ref()
-                    .filter(|_| lim >= gate.next && gate.next < EventTime::MAX)
-                {
-                    c.store.set_frontier(&c.op, worker, lim);
-                    let interval = c.store.interval();
-                    let last = if lim == EventTime::MAX {
-                        lim
-                    } else {
-                        c.store.floor(lim)
-                    };
-                    let mut entries = Vec::new();
-                    let mut lo = gate.next;
-                    loop {
+                if let Some(c) = &ckpt {
+                    let (entries, next) = c.save_epochs(lim, gate.next, |lo| {
                         while let Some((cap, items)) = gate.release_below(lo) {
                             apply::<A>(&mut windows, &mut pending, &cap, items.into_iter());
                         }
@@ -345,22 +333,12 @@ pub fn tumbling<'s, A: WindowAggregate>(
                         .into_iter()
                         .flatten()
                         .min();
-                        let hi = match change {
-                            Some(n) if n <= last => n - interval,
-                            _ => last,
-                        };
-                        entries.push(Entry {
-                            lo,
-                            hi,
-                            body: snapshot(&windows),
-                        });
-                        if hi >= last {
-                            break;
-                        }
-                        lo = hi + interval;
+                        (snapshot(&windows), change)
+                    });
+                    gate.next = next;
+                    if !entries.is_empty() {
+                        c.write(worker, entries);
                     }
-                    gate.next = last.saturating_add(interval);
-                    c.write(worker, entries);
                 }
                 while let Some((cap, items)) = gate.release_below(gate.next) {
                     apply::<A>(&mut windows, &mut pending, &cap, items.into_iter());
