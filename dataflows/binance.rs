@@ -109,16 +109,27 @@ fn decode_row(index: u32, row: Row<'_>, excerpt: impl Fn() -> Option<String>) ->
     match (row.symbol, row.snapshot_time) {
         (None, _) => Decoded::malformed(index, "missing symbol", String::new(), excerpt()),
         (_, None) => Decoded::malformed(index, "missing snapshot_time", String::new(), excerpt()),
-        (Some(symbol), Some(time)) => Decoded::Record {
-            index,
-            time,
-            rec: Kline::new(
+        (Some(symbol), _) if symbol.is_empty() => {
+            Decoded::malformed(index, "empty symbol", String::new(), excerpt())
+        }
+        (Some(symbol), Some(time)) => {
+            let rec = Kline::new(
                 CompactString::from(symbol.as_ref()),
                 row.close,
                 row.quote_asset_volume,
                 row.taker_buy_quote,
-            ),
-        },
+            );
+            // JSON numbers are finite, but a ratio of two can overflow.
+            if rec.buy_sentiment.is_some_and(|x| !x.is_finite()) {
+                return Decoded::malformed(
+                    index,
+                    "value out of range",
+                    "taker_buy_quote / quote_asset_volume is not a finite number".into(),
+                    excerpt(),
+                );
+            }
+            Decoded::Record { index, time, rec }
+        }
     }
 }
 
@@ -134,9 +145,11 @@ fn reason_of(err: &str) -> &'static str {
 
 /// Names the field that failed to parse (the slow path, taken only for bad rows).
 fn diagnose(raw: &RawValue, err: &serde_json::Error) -> (Cow<'static, str>, String) {
-    let Ok(serde_json::Value::Object(map)) = serde_json::from_str::<serde_json::Value>(raw.get())
-    else {
-        return ("row is not an object".into(), err.to_string());
+    let map = match serde_json::from_str::<serde_json::Value>(raw.get()) {
+        Ok(serde_json::Value::Object(map)) => map,
+        Ok(_) => return ("row is not an object".into(), err.to_string()),
+        // Valid JSON for the message, not for a value: a number out of range (`1e999`).
+        Err(e) => return ("invalid row".into(), e.to_string()),
     };
     type Check = fn(&serde_json::Value) -> bool;
     let checks: [(&str, Check); 5] = [

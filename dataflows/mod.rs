@@ -320,8 +320,8 @@ fn fingerprint(
         "checkpoint_interval_ms".into(),
         (args.checkpoint_interval.as_millis() as u64).into(),
     );
-    m.insert("binance_windows".into(), format!("{:?}", specs.0).into());
-    m.insert("polymarket_windows".into(), format!("{:?}", specs.1).into());
+    m.insert("binance_windows".into(), specs.0.fingerprint().into());
+    m.insert("polymarket_windows".into(), specs.1.fingerprint().into());
     m.insert("input".into(), input.into());
     if let Some(start) = args.sim.sim_start.filter(|_| simulated(args)) {
         m.insert("sim_start".into(), start.into());

@@ -172,6 +172,21 @@ impl Decoder for FrameDecoder {
     }
 }
 
+/// The counter name of an event type the metrics do not use: the type itself when it looks like
+/// one (`price_change`), else `other` — the counters stay few and safe to print whatever the
+/// input holds.
+fn ignored_kind(kind: Cow<'_, str>) -> Cow<'static, str> {
+    let plausible = (1..=40).contains(&kind.len())
+        && kind
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_');
+    if plausible {
+        Cow::Owned(kind.into_owned())
+    } else {
+        Cow::Borrowed("other")
+    }
+}
+
 fn decode_event(index: u32, raw: &RawValue, excerpt_needed: bool) -> Decoded<Event> {
     let excerpt = || excerpt_needed.then(|| raw.get().to_string());
     let head: Head = match serde_json::from_str(raw.get()) {
@@ -192,18 +207,21 @@ fn decode_event(index: u32, raw: &RawValue, excerpt_needed: bool) -> Decoded<Eve
     let used = matches!(kind.as_ref(), "book" | "last_trade_price");
     if !used {
         let time = match (&head.market, time) {
-            (Some(_), Some(Ok(t))) => Some(t),
+            (Some(m), Some(Ok(t))) if !m.is_empty() => Some(t),
             _ => None,
         };
         return Decoded::Ignored {
             index,
-            kind: Cow::Owned(kind.into_owned()),
+            kind: ignored_kind(kind),
             time,
         };
     }
     let Some(market) = head.market else {
         return Decoded::malformed(index, "missing market", String::new(), excerpt());
     };
+    if market.is_empty() {
+        return Decoded::malformed(index, "empty market", String::new(), excerpt());
+    }
     let time = match time {
         None => return Decoded::malformed(index, "missing timestamp", String::new(), excerpt()),
         Some(Err(e)) => return Decoded::malformed(index, "invalid timestamp", e, excerpt()),
@@ -214,7 +232,22 @@ fn decode_event(index: u32, raw: &RawValue, excerpt_needed: bool) -> Decoded<Eve
         let bid = best_level(head.bids, "bids", |a, b| a > b);
         let ask = best_level(head.asks, "asks", |a, b| a < b);
         match (bid, ask) {
-            (Ok(bid), Ok(ask)) => Event::Book(Book::new(market, bid, ask)),
+            (Ok(bid), Ok(ask)) => {
+                let book = Book::new(market, bid, ask);
+                // Finite prices and sizes can still overflow a sum or a ratio.
+                if [book.mid, book.spread, book.imbalance]
+                    .iter()
+                    .any(|x| x.is_some_and(|x| !x.is_finite()))
+                {
+                    return Decoded::malformed(
+                        index,
+                        "value out of range",
+                        "mid, spread or imbalance of this book is not a finite number".into(),
+                        excerpt(),
+                    );
+                }
+                Event::Book(book)
+            }
             (Err(e), _) | (_, Err(e)) => {
                 return Decoded::malformed(index, "invalid book level", e, excerpt())
             }

@@ -16,6 +16,9 @@ pub struct NumStats {
     sum: f64,
     /// Neumaier compensation for `sum`, so sums barely depend on the order of addition.
     comp: f64,
+    /// Sum of the absolute values: when it overflows, so may `sum` in some order of addition,
+    /// so the sum is null — in every order, on any number of workers.
+    abs: f64,
     min: f64,
     max: f64,
     mean: f64,
@@ -35,6 +38,7 @@ impl NumStats {
             self.max = self.max.max(x);
         }
         self.n += 1;
+        self.abs += x.abs();
         self.add_to_sum(x);
         let delta = x - self.mean;
         self.mean += delta / self.n as f64;
@@ -70,6 +74,7 @@ impl NumStats {
         self.max = self.max.max(o.max);
         self.add_to_sum(o.sum);
         self.comp += o.comp;
+        self.abs += o.abs;
         self.n = n;
     }
 
@@ -77,13 +82,19 @@ impl NumStats {
     pub fn count(&self) -> u64 {
         self.n
     }
-    /// Sum of the non-null values, `None` if there were none.
+    /// Sum of the non-null values, `None` if there were none — or if it can overflow `f64`
+    /// (the sum of absolute values passes ±1.8e308): no output ever holds NaN or Infinity,
+    /// and whether a sum is null never depends on the order of addition.
     pub fn sum(&self) -> Option<f64> {
-        (self.n > 0).then_some(self.sum + self.comp)
+        (self.n > 0 && self.abs.is_finite())
+            .then_some(self.sum + self.comp)
+            .filter(|x| x.is_finite())
     }
-    /// Arithmetic mean.
+    /// Arithmetic mean (`None` when the sum overflows).
     pub fn avg(&self) -> Option<f64> {
-        self.sum().map(|s| s / self.n as f64)
+        self.sum()
+            .map(|s| s / self.n as f64)
+            .filter(|x| x.is_finite())
     }
     /// Smallest value.
     pub fn min(&self) -> Option<f64> {
@@ -94,8 +105,13 @@ impl NumStats {
         (self.n > 0).then_some(self.max)
     }
     /// Sample standard deviation, `None` for fewer than two values.
+    /// `None` too when the values are so large that the sum or the squared deviations
+    /// overflow (values beyond about 1e154).
     pub fn stddev_samp(&self) -> Option<f64> {
-        (self.n > 1).then(|| (self.m2.max(0.0) / (self.n - 1) as f64).sqrt())
+        // `max(0.0)` would turn a NaN into 0: check first.
+        (self.n > 1 && self.abs.is_finite() && self.m2.is_finite())
+            .then(|| (self.m2.max(0.0) / (self.n - 1) as f64).sqrt())
+            .filter(|x| x.is_finite())
     }
 }
 
@@ -160,6 +176,21 @@ mod tests {
             (s.sum(), s.avg(), s.min(), s.max()),
             (Some(6.0), Some(3.0), Some(2.0), Some(4.0))
         );
+    }
+
+    #[test]
+    fn overflowing_sums_are_null_never_infinite() {
+        let s = stats(&[Some(f64::MAX), Some(f64::MAX), Some(-1.0)]);
+        assert_eq!((s.sum(), s.avg(), s.stddev_samp()), (None, None, None));
+        assert_eq!((s.min(), s.max()), (Some(-1.0), Some(f64::MAX)));
+        // MAX + (−MAX) does not overflow in this order, but would in another: null either way.
+        let mut a = stats(&[Some(f64::MAX), Some(-f64::MAX)]);
+        assert_eq!(a.sum(), None);
+        let (x, y) = (stats(&[Some(f64::MAX)]), stats(&[Some(-f64::MAX)]));
+        a = x.clone();
+        a.merge(&y);
+        assert_eq!((a.sum(), a.avg()), (None, None));
+        assert_eq!(stats(&[Some(1e200), Some(-1e200)]).stddev_samp(), None);
     }
 
     #[test]

@@ -36,7 +36,7 @@ use serde::{de::DeserializeOwned, Deserialize, Serialize};
 use crate::time::EventTime;
 
 /// Version of the checkpoint layout and part format; a different version is refused.
-pub const FORMAT_VERSION: u32 = 1;
+pub const FORMAT_VERSION: u32 = 2;
 const MAGIC: &str = "speed-layer checkpoint part";
 const JOB_FORMAT: &str = "speed-layer-checkpoint";
 

@@ -78,6 +78,10 @@ pub struct WindowArgs {
     /// How long after a window's final result late records still correct it (0: never).
     #[arg(long, default_value = "0s", value_parser = parse_duration, value_name = "DURATION")]
     pub allowed_lateness: Duration,
+    /// A record whose event time is further ahead of the wall clock than this is malformed
+    /// (`event time in the future`: a producer writing µs instead of ms) and never moves a watermark.
+    #[arg(long, default_value = "1h", value_parser = parse_duration, value_name = "DURATION")]
+    pub max_future: Duration,
     /// Hopping windows: a --window-long window starts every --slide (must divide --window);
     /// `DATAFLOW=DURATION` for one dataflow only.
     #[arg(long, value_parser = parse_scoped_duration, value_name = "[DATAFLOW=]DURATION")]
@@ -128,8 +132,9 @@ impl WindowArgs {
     /// The window spec of one dataflow, validated: tumbling, hopping or session windows.
     pub fn spec_for(&self, dataflow: &str) -> anyhow::Result<WindowSpec> {
         let size = pick(&self.window, dataflow).unwrap_or(Duration::from_secs(60));
-        let spec =
-            WindowSpec::new(size, self.lateness)?.with_allowed_lateness(self.allowed_lateness);
+        let spec = WindowSpec::new(size, self.lateness)?
+            .with_allowed_lateness(self.allowed_lateness)?
+            .with_max_future(self.max_future)?;
         match (
             pick(&self.slide, dataflow),
             pick(&self.session_gap, dataflow),

@@ -13,6 +13,7 @@ pub mod sink;
 pub mod source;
 pub mod stats;
 pub mod supervisor;
+pub mod text;
 pub mod time;
 pub mod window;
 
@@ -28,4 +29,35 @@ pub fn fatal(msg: &str) -> ! {
     let _ = std::io::stdout().flush();
     eprintln!("error: {msg}");
     std::process::exit(1);
+}
+
+thread_local! {
+    /// Set while [`contain`] runs a closure on this thread: a panic there is caught, not fatal.
+    static CONTAINED: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+/// Runs `f`, turning a panic inside it into `Err(message)` instead of ending the process.
+///
+/// The last line of defence around code that handles one untrusted input (a decoder on one
+/// message): a bug there costs that input, which is dead-lettered, not the job — a crash would
+/// be restarted from the checkpoint onto the same input, forever. Every other panic ends the
+/// process (see [`panic_is_contained`]).
+pub fn contain<R>(f: impl FnOnce() -> R) -> Result<R, String> {
+    let was = CONTAINED.with(|c| c.replace(true));
+    let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(f));
+    CONTAINED.with(|c| c.set(was));
+    result.map_err(|payload| {
+        let msg = payload
+            .downcast_ref::<&str>()
+            .map(|s| s.to_string())
+            .or_else(|| payload.downcast_ref::<String>().cloned())
+            .unwrap_or_else(|| "unknown panic".to_string());
+        format!("the decoder failed on this message: {msg}")
+    })
+}
+
+/// Whether a panic on this thread happens inside [`contain`], for the process's panic hook:
+/// such a panic is caught and reported as a dead letter, so the hook must not end the process.
+pub fn panic_is_contained() -> bool {
+    CONTAINED.with(|c| c.get())
 }

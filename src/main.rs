@@ -42,6 +42,10 @@ fn main() -> ExitCode {
     // (`speed-layer cluster`, systemd, Kubernetes) restart the job from its last checkpoint.
     let report = std::panic::take_hook();
     std::panic::set_hook(Box::new(move |info| {
+        if speed_layer::panic_is_contained() {
+            // Caught by `contain` and dead-lettered with its message.
+            return;
+        }
         report(info);
         eprintln!(
             "error: a speed-layer thread failed (see above); stopping this process \

@@ -592,8 +592,7 @@ fn render_table(
 fn cell(v: Option<&serde_json::Value>) -> String {
     match v {
         None | Some(serde_json::Value::Null) => "null".into(),
-        Some(serde_json::Value::String(s)) if s.len() > 20 => format!("{}…", &s[..18]),
-        Some(serde_json::Value::String(s)) => s.clone(),
+        Some(serde_json::Value::String(s)) => crate::text::printable(s, 20).into_owned(),
         Some(serde_json::Value::Number(n)) if n.is_f64() => {
             let x = n.as_f64().unwrap_or(f64::NAN);
             if x != 0.0 && (x.abs() >= 1e15 || x.abs() < 1e-4) {

@@ -327,10 +327,14 @@ impl RunStats {
             }
             s.push('\n');
             for (reason, n) in &c.malformed {
-                let _ = writeln!(s, "    malformed: {reason}: {n}");
+                let _ = writeln!(s, "    malformed: {}: {n}", crate::text::escaped(reason));
             }
             for (kind, n) in &c.ignored {
-                let _ = writeln!(s, "    ignored event type {kind}: {n}");
+                let _ = writeln!(
+                    s,
+                    "    ignored event type {}: {n}",
+                    crate::text::escaped(kind)
+                );
             }
         }
         for (stream, n) in &inner.results {

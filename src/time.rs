@@ -29,6 +29,30 @@ pub struct WindowSpec {
     pub slide_ms: u64,
     /// Session windows: a key's session closes after this much event time without records.
     pub session_gap_ms: Option<u64>,
+    /// A record whose event time is further than this ahead of the wall clock is malformed
+    /// (`--max-future`): it never moves a watermark.
+    pub max_future_ms: u64,
+}
+
+/// The latest event time accepted: 9999-12-31T23:59:59.999Z. Later times cannot be written as
+/// dates, and bounding them leaves room for every window computation (see [`MAX_SPAN_MS`]).
+pub const MAX_EVENT_TIME: EventTime = 253_402_300_799_999;
+
+/// The longest window, slide, session gap, delay or allowed lateness accepted (100 years), so
+/// that `MAX_EVENT_TIME` plus any of them, several times over, fits in an `EventTime`.
+pub const MAX_SPAN_MS: u64 = 100 * 365 * 86_400_000;
+
+/// The default `--max-future`: one hour, as Kafka's `log.message.timestamp.after.max.ms`.
+pub const DEFAULT_MAX_FUTURE_MS: u64 = 3_600_000;
+
+/// Why an event time was refused (see [`WindowSpec::admit`]): a short reason for counting and
+/// a detail for the dead letter.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct BadTime {
+    /// `event time in the future` or `event time out of range`.
+    pub reason: &'static str,
+    /// What was wrong, with the numbers.
+    pub detail: String,
 }
 
 /// The ends of the windows holding one event time, in increasing order.
@@ -52,24 +76,41 @@ impl Iterator for WindowEnds {
     }
 }
 
-/// Where a record stands against its partition's watermark (see [`PartitionClock::classify`]).
+/// Where a record stands against its partition's watermark: the outcome of the lateness rule
+/// ([`WindowSpec::classify`]).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Timeliness {
-    /// Its window is still open: it counts in the final result.
-    OnTime,
-    /// Its window is final but within the allowed lateness: it produces a correction.
-    Correction,
-    /// Later than both: dead-lettered.
-    Late,
+    /// Its windows are still open: it counts in their final results. `min_end`: the end of the
+    /// first of its windows (hopping windows hold a record in several).
+    OnTime {
+        /// End of the earliest window the record counts in.
+        min_end: EventTime,
+    },
+    /// Some of its windows are final but within the allowed lateness: it produces a correction
+    /// of the last of those (`corrects`), and counts in the later ones still open.
+    Correction {
+        /// End of the earliest window the record still counts in.
+        min_end: EventTime,
+        /// End of the last final window it corrects.
+        corrects: EventTime,
+    },
+    /// Every window of the record closed, plus the allowed lateness, at or before `closed`:
+    /// dead-lettered.
+    Late {
+        /// End of the record's last window.
+        end: EventTime,
+        /// The watermark it was held against.
+        closed: EventTime,
+    },
 }
 
 impl WindowSpec {
     /// A spec from durations; the grain is the largest of 1 s, 100 ms, 10 ms, 1 ms that divides
     /// the window length.
     pub fn new(size: Duration, lateness: Duration) -> anyhow::Result<Self> {
-        let size_ms = u64::try_from(size.as_millis()).unwrap_or(u64::MAX);
+        let size_ms = span_ms(size, "--window")?;
         anyhow::ensure!(size_ms > 0, "--window must be at least 1ms");
-        let lateness_ms = u64::try_from(lateness.as_millis()).unwrap_or(u64::MAX);
+        let lateness_ms = span_ms(lateness, "--max-delay")?;
         let grain_ms = [1000, 100, 10, 1]
             .into_iter()
             .find(|g| size_ms % g == 0)
@@ -81,12 +122,56 @@ impl WindowSpec {
             allowed_ms: 0,
             slide_ms: size_ms,
             session_gap_ms: None,
+            max_future_ms: DEFAULT_MAX_FUTURE_MS,
         })
+    }
+
+    /// The same spec with another `--max-future` bound.
+    pub fn with_max_future(mut self, max_future: Duration) -> anyhow::Result<Self> {
+        self.max_future_ms = span_ms(max_future, "--max-future")?;
+        Ok(self)
+    }
+
+    /// What must match for a checkpoint to be resumed: everything but `--max-future`, which
+    /// only decides about records not yet read.
+    pub fn fingerprint(&self) -> String {
+        format!(
+            "{:?}",
+            WindowSpec {
+                max_future_ms: 0,
+                ..*self
+            }
+        )
+    }
+
+    /// Checks that a record's event time can be used, `now` being the wall clock: not more than
+    /// `max_future_ms` ahead of it (a producer writing µs instead of ms, a broken clock) and not
+    /// past [`MAX_EVENT_TIME`]. Such a time is malformed: it is dead-lettered and never moves a
+    /// watermark. Every later computation on an admitted time fits in an `EventTime`.
+    pub fn admit(&self, t: EventTime, now: EventTime) -> Result<(), BadTime> {
+        let horizon = now.saturating_add(self.max_future_ms);
+        if t > horizon {
+            return Err(BadTime {
+                reason: "event time in the future",
+                detail: format!(
+                    "event time {t} is {} ahead of the wall clock (at most {} allowed by --max-future)",
+                    humantime::format_duration(Duration::from_millis(t - now)),
+                    humantime::format_duration(Duration::from_millis(self.max_future_ms)),
+                ),
+            });
+        }
+        if t > MAX_EVENT_TIME {
+            return Err(BadTime {
+                reason: "event time out of range",
+                detail: format!("event time {t} is after the year 9999"),
+            });
+        }
+        Ok(())
     }
 
     /// Hopping windows: a window of `size_ms` starts every `slide` (which must divide the size).
     pub fn with_slide(mut self, slide: Duration) -> anyhow::Result<Self> {
-        let slide_ms = u64::try_from(slide.as_millis()).unwrap_or(u64::MAX);
+        let slide_ms = span_ms(slide, "--slide")?;
         anyhow::ensure!(
             slide_ms > 0 && slide_ms <= self.size_ms && self.size_ms.is_multiple_of(slide_ms),
             "--slide must be positive and divide --window (got {slide_ms} ms for a {} ms window)",
@@ -102,7 +187,7 @@ impl WindowSpec {
 
     /// Session windows closing after `gap` without records for a key.
     pub fn with_session_gap(mut self, gap: Duration) -> anyhow::Result<Self> {
-        let gap_ms = u64::try_from(gap.as_millis()).unwrap_or(u64::MAX);
+        let gap_ms = span_ms(gap, "--session-gap")?;
         anyhow::ensure!(gap_ms > 0, "--session-gap must be positive");
         self.session_gap_ms = Some(gap_ms);
         self.grain_ms = [1000, 100, 10, 1]
@@ -137,9 +222,40 @@ impl WindowSpec {
     }
 
     /// The same spec with corrections allowed for `allowed` after a window's final result.
-    pub fn with_allowed_lateness(mut self, allowed: Duration) -> Self {
-        self.allowed_ms = u64::try_from(allowed.as_millis()).unwrap_or(u64::MAX);
-        self
+    pub fn with_allowed_lateness(mut self, allowed: Duration) -> anyhow::Result<Self> {
+        self.allowed_ms = span_ms(allowed, "--allowed-lateness")?;
+        Ok(self)
+    }
+
+    /// **The lateness rule**, the only copy: where a record at `t` stands when the windows ending
+    /// at or before `closed` are final. `closed` is its partition's watermark *before the message
+    /// that carries it* (or the source's capability, if that is later: windows the source let
+    /// finalise while the partition was idle). With `E` the end of a window holding the record:
+    /// `E > closed` on time; `E ≤ closed < E + allowed` a correction; else late. A record is late
+    /// when its last window is; otherwise it counts in every window not past the allowed
+    /// lateness and corrects the last one already final. `t` must have been admitted
+    /// ([`WindowSpec::admit`]).
+    pub fn classify(&self, closed: EventTime, t: EventTime) -> Timeliness {
+        let gone = |e: EventTime| e.saturating_add(self.allowed_ms) <= closed;
+        let last_end = self.window_end(t);
+        if gone(last_end) {
+            return Timeliness::Late {
+                end: last_end,
+                closed,
+            };
+        }
+        let mut min_end = last_end;
+        let mut corrects = None;
+        for e in self.window_ends(t).filter(|e| !gone(*e)) {
+            min_end = min_end.min(e);
+            if e <= closed {
+                corrects = Some(e);
+            }
+        }
+        match corrects {
+            Some(corrects) => Timeliness::Correction { min_end, corrects },
+            None => Timeliness::OnTime { min_end },
+        }
     }
 
     /// End (exclusive) of the last window holding `t` (the only one for tumbling windows).
@@ -156,7 +272,7 @@ impl WindowSpec {
     /// Start of the window ending at `end`.
     #[inline]
     pub fn window_start(&self, end: EventTime) -> EventTime {
-        end - self.size_ms
+        end.saturating_sub(self.size_ms)
     }
 
     /// Rounds a watermark down to the progress grain.
@@ -181,33 +297,17 @@ impl PartitionClock {
             .map_or(0, |m| m.saturating_sub(spec.lateness_ms))
     }
 
-    /// Whether a record at `t`, read now, is late: its window ended, plus the allowed lateness,
-    /// at or before the watermark formed by the records read earlier from this partition.
+    /// Windows ending at or before this are final for the next message of the partition: its
+    /// watermark formed by the *earlier* messages, or `held` (the source's capability) when
+    /// that is later. Feed it to [`WindowSpec::classify`] for every record of the message, and
+    /// only then [`observe`](Self::observe) the message's times: records of one message never
+    /// make each other late.
     #[inline]
-    pub fn is_late(&self, spec: &WindowSpec, t: EventTime) -> bool {
-        self.classify(spec, t) == Timeliness::Late
+    pub fn closed(&self, spec: &WindowSpec, held: EventTime) -> EventTime {
+        self.max_seen.map_or(0, |_| self.watermark(spec)).max(held)
     }
 
-    /// The extended lateness rule: with `E` the end of the record's window and `W` the
-    /// partition's watermark before the record, it is on time if `E > W`, a correction if
-    /// `E ≤ W < E + allowed`, and late if `E + allowed ≤ W`. Only the partition's own history
-    /// decides, so the classification is deterministic.
-    #[inline]
-    pub fn classify(&self, spec: &WindowSpec, t: EventTime) -> Timeliness {
-        if self.max_seen.is_none() {
-            return Timeliness::OnTime;
-        }
-        let (end, wm) = (spec.window_end(t), self.watermark(spec));
-        if end > wm {
-            Timeliness::OnTime
-        } else if end.saturating_add(spec.allowed_ms) > wm {
-            Timeliness::Correction
-        } else {
-            Timeliness::Late
-        }
-    }
-
-    /// Accounts for a well-formed record at `t`.
+    /// Accounts for a message whose largest admitted event time is `t`.
     #[inline]
     pub fn observe(&mut self, t: EventTime) {
         self.max_seen = Some(self.max_seen.map_or(t, |m| m.max(t)));
@@ -269,14 +369,29 @@ impl<R> Timed<R> {
     }
 }
 
+/// A configured duration in milliseconds, at most [`MAX_SPAN_MS`].
+fn span_ms(d: Duration, what: &str) -> anyhow::Result<u64> {
+    let ms = u64::try_from(d.as_millis()).unwrap_or(u64::MAX);
+    anyhow::ensure!(
+        ms <= MAX_SPAN_MS,
+        "{what} {} is too long (at most 100 years)",
+        humantime::format_duration(d)
+    );
+    Ok(ms)
+}
+
 /// Parses a human-friendly duration such as `60s`, `2m`, `1m30s` or `500ms`.
 pub fn parse_duration(s: &str) -> Result<Duration, String> {
     humantime::parse_duration(s.trim())
         .map_err(|e| format!("invalid duration '{s}': {e} (examples: 60s, 2m, 500ms)"))
 }
 
-/// Formats epoch milliseconds as an RFC 3339 UTC time (to the millisecond).
+/// Formats epoch milliseconds as an RFC 3339 UTC time (to the millisecond); a time past the
+/// year 9999 (which no admitted record has) is written as a number of milliseconds.
 pub fn format_ms(t: EventTime) -> String {
+    if t > MAX_EVENT_TIME {
+        return format!("{t} ms");
+    }
     let st = std::time::UNIX_EPOCH + Duration::from_millis(t);
     humantime::format_rfc3339_millis(st).to_string()
 }
@@ -309,38 +424,125 @@ mod tests {
         assert!(WindowSpec::new(Duration::ZERO, Duration::ZERO).is_err());
     }
 
+    fn late(t: Timeliness) -> bool {
+        matches!(t, Timeliness::Late { .. })
+    }
+
     #[test]
-    fn lateness_uses_only_earlier_records() {
+    fn lateness_uses_only_earlier_messages() {
         let s = spec();
         let mut c = PartitionClock::default();
-        assert!(!c.is_late(&s, 0), "nothing seen yet: nothing is late");
-        c.observe(300_000); // watermark 180_000
         assert!(
-            c.is_late(&s, 179_999),
+            !late(s.classify(c.closed(&s, 0), 0)),
+            "nothing seen yet: nothing is late"
+        );
+        c.observe(300_000); // watermark 180_000
+        let closed = c.closed(&s, 0);
+        assert_eq!(closed, 180_000);
+        assert_eq!(
+            s.classify(closed, 179_999),
+            Timeliness::Late {
+                end: 180_000,
+                closed: 180_000
+            },
             "window [120s,180s) ended at the watermark"
         );
-        assert!(!c.is_late(&s, 180_000));
+        assert!(!late(s.classify(closed, 180_000)));
         c.observe(10); // older records never move the watermark back
         assert_eq!(c.watermark(&s), 180_000);
+        assert_eq!(
+            c.closed(&s, 240_000),
+            240_000,
+            "windows the source already finalised stay final"
+        );
+    }
+
+    #[test]
+    fn records_of_one_message_never_make_each_other_late() {
+        // A subscription snapshot: one array whose books span 15 minutes.
+        let s = spec();
+        let mut c = PartitionClock::default();
+        c.observe(1_000_000);
+        let closed = c.closed(&s, 0); // 880_000, fixed for the whole message
+        let message = [1_900_000, 1_000_500, 1_880_000];
+        assert!(message.iter().all(|&t| !late(s.classify(closed, t))));
+        c.observe(*message.iter().max().unwrap());
+        assert!(
+            late(s.classify(c.closed(&s, 0), 1_000_500)),
+            "the next message sees the new watermark"
+        );
     }
 
     #[test]
     fn allowed_lateness_turns_late_records_into_corrections() {
-        let s = spec().with_allowed_lateness(Duration::from_secs(60));
-        let mut c = PartitionClock::default();
-        c.observe(300_000); // watermark 180_000
-        assert_eq!(c.classify(&s, 180_000), Timeliness::OnTime);
+        let s = spec()
+            .with_allowed_lateness(Duration::from_secs(60))
+            .unwrap();
+        let closed = 180_000;
         assert_eq!(
-            c.classify(&s, 179_999),
-            Timeliness::Correction,
+            s.classify(closed, 180_000),
+            Timeliness::OnTime { min_end: 240_000 }
+        );
+        assert_eq!(
+            s.classify(closed, 179_999),
+            Timeliness::Correction {
+                min_end: 180_000,
+                corrects: 180_000
+            },
             "window [120 s, 180 s) is final"
         );
-        assert_eq!(c.classify(&s, 120_000), Timeliness::Correction);
-        assert_eq!(
-            c.classify(&s, 119_999),
-            Timeliness::Late,
+        assert!(matches!(
+            s.classify(closed, 120_000),
+            Timeliness::Correction { .. }
+        ));
+        assert!(
+            late(s.classify(closed, 119_999)),
             "window [60 s, 120 s) ended 60 s before"
         );
+    }
+
+    #[test]
+    fn hopping_records_skip_windows_past_the_allowed_lateness() {
+        let s = WindowSpec::new(Duration::from_secs(60), Duration::ZERO)
+            .unwrap()
+            .with_slide(Duration::from_secs(20))
+            .unwrap()
+            .with_allowed_lateness(Duration::from_secs(20))
+            .unwrap();
+        // t = 65 s is in [20,80), [40,100), [60,120); with 105 s closed, [20,80) is past the
+        // allowed lateness, [40,100) is final (corrected), [60,120) still open.
+        assert_eq!(
+            s.classify(105_000, 65_000),
+            Timeliness::Correction {
+                min_end: 100_000,
+                corrects: 100_000
+            }
+        );
+    }
+
+    #[test]
+    fn event_times_far_ahead_or_past_the_year_9999_are_refused() {
+        let s = spec();
+        let now = 1_767_225_600_000;
+        assert!(s.admit(now + 3_600_000, now).is_ok());
+        let e = s.admit(now * 1000, now).unwrap_err();
+        assert_eq!(e.reason, "event time in the future");
+        assert!(e.detail.contains("ahead of the wall clock"), "{}", e.detail);
+        assert_eq!(
+            s.admit(u64::MAX, now).unwrap_err().reason,
+            "event time in the future"
+        );
+        let lax = s
+            .with_max_future(Duration::from_secs(86_400 * 365 * 99))
+            .unwrap();
+        assert_eq!(
+            lax.admit(u64::MAX, u64::MAX - 5).unwrap_err().reason,
+            "event time out of range"
+        );
+        assert!(s.admit(0, now).is_ok());
+        assert!(WindowSpec::new(Duration::from_secs(60), Duration::MAX).is_err());
+        assert_eq!(format_ms(u64::MAX), "18446744073709551615 ms");
+        assert_eq!(format_ms(MAX_EVENT_TIME), "9999-12-31T23:59:59.999Z");
     }
 
     #[test]

@@ -24,7 +24,7 @@ use timely::ExchangeData;
 
 use crate::checkpoint::{self, Entry};
 use crate::stats::{PartitionStatus, RunStats, TopicCounts};
-use crate::time::{EventTime, PartitionClock, Position, Timed, WindowSpec};
+use crate::time::{EventTime, PartitionClock, Position, Timed, Timeliness, WindowSpec};
 
 /// Where a partition's messages come from; names the position in dead-letter records.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -403,72 +403,76 @@ where
             let held_time = *held[0].time();
             let status = {
                 let budget = (READ_BYTES / mean_len.max(1)).clamp(16, READ_BUDGET);
+                let now = crate::time::now_ms();
                 let mut on_message = |slot: usize, offset: u64, value: &[u8]| {
                     mean_len = (mean_len * 15 + value.len()) / 16;
                     tally.messages += 1;
                     decoded.clear();
-                    decoder.decode(value, &mut decoded);
+                    // A decoder that panics (a bug: no input should make one) costs the
+                    // message, dead-lettered, not the job: a restart would read it again.
+                    if let Err(why) = crate::contain(|| decoder.decode(value, &mut decoded)) {
+                        decoded.clear();
+                        decoded.push(Decoded::malformed(0, "decoder failed", why, None));
+                    }
                     counts[slot].0 += 1;
                     counts[slot].1 += decoded.len() as u64;
                     let clock = &mut clocks[slot];
                     let part = &parts[slot];
+                    // The watermark before this message decides for all its records.
+                    let closed = clock.closed(&spec, held_time);
+                    let mut newest: Option<EventTime> = None;
+                    let mut dead = |index: u32, reason: &str, detail: &str, time: Option<EventTime>, excerpt: Option<&str>| {
+                        let raw = match excerpt {
+                            Some(x) => Cow::Borrowed(x),
+                            None => String::from_utf8_lossy(value),
+                        };
+                        pending_dead.push(dead_letter_line(
+                            &topic, &part.origin, offset, index, reason, detail, time, &raw,
+                        ));
+                    };
                     for item in decoded.drain(..) {
                         match item {
                             Decoded::Record { index, time, rec } => {
-                                // Windows ending at or before `closed` are final: by this
-                                // partition's own watermark, or because this source already let
-                                // them finalise while the partition was idle.
-                                let wm = clock.max_seen.map_or(0, |_| clock.watermark(&spec));
-                                let closed = wm.max(held_time);
-                                let gone = |e: EventTime| e.saturating_add(spec.allowed_ms) <= closed;
-                                let last_end = spec.window_end(time);
-                                if gone(last_end) {
-                                    tally.late += 1;
-                                    let detail = format!(
-                                        "window ends at {last_end}; with {} ms allowed lateness it closed before the watermark {closed}",
-                                        spec.allowed_ms
-                                    );
-                                    pending_dead.push(dead_letter_line(
-                                        &topic,
-                                        &part.origin,
-                                        offset,
-                                        index,
-                                        "late",
-                                        &detail,
-                                        Some(time),
-                                        &String::from_utf8_lossy(value),
-                                    ));
-                                } else {
-                                    clock.observe(time);
-                                    let pos = Position { partition: part.id, offset, index };
-                                    // Windows past the allowed lateness are skipped for this record;
-                                    // the last one already final (if any) is corrected.
-                                    let mut min_end = last_end;
-                                    let mut corrected = None;
-                                    for e in spec.window_ends(time).filter(|e| !gone(*e)) {
-                                        min_end = min_end.min(e);
-                                        if e <= closed {
-                                            corrected = Some(e);
-                                        }
+                                if let Err(bad) = spec.admit(time, now) {
+                                    *tally.malformed.entry(bad.reason.to_string()).or_default() += 1;
+                                    dead(index, bad.reason, &bad.detail, Some(time), None);
+                                    continue;
+                                }
+                                let pos = Position { partition: part.id, offset, index };
+                                match spec.classify(closed, time) {
+                                    Timeliness::Late { end, closed } => {
+                                        tally.late += 1;
+                                        let detail = format!(
+                                            "window ends at {end}; with {} ms allowed lateness it closed before the watermark {closed}",
+                                            spec.allowed_ms
+                                        );
+                                        dead(index, "late", &detail, Some(time), None);
                                     }
-                                    let rec = Timed { time, pos, rec, min_end };
-                                    match corrected {
-                                        // Stamped at the (last) final window's end or later, so it
-                                        // always reaches that window after its final result.
-                                        Some(end) => {
-                                            tally.corrections += 1;
-                                            pending_corrections.push((end.max(held_time), rec));
-                                        }
-                                        None => {
-                                            tally.records += 1;
-                                            pending_records.push(rec);
-                                        }
+                                    Timeliness::OnTime { min_end } => {
+                                        newest = newest.max(Some(time));
+                                        tally.records += 1;
+                                        pending_records.push(Timed { time, pos, rec, min_end });
+                                    }
+                                    // Stamped at the (last) final window's end or later, so it
+                                    // always reaches that window after its final result.
+                                    Timeliness::Correction { min_end, corrects } => {
+                                        newest = newest.max(Some(time));
+                                        tally.corrections += 1;
+                                        let rec = Timed { time, pos, rec, min_end };
+                                        pending_corrections.push((corrects.max(held_time), rec));
                                     }
                                 }
                             }
-                            Decoded::Ignored { kind, time, .. } => {
+                            Decoded::Ignored { index, kind, time } => {
                                 if let Some(t) = time {
-                                    clock.observe(t);
+                                    match spec.admit(t, now) {
+                                        Ok(()) => newest = newest.max(Some(t)),
+                                        Err(bad) => {
+                                            *tally.malformed.entry(bad.reason.to_string()).or_default() += 1;
+                                            dead(index, bad.reason, &bad.detail, Some(t), None);
+                                            continue;
+                                        }
+                                    }
                                 }
                                 *tally.ignored.entry(kind.into_owned()).or_default() += 1;
                             }
@@ -479,22 +483,12 @@ where
                                 excerpt,
                             } => {
                                 *tally.malformed.entry(reason.to_string()).or_default() += 1;
-                                let raw = match &excerpt {
-                                    Some(x) => Cow::Borrowed(x.as_str()),
-                                    None => String::from_utf8_lossy(value),
-                                };
-                                pending_dead.push(dead_letter_line(
-                                    &topic,
-                                    &part.origin,
-                                    offset,
-                                    index,
-                                    &reason,
-                                    &detail,
-                                    None,
-                                    &raw,
-                                ));
+                                dead(index, &reason, &detail, None, excerpt.as_deref());
                             }
                         }
+                    }
+                    if let Some(t) = newest {
+                        clock.observe(t);
                     }
                 };
                 r.read(budget, &mut on_message)

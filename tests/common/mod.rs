@@ -111,6 +111,16 @@ pub fn real_inputs(dir: &Path) -> Inputs {
 
 /// Simulated data with bounded disorder, garbage lines and late replays mixed in.
 pub fn garbled_sim_inputs(dir: &Path, duration: &str) -> Inputs {
+    sim_inputs_through(dir, duration, "garble")
+}
+
+/// Simulated data with hostile records mixed in (`fixtures.py hostile`).
+pub fn hostile_sim_inputs(dir: &Path, duration: &str) -> Inputs {
+    sim_inputs_through(dir, duration, "hostile")
+}
+
+/// Generated files, each passed through `fixtures.py <command>`.
+fn sim_inputs_through(dir: &Path, duration: &str, command: &str) -> Inputs {
     let gen = dir.join("gen");
     check(
         Command::new(bin())
@@ -139,11 +149,11 @@ pub fn garbled_sim_inputs(dir: &Path, duration: &str) -> Inputs {
         } else {
             "polymarket_trade"
         };
-        let out = dir.join(format!("garbled-{name}"));
+        let out = dir.join(format!("{command}-{name}"));
         python(
             "fixtures.py",
             &[
-                "garble",
+                command,
                 &f.display().to_string(),
                 &out.display().to_string(),
                 "--topic",

@@ -5,6 +5,10 @@
   fixtures.py frames OUT.jsonl FRAMES.jsonl  Polymarket recording -> one websocket frame per line
   fixtures.py garble IN OUT --topic T --seed N
         copy IN to OUT with bounded disorder, garbage lines and late replays mixed in
+  fixtures.py hostile IN OUT --topic T --seed N
+        copy IN to OUT with hostile records mixed in: odd Unicode and terminal escapes in keys,
+        empty keys, event times in µs or past u64, NaN and overflowing numbers, invalid UTF-8,
+        deep nesting
 
 One message value per output line, as `speed-layer run --input TOPIC=PATH` reads them.
 """
@@ -97,6 +101,72 @@ GARBAGE = {
 }
 
 
+# {t}: an event time near the surrounding records; {us}: the same in microseconds.
+HOSTILE = {
+    "binance": [
+        r'[{"snapshot_time":{t},"symbol":"a\u00c4\u00c4\u00c4\u00c4\u00c4\u00c4\u00c4\u00c4\u00c4\u00c4\u00c4\u00c4\u00c4\u00c4\u00c4\u00c4\u00c4","close":1.5,"quote_asset_volume":2.0,"taker_buy_quote":1.0}]',
+        r'[{"snapshot_time":18446744073709551615,"symbol":"BTCUSDT","close":1.0}]',
+        r'[{"snapshot_time":{us},"symbol":"BTCUSDT","close":1.0}]',
+        r'[{"snapshot_time":{t},"symbol":"\u001b[2J\u001b]0;pwned\u0007EVIL\r\n","close":2.0}]',
+        r'[{"snapshot_time":{t},"symbol":"","close":2.0}]',
+        r'[{"snapshot_time":{t},"symbol":"BTCUSDT","close":"NaN"}]',
+        r'[{"snapshot_time":{t},"symbol":"BTCUSDT","close":1e999}]',
+        r'[{"snapshot_time":{t},"symbol":"BTCUSDT","close":NaN}]',
+        r'[{"snapshot_time":{t},"symbol":"HUGE","close":1.7976931348623157e308,"quote_asset_volume":1.7976931348623157e308},'
+        r'{"snapshot_time":{t},"symbol":"HUGE","close":-1.7976931348623157e308,"quote_asset_volume":1.7976931348623157e308}]',
+        r'[{"snapshot_time":{t},"symbol":"TINY","close":1.0,"quote_asset_volume":5e-324,"taker_buy_quote":1e300}]',
+        r'[{"snapshot_time":-5,"symbol":"BTCUSDT"}]',
+        r'[{"snapshot_time":1.79e12,"symbol":"BTCUSDT"}]',
+        r'[{"snapshot_time":{t},"symbol":"\u202eRTL \u6f22\u5b57 \ud83d\ude80","close":3.0}]',
+        "[" * 5000 + "]" * 5000,
+        b'[{"snapshot_time":{t},"symbol":"\xff\xfe"}]',
+    ],
+    "polymarket_trade": [
+        r'{"event_type":"book","market":"","timestamp":"{t}","bids":[],"asks":[]}',
+        r'{"event_type":"book","market":"0xabc\u001b[31m","timestamp":"{t}","bids":[{"price":"0.4","size":"10"}],"asks":[{"price":".6","size":"5"}]}',
+        r'{"event_type":"book","market":"0xabc","timestamp":"{t}","bids":[{"price":"NaN","size":"1"}],"asks":[]}',
+        r'{"event_type":"last_trade_price","market":"0xabc","timestamp":"{t}","size":"1e999"}',
+        r'{"event_type":"last_trade_price","market":"0xabc","timestamp":"{us}","size":"1"}',
+        r'{"event_type":"\u001b]0;x\u0007","market":"0xabc","timestamp":"{t}"}',
+        r'{"event_type":"book","market":"0xbig","timestamp":"{t}","bids":[{"price":"1e308","size":"1"}],"asks":[{"price":"1.7e308","size":"1"}]}',
+        r'{"event_type":"price_change","market":"0xabc","timestamp":"99999999999999999999"}',
+        r'{"event_type":"price_change","market":"0xabc","timestamp":"{us}"}',
+        r'{"event_type":"last_trade_price","market":"\u6f22\u5b57\u00c4\u00c4\u00c4\u00c4\u00c4\u00c4\u00c4\u00c4\u00c4\u00c4\u00c4\u00c4\u00c4\u00c4\u00c4\u00c4\u00c4","timestamp":"{t}","size":"2.5"}',
+        b'{"event_type":"book","market":"\xc3\x28","timestamp":"{t}"}',
+    ],
+}
+
+
+def event_time(line, topic):
+    try:
+        v = json.loads(line)
+    except ValueError:
+        return None
+    v = v[0] if isinstance(v, list) and v else v
+    if not isinstance(v, dict):
+        return None
+    t = v.get("snapshot_time" if topic == "binance" else "timestamp")
+    try:
+        return int(t)
+    except (TypeError, ValueError):
+        return None
+
+
+def hostile(src, out, topic, seed):
+    rng = random.Random(seed)
+    lines = [l.rstrip("\n").encode() for l in open(src) if l.strip()]
+    result, t = [], None
+    for line in lines:
+        result.append(line)
+        t = event_time(line, topic) or t
+        if t is not None and rng.random() < 0.05:
+            h = rng.choice(HOSTILE[topic])
+            h = h if isinstance(h, bytes) else h.encode()
+            result.append(h.replace(b"{t}", str(t).encode()).replace(b"{us}", str(t * 1000).encode()))
+    with open(out, "wb") as f:
+        f.write(b"\n".join(result) + b"\n")
+
+
 def garble(src, out, topic, seed):
     rng = random.Random(seed)
     lines = [l.rstrip("\n") for l in open(src) if l.strip()]
@@ -123,10 +193,10 @@ if __name__ == "__main__":
         klines(sys.argv[2], sys.argv[3:])
     elif cmd == "frames":
         frames(sys.argv[2], sys.argv[3])
-    elif cmd == "garble":
+    elif cmd in ("garble", "hostile"):
         args = sys.argv[2:]
         topic = args[args.index("--topic") + 1]
         seed = int(args[args.index("--seed") + 1])
-        garble(args[0], args[1], topic, seed)
+        (garble if cmd == "garble" else hostile)(args[0], args[1], topic, seed)
     else:
         sys.exit("unknown command " + cmd)

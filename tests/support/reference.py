@@ -3,7 +3,8 @@
 
 Written from the contract alone (not from the Rust code): reads the same input files as
 `speed-layer run --input ...` (one message value per line; each file is one partition, in the
-order given), applies the per-partition lateness rule and computes every final window of the
+order given), applies the per-partition lateness rule (the watermark before each message decides for all of
+its records), the event-time bounds (--max-future against the wall clock) and computes every final window of the
 three output streams with exact arithmetic where it matters (math.fsum, statistics.stdev).
 
 usage: reference.py --window-ms 60000 --lateness-ms 120000 --out DIR \
@@ -15,7 +16,9 @@ import argparse
 import json
 import math
 import os
+import re
 import statistics
+import time
 from collections import defaultdict
 
 
@@ -27,11 +30,25 @@ def is_num(v):
     return isinstance(v, (int, float)) and not isinstance(v, bool)
 
 
+MAX_EVENT_TIME = 253402300799999  # 9999-12-31T23:59:59.999Z
+NUMBER = re.compile(r"^[+-]?([0-9]+\.?[0-9]*|\.[0-9]+)([eE][+-]?[0-9]+)?$")
+DIGITS = re.compile(r"^\+?[0-9]+$")
+
+
+# Rust's char::is_whitespace (Unicode White_Space), which differs from Python's str.strip().
+RUST_WS = "".join(map(chr, [*range(0x9, 0xE), 0x20, 0x85, 0xA0, 0x1680, *range(0x2000, 0x200B),
+                            0x2028, 0x2029, 0x202F, 0x205F, 0x3000]))
+
+
+def finite(x):
+    return not (math.isinf(x) or math.isnan(x))
+
+
 def opt_num(obj, field):
     v = obj.get(field)
     if v is None:
         return None
-    if not is_num(v):
+    if not is_num(v) or not finite(float(v)):
         raise Malformed("wrong type for " + field)
     return float(v)
 
@@ -41,10 +58,9 @@ def lenient_num(v, what):
     if v is None:
         return None
     if isinstance(v, str):
-        try:
-            x = float(v.strip())
-        except ValueError:
+        if not NUMBER.match(v.strip()):
             raise Malformed(what)
+        x = float(v.strip())
     elif is_num(v):
         x = float(v)
     else:
@@ -55,19 +71,24 @@ def lenient_num(v, what):
 
 
 def parse_ms(v):
+    """Epoch ms as an integer or a string of digits that fits 64 bits unsigned; else None."""
     if isinstance(v, bool):
         return None
-    if isinstance(v, int):
-        return v if v >= 0 else None
-    if isinstance(v, str) and v.strip().isdigit():
-        return int(v.strip())
+    if isinstance(v, str) and DIGITS.match(v.strip()):
+        v = int(v.strip())
+    if isinstance(v, int) and 0 <= v < 2 ** 64:
+        return v
     return None
+
+
+def no_constants(name):
+    raise ValueError("not JSON: " + name)
 
 
 def elements(line):
     try:
-        v = json.loads(line)
-    except ValueError:
+        v = json.loads(line, parse_constant=no_constants)
+    except (ValueError, RecursionError):
         raise Malformed("invalid JSON")
     if isinstance(v, list):
         return v
@@ -99,10 +120,14 @@ def binance_records(value):
                 raise Malformed("missing symbol")
             if ts is None:
                 raise Malformed("missing snapshot_time")
-        except Malformed as e:
+            if sym == "":
+                raise Malformed("empty symbol")
+            sentiment = tbq / qav if (tbq is not None and qav is not None and qav > 0) else None
+            if sentiment is not None and not finite(sentiment):
+                raise Malformed("value out of range")
+        except (Malformed, OverflowError) as e:
             yield ("bad", str(e))
             continue
-        sentiment = tbq / qav if (tbq is not None and qav is not None and qav > 0) else None
         yield ("rec", ts, ("binance", sym, {"price": close, "usdt_volume": qav, "sentiment": sentiment}))
 
 
@@ -128,7 +153,7 @@ def poly_records(value):
     """Yields ('rec', time, rec) / ('bad', reason) / ('ignored', time-or-None) per event."""
     for line in value.split("\n"):
         line = line.rstrip("\r")
-        if not line.strip():
+        if not line.strip(RUST_WS):
             continue
         try:
             events = elements(line)
@@ -149,9 +174,11 @@ def poly_event(ev):
         return ("bad", "missing event_type")
     ts = parse_ms(ev["timestamp"]) if "timestamp" in ev and ev["timestamp"] is not None else None
     if kind not in ("book", "last_trade_price"):
-        return ("ignored", ts if market is not None else None)
+        return ("ignored", ts if market else None)
     if market is None:
         return ("bad", "missing market")
+    if market == "":
+        return ("bad", "empty market")
     if ev.get("timestamp") is None:
         return ("bad", "missing timestamp")
     if ts is None:
@@ -163,8 +190,10 @@ def poly_event(ev):
             mid = spread = imb = None
             if bid is not None and ask is not None:
                 mid, spread = (bid + ask) / 2, abs(ask - bid)
-            if bid_depth is not None and ask_depth is not None and bid_depth + ask_depth > 0:
+            if bid is not None and ask is not None and bid_depth is not None and ask_depth is not None and bid_depth + ask_depth > 0:
                 imb = (bid_depth - ask_depth) / (bid_depth + ask_depth)
+            if any(x is not None and not finite(x) for x in (mid, spread, imb)):
+                return ("bad", "value out of range")
             return ("rec", ts, ("polymarket_books", market, {"mid": mid, "spread": spread, "imbalance": imb}))
         size = lenient_num(ev.get("size"), "invalid trade size")
         return ("rec", ts, ("polymarket_trades", market, {"size": size}))
@@ -176,14 +205,39 @@ def nn(xs):
     return [x for x in xs if x is not None]
 
 
-def avg(xs):
-    xs = nn(xs)
-    return math.fsum(xs) / len(xs) if xs else None
+def finite_fsum(xs):
+    """fsum, or None when it (or an intermediate) overflows."""
+    try:
+        s = math.fsum(xs)
+    except OverflowError:
+        return None
+    return s if finite(s) else None
 
 
 def total(xs):
+    """A sum is null when the sum of absolute values overflows (whatever the order)."""
     xs = nn(xs)
-    return math.fsum(xs) if xs else None
+    if not xs or finite_fsum(abs(x) for x in xs) is None:
+        return None
+    return finite_fsum(xs)
+
+
+def avg(xs):
+    t = total(xs)
+    return None if t is None else t / len(nn(xs))
+
+
+def stdev(xs):
+    """Sample stddev; null for one value, or when the squared deviations overflow."""
+    if len(xs) < 2 or total(xs) is None:
+        return None
+    m = math.fsum(xs) / len(xs)
+    try:
+        if finite_fsum((x - m) ** 2 for x in xs) is None:
+            return None
+        return statistics.stdev(xs)
+    except OverflowError:
+        return None
 
 
 def window_row(stream, key, start, end, recs):
@@ -202,7 +256,7 @@ def window_metrics(stream, key, start, end, recs):
                 "current_price": cur["price"], "current_sentiment": cur["sentiment"],
                 "avg_price": avg(prices), "min_price": min(prices) if prices else None,
                 "max_price": max(prices) if prices else None,
-                "volatility": statistics.stdev(prices) if len(prices) > 1 else None,
+                "volatility": stdev(prices),
                 "total_usdt_volume": total(col("usdt_volume")), "avg_sentiment": avg(col("sentiment")),
                 "ticks": len(recs)}
     if stream == "polymarket_books":
@@ -219,39 +273,56 @@ def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--window-ms", type=int, default=60000)
     ap.add_argument("--lateness-ms", type=int, default=120000)
+    ap.add_argument("--max-future-ms", type=int, default=3600000)
     ap.add_argument("--binance", action="append", default=[])
     ap.add_argument("--polymarket", action="append", default=[])
     ap.add_argument("--out", required=True)
     a = ap.parse_args()
     W, L = a.window_ms, a.lateness_ms
+    now = int(time.time() * 1000)
+    horizon = min(now + a.max_future_ms, MAX_EVENT_TIME)
     windows = defaultdict(list)  # (stream, key, end) -> [(time, order, values)]
     summary = {}
     for topic, files, decode in (("binance", a.binance, binance_records), ("polymarket_trade", a.polymarket, poly_records)):
         counts = {"records": 0, "late": 0, "malformed": 0, "ignored": 0}
         for part, path in enumerate(files):
             max_seen = None
-            with open(path, encoding="utf-8", errors="replace", newline="\n") as f:
-                for lineno, value in enumerate(f, start=1):
-                    value = value.rstrip("\n").rstrip("\r")
-                    if not value.strip():
+            with open(path, "rb") as f:
+                for lineno, raw in enumerate(f, start=1):
+                    raw = raw.rstrip(b"\r\n")
+                    if not raw.strip(b" \t\n\r\x0c"):
                         continue
+                    try:
+                        value = raw.decode("utf-8")
+                    except UnicodeDecodeError:
+                        counts["malformed"] += 1  # invalid UTF-8: the whole message
+                        continue
+                    # The watermark before this message decides for every record in it.
+                    closed = None if max_seen is None else max_seen - L
+                    newest = None
                     for index, item in enumerate(decode(value)):
                         if item[0] == "bad":
                             counts["malformed"] += 1
                             continue
+                        t = item[1]
+                        if t is not None and t > horizon:
+                            counts["malformed"] += 1  # event time in the future / out of range
+                            continue
                         if item[0] == "ignored":
                             counts["ignored"] += 1
-                            if item[1] is not None:
-                                max_seen = item[1] if max_seen is None else max(max_seen, item[1])
+                            if t is not None:
+                                newest = t if newest is None else max(newest, t)
                             continue
                         _, t, (stream, key, vals) = item
                         end = (t // W + 1) * W
-                        if max_seen is not None and end <= max_seen - L:
+                        if closed is not None and end <= closed:
                             counts["late"] += 1
                             continue
-                        max_seen = t if max_seen is None else max(max_seen, t)
+                        newest = t if newest is None else max(newest, t)
                         counts["records"] += 1
                         windows[(stream, key, end)].append((t, (part, lineno, index), vals))
+                    if newest is not None:
+                        max_seen = newest if max_seen is None else max(max_seen, newest)
         summary[topic] = counts
     os.makedirs(a.out, exist_ok=True)
     outs = {s: open(os.path.join(a.out, s + ".jsonl"), "w") for s in ("binance", "polymarket_books", "polymarket_trades")}
