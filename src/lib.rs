@@ -61,3 +61,17 @@ pub fn contain<R>(f: impl FnOnce() -> R) -> Result<R, String> {
 pub fn panic_is_contained() -> bool {
     CONTAINED.with(|c| c.get())
 }
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn a_contained_panic_is_an_error_not_the_end_of_the_process() {
+        assert_eq!(super::contain(|| 5), Ok(5));
+        let err = super::contain(|| -> u32 { panic!("index out of bounds") }).unwrap_err();
+        assert!(err.contains("index out of bounds"), "{err}");
+        assert!(
+            !super::panic_is_contained(),
+            "the guard is off again afterwards"
+        );
+    }
+}

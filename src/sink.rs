@@ -500,8 +500,10 @@ impl ResultSink for JsonlSink {
 /// Readable tables on standard output, one per stream each time windows finalise.
 pub struct ConsoleSink;
 
-impl ResultSink for ConsoleSink {
-    fn write(&mut self, window_end: EventTime, lines: &[ResultLine]) -> anyhow::Result<()> {
+impl ConsoleSink {
+    /// The tables for results of windows ending at `window_end` (sorted by stream and key), as
+    /// written to the terminal: every cell escaped and cut to 20 characters.
+    pub fn render(window_end: EventTime, lines: &[ResultLine]) -> String {
         let mut out = String::new();
         let mut i = 0;
         while i < lines.len() {
@@ -519,6 +521,13 @@ impl ResultSink for ConsoleSink {
             );
             i = j;
         }
+        out
+    }
+}
+
+impl ResultSink for ConsoleSink {
+    fn write(&mut self, window_end: EventTime, lines: &[ResultLine]) -> anyhow::Result<()> {
+        let out = Self::render(window_end, lines);
         let mut stdout = std::io::stdout().lock();
         // A closed pipe (`speed-layer run | head`) is not an error of the job.
         let _ = stdout.write_all(out.as_bytes());
