@@ -96,6 +96,12 @@ impl Decoder for KlineDecoder {
             match serde_json::from_str::<Row>(raw.get()) {
                 Ok(row) => out.push(decode_row(index, row, excerpt)),
                 Err(e) => {
+                    if let Some(last_wins) = json::without_duplicate_fields(raw.get(), &e) {
+                        if let Ok(row) = serde_json::from_str::<Row>(&last_wins) {
+                            out.push(decode_row(index, row, excerpt));
+                            continue;
+                        }
+                    }
                     let (reason, detail) = diagnose(raw, &e);
                     out.push(Decoded::malformed(index, reason, detail, excerpt()));
                 }

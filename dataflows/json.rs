@@ -21,6 +21,20 @@ pub fn elements(text: &str) -> Result<Vec<&RawValue>, String> {
     }
 }
 
+/// When a typed parse of `raw` failed with `err` because a field name repeats
+/// (`{"symbol":"A","symbol":"B"}`), the object rewritten with the last value of each field, as
+/// most JSON readers take it; `None` for any other failure. Only called once the typed parse
+/// failed, so the common path pays nothing.
+pub fn without_duplicate_fields(raw: &str, err: &serde_json::Error) -> Option<String> {
+    if !err.to_string().starts_with("duplicate field") {
+        return None;
+    }
+    match serde_json::from_str::<serde_json::Value>(raw) {
+        Ok(v @ serde_json::Value::Object(_)) => Some(v.to_string()),
+        _ => None,
+    }
+}
+
 /// The JSON type name of a value, for messages.
 pub fn kind(v: &serde_json::Value) -> &'static str {
     match v {
@@ -107,6 +121,27 @@ mod tests {
         );
         assert!(lenient_ms(&raw("\"1.5\"")).is_err());
         assert!(lenient_ms(&raw("-5")).is_err());
+    }
+
+    #[test]
+    fn repeated_fields_keep_the_last_value() {
+        #[derive(serde::Deserialize, Debug)]
+        #[allow(dead_code)]
+        struct Ab {
+            a: u32,
+            b: u32,
+        }
+        let raw = r#"{"a": 1, "b": 2, "a": 3}"#;
+        let err = serde_json::from_str::<Ab>(raw).unwrap_err();
+        assert_eq!(
+            without_duplicate_fields(raw, &err).as_deref(),
+            Some(r#"{"a":3,"b":2}"#)
+        );
+        let err = serde_json::from_str::<Ab>(r#"{"a": "x", "b": 2}"#).unwrap_err();
+        assert_eq!(
+            without_duplicate_fields(r#"{"a": "x", "b": 2}"#, &err),
+            None
+        );
     }
 
     #[test]

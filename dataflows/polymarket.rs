@@ -192,6 +192,12 @@ fn decode_event(index: u32, raw: &RawValue, excerpt_needed: bool) -> Decoded<Eve
     let head: Head = match serde_json::from_str(raw.get()) {
         Ok(h) => h,
         Err(e) => {
+            if let Some(last_wins) = json::without_duplicate_fields(raw.get(), &e) {
+                // Owned, so it can be parsed again with its repeated fields merged.
+                if let Ok(fixed) = RawValue::from_string(last_wins) {
+                    return decode_event(index, &fixed, excerpt_needed);
+                }
+            }
             let reason = if raw.get().trim_start().starts_with('{') {
                 "wrong field type"
             } else {

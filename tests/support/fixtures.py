@@ -120,6 +120,8 @@ HOSTILE = {
         r'[{"snapshot_time":{t},"symbol":"\u202eRTL \u6f22\u5b57 \ud83d\ude80","close":3.0}]',
         "[" * 5000 + "]" * 5000,
         b'[{"snapshot_time":{t},"symbol":"\xff\xfe"}]',
+        r'[{"snapshot_time":{t},"symbol":"DUP","close":4.0,"symbol":"DUP2"}]',
+        '\ufeff[{"snapshot_time":{t},"symbol":"BOM","close":4.0}]',
     ],
     "polymarket_trade": [
         r'{"event_type":"book","market":"","timestamp":"{t}","bids":[],"asks":[]}',
@@ -133,6 +135,7 @@ HOSTILE = {
         r'{"event_type":"price_change","market":"0xabc","timestamp":"{us}"}',
         r'{"event_type":"last_trade_price","market":"\u6f22\u5b57\u00c4\u00c4\u00c4\u00c4\u00c4\u00c4\u00c4\u00c4\u00c4\u00c4\u00c4\u00c4\u00c4\u00c4\u00c4\u00c4\u00c4","timestamp":"{t}","size":"2.5"}',
         b'{"event_type":"book","market":"\xc3\x28","timestamp":"{t}"}',
+        r'{"event_type":"last_trade_price","market":"0xdup","size":"3","market":"0xdup2","timestamp":"{t}"}',
     ],
 }
 
