@@ -1,549 +1,137 @@
-//! The market dataflows: record types, wire-format parsing and metrics for each market, and the
-//! `run` job that wires engine parts into the binance and Polymarket dataflows.
+//! The market dataflows and their registry.
+//!
+//! A market is one folder here: its input topics, decoders, output streams, simulator and the
+//! wiring of engine parts between them, declared by implementing [`Market`]. [`MARKETS`] lists
+//! the markets; the job (`job.rs`), `generate` (`sim.rs`) and the Kafka commands (`ops.rs`)
+//! loop over it. Adding a market is a new folder and one line in [`MARKETS`]; the engine (`src/`)
+//! does not change.
 
 pub mod binance;
+pub mod job;
 mod json;
 pub mod ops;
 pub mod polymarket;
 pub mod sim;
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
 
-use anyhow::{bail, Context};
-use timely::dataflow::operators::core::{Concat, OkErr};
 use timely::dataflow::{Scope, StreamVec};
 
-use crate::checkpoint::{self, Checkpoints};
-use crate::cli::{ClusterArgs, InputArgs, KafkaArgs, OutputArgs, WindowArgs};
-use crate::kafka::{KafkaSettings, KafkaSink};
-use crate::sink::{self, ConsoleSink, Emit, JsonlSink, ResultSink, SinkFactory};
-use crate::source::file::FileFactory;
-use crate::source::kafka::{plan_topic, KafkaFactory, ReadOptions};
-use crate::source::{source, ReaderFactory};
-use crate::stats::RunStats;
-use crate::time::{now_ms, EventTime, Timed, WindowSpec};
-use crate::window::{windowed, Emission, WindowAggregate};
+use crate::context::JobContext;
+use crate::source::generated::GeneratedTopic;
+use crate::source::ReaderFactory;
+use crate::time::{EventTime, WindowSpec};
+use crate::window::ResultLine;
 
-use binance::{KlineDecoder, KlineMetrics};
-use polymarket::{BookMetrics, Event, FrameDecoder, TradeMetrics};
-use sim::{SimArgs, SimFactory, SimTopic};
+pub use job::{run, RunArgs};
 
-/// The market dataflows, each with its own window kind (`--window binance=30s`, ...).
-pub const DATAFLOWS: [&str; 2] = ["binance", "polymarket"];
-
-fn describe(spec: &WindowSpec) -> String {
-    let d = |ms: u64| humantime::format_duration(std::time::Duration::from_millis(ms)).to_string();
-    match spec.session_gap_ms {
-        Some(gap) => format!("sessions, gap {}", d(gap)),
-        None if spec.slide_ms != spec.size_ms => {
-            format!("hopping {} every {}", d(spec.size_ms), d(spec.slide_ms))
-        }
-        None => format!("tumbling {}", d(spec.size_ms)),
-    }
+/// One input topic of a market.
+pub struct TopicSpec {
+    /// Its name: the default Kafka topic, the `TOPIC` of `--input TOPIC=PATH`, the file names
+    /// of `generate`.
+    pub name: &'static str,
+    /// The command-line option that renames its Kafka topic (`topic-binance`).
+    pub option: &'static str,
+    /// What its messages are, for the option's help.
+    pub about: &'static str,
+    /// Whether one message value holds several newline-separated frames (`produce
+    /// --group-frames` packs file lines that way).
+    pub multi_frame: bool,
+    /// Its simulator.
+    pub simulated: GeneratedTopic,
 }
 
-/// The output streams, in the order their tables are printed.
-pub const STREAMS: [&str; 3] = ["binance", "polymarket_books", "polymarket_trades"];
-
-/// Arguments of `speed-layer run`.
-#[derive(clap::Args, Clone, Debug)]
-pub struct RunArgs {
-    #[command(flatten)]
-    pub kafka: KafkaArgs,
-    #[command(flatten)]
-    pub input: InputArgs,
-    /// A Kafka partition caught up and quiet this long stops holding the watermark back (0: never).
-    #[arg(long, default_value = "30s", value_parser = crate::time::parse_duration, value_name = "DURATION")]
-    pub idle_timeout: std::time::Duration,
-    /// Kafka topic with Binance kline snapshots.
-    #[arg(long, default_value = "binance", value_name = "NAME")]
-    pub topic_binance: String,
-    /// Kafka topic with Polymarket websocket frames.
-    #[arg(long, default_value = "polymarket_trade", value_name = "NAME")]
-    pub topic_polymarket: String,
-    #[command(flatten)]
-    pub window: WindowArgs,
-    #[command(flatten)]
-    pub output: OutputArgs,
-    #[command(flatten)]
-    pub cluster: ClusterArgs,
-    #[command(flatten)]
-    pub sim: SimArgs,
-    /// Serve /metrics (Prometheus), /status (JSON) and a status page at `/` on HOST:PORT (a bare port binds 127.0.0.1).
-    #[arg(long, value_name = "HOST:PORT")]
-    pub metrics_addr: Option<String>,
-    /// Save consistent checkpoints in this folder and, when it holds one, resume from the latest
-    /// (same settings and worker count required). Needs replayable input: Kafka, files or the
-    /// simulator (not standard input).
-    #[arg(long, value_name = "DIR")]
-    pub checkpoint: Option<std::path::PathBuf>,
-    /// Checkpoint every this much *event time* (epochs on a fixed grid, so every worker and
-    /// process cuts at the same point without coordination).
-    #[arg(long, default_value = "10s", value_parser = crate::time::parse_duration, value_name = "DURATION")]
-    pub checkpoint_interval: std::time::Duration,
-    /// On SIGINT/SIGTERM with --checkpoint, wait at most this long for the last checkpoint.
-    #[arg(long, default_value = "30s", value_parser = crate::time::parse_duration, value_name = "DURATION")]
-    pub stop_timeout: std::time::Duration,
-    /// How often to log a progress line (records, rates, watermark, lag).
-    #[arg(long, default_value = "10s", value_parser = crate::time::parse_duration, value_name = "DURATION")]
-    pub log_interval: std::time::Duration,
+/// Where one input topic's messages come from in this run.
+#[derive(Clone)]
+pub struct Input {
+    /// The topic's name in this run (renamed Kafka topics included): counters, dead letters.
+    pub topic: String,
+    /// Opens the reader of each worker.
+    pub factory: Arc<dyn ReaderFactory>,
 }
 
-/// Shows progress on a background thread (it ends with the process): a line on stderr rewritten
-/// every second when stderr is a terminal, else a log line every `every`.
-fn spawn_progress_log(stats: RunStats, every: std::time::Duration) {
-    use std::io::IsTerminal;
-    if every.is_zero() {
-        return;
+/// What a market's dataflow produces: its result streams by name, and its dead letters.
+pub struct Outputs<'s> {
+    /// One stream of results per output stream the market declares.
+    pub results: Vec<(&'static str, StreamVec<'s, EventTime, ResultLine>)>,
+    /// Malformed and late records of every input topic of the market.
+    pub dead: StreamVec<'s, EventTime, String>,
+}
+
+/// A market: what it reads, what it writes, how it simulates its feed, and how its dataflow is
+/// built from engine parts.
+pub trait Market: Sync {
+    /// The dataflow's name: `--window NAME=…`, the checkpoint names of its sources.
+    fn name(&self) -> &'static str;
+    /// The input topics, in order (`build` receives one [`Input`] per topic, in this order).
+    fn topics(&self) -> &'static [TopicSpec];
+    /// The output streams (file names, table titles, Kafka `stream` headers).
+    fn streams(&self) -> &'static [&'static str];
+    /// Kafka topics `topics create` makes for this market: its input topics by default.
+    fn kafka_topics(&self) -> Vec<&'static str> {
+        self.topics().iter().map(|t| t.name).collect()
     }
-    if std::io::stderr().is_terminal() {
-        std::thread::spawn(move || {
-            let mut prev = stats.topics();
-            loop {
-                std::thread::sleep(std::time::Duration::from_secs(1));
-                eprint!("\r\x1b[2K{}\r", stats.progress_line(&prev, 1.0));
-                prev = stats.topics();
+    /// Builds the market's dataflow in `scope` from its `inputs`, in windows of `spec`.
+    fn build<'s>(
+        &self,
+        scope: Scope<'s, EventTime>,
+        inputs: &[Input],
+        spec: WindowSpec,
+        ctx: &JobContext,
+    ) -> Outputs<'s>;
+}
+
+/// Every market, in order: the order of topic numbers (the partition assignment rule), of
+/// result tables and of output files.
+pub static MARKETS: &[&dyn Market] = &[&binance::Binance, &polymarket::Polymarket];
+
+/// Every input topic of every market with its number in the job (0, 1, … in registry order),
+/// which the partition assignment rule uses.
+pub fn topics() -> impl Iterator<Item = (usize, &'static TopicSpec)> {
+    MARKETS.iter().flat_map(|m| m.topics()).enumerate()
+}
+
+/// Every output stream, in registry order.
+pub fn streams() -> Vec<&'static str> {
+    MARKETS.iter().flat_map(|m| m.streams()).copied().collect()
+}
+
+/// The names of the markets (the dataflows of `--window NAME=…`).
+pub fn market_names() -> Vec<&'static str> {
+    MARKETS.iter().map(|m| m.name()).collect()
+}
+
+/// Kafka topic names of this run, by input topic name (`--topic-binance NAME`, …).
+pub type TopicNames = BTreeMap<&'static str, String>;
+
+/// Adds an option renaming each input topic's Kafka topic (`--topic-binance NAME`) to the
+/// subcommands `subcommands` of `cmd`: the options come from the registry, so a new market
+/// brings its own.
+pub fn with_topic_options(mut cmd: clap::Command, subcommands: &[&str]) -> clap::Command {
+    for sub in subcommands {
+        cmd = cmd.mut_subcommand(*sub, |mut c| {
+            for (_, t) in topics() {
+                c = c.arg(
+                    clap::Arg::new(t.option)
+                        .long(t.option)
+                        .value_name("NAME")
+                        .default_value(t.name)
+                        .help(format!("Kafka topic with {}", t.about)),
+                );
             }
-        });
-        return;
-    }
-    std::thread::spawn(move || {
-        let mut prev = stats.topics();
-        let mut last = std::time::Instant::now();
-        loop {
-            std::thread::sleep(every);
-            let secs = last.elapsed().as_secs_f64();
-            tracing::info!("progress: {}", stats.progress_line(&prev, secs));
-            prev = stats.topics();
-            last = std::time::Instant::now();
-        }
-    });
-}
-
-/// Whether the job reads the built-in simulator (neither Kafka nor files given).
-fn simulated(args: &RunArgs) -> bool {
-    args.input.inputs.is_empty() && args.kafka.brokers.is_none()
-}
-
-/// Where each topic's messages come from.
-struct Inputs {
-    binance: Arc<dyn ReaderFactory>,
-    polymarket: Arc<dyn ReaderFactory>,
-    describe: String,
-}
-
-fn inputs(args: &RunArgs) -> anyhow::Result<Inputs> {
-    let (tb, tp) = (&args.topic_binance, &args.topic_polymarket);
-    if let (Some(settings), true) = (args.kafka.settings(), args.input.inputs.is_empty()) {
-        let pb = plan_topic(&settings, tb, args.input.start_from, args.input.until_end)?;
-        let pp = plan_topic(&settings, tp, args.input.start_from, args.input.until_end)?;
-        let describe = format!(
-            "Kafka {} ({tb}: {} partitions, {tp}: {} partitions, from {:?}{})",
-            settings.brokers,
-            pb.partitions.len(),
-            pp.partitions.len(),
-            args.input.start_from,
-            if args.input.until_end {
-                ", until the end offsets"
-            } else {
-                ""
-            }
-        );
-        let read_options = ReadOptions {
-            idle_timeout: args.idle_timeout,
-            ..ReadOptions::default()
-        };
-        return Ok(Inputs {
-            binance: Arc::new(KafkaFactory::new(
-                settings.clone(),
-                pb,
-                0,
-                read_options.clone(),
-            )),
-            polymarket: Arc::new(KafkaFactory::new(settings, pp, 1, read_options)),
-            describe,
+            c
         });
     }
-    if args.input.until_end {
-        bail!("--until-end applies to Kafka input (--brokers without --input); files always end");
-    }
-    if !args.input.inputs.is_empty() {
-        let (mut fb, mut fp) = (Vec::new(), Vec::new());
-        for (topic, path) in &args.input.inputs {
-            if topic == tb || topic == "binance" {
-                fb.push(path.clone());
-            } else if topic == tp || topic == "polymarket_trade" {
-                fp.push(path.clone());
-            } else {
-                bail!("unknown topic '{topic}' in --input {topic}={path}: expected binance or polymarket_trade");
-            }
-        }
-        if fb.iter().chain(&fp).filter(|p| *p == "-").count() > 1 {
-            bail!("standard input (-) can feed only one topic");
-        }
-        let describe = format!(
-            "files ({} binance, {} polymarket_trade)",
-            fb.len(),
-            fp.len()
-        );
-        return Ok(Inputs {
-            binance: Arc::new(FileFactory::new(fb, 0)?),
-            polymarket: Arc::new(FileFactory::new(fp, 1)?),
-            describe,
-        });
-    }
-    let start = args.sim.sim_start.unwrap_or_else(now_ms);
-    let describe = format!(
-        "the built-in simulator (speed {}x{}, seed {})",
-        args.sim.sim_speed,
-        args.sim.sim_duration.map_or(String::new(), |d| format!(
-            ", {} of event time",
-            humantime::format_duration(d)
-        )),
-        args.sim.sim_seed
-    );
-    Ok(Inputs {
-        binance: Arc::new(SimFactory::new(SimTopic::Binance, 0, &args.sim, start)?),
-        polymarket: Arc::new(SimFactory::new(SimTopic::Polymarket, 1, &args.sim, start)?),
-        describe,
-    })
+    cmd
 }
 
-fn sinks(
-    args: &OutputArgs,
-    kafka: Option<KafkaSettings>,
-    resume: Option<std::collections::BTreeMap<String, u64>>,
-) -> anyhow::Result<SinkFactory> {
-    let dir = args.output.clone();
-    let (emit_files, emit_kafka, emit_console) = (
-        args.emit_files.unwrap_or(args.emit),
-        args.emit_kafka.unwrap_or(args.emit),
-        args.emit_console.unwrap_or(args.emit),
-    );
-    let console = args.console || (dir.is_none() && args.sink_kafka.is_none());
-    let (results_topic, dead_topic) = (args.sink_kafka.clone(), args.dead_letter_topic.clone());
-    let kafka = match (&results_topic, &dead_topic, kafka) {
-        (None, None, _) => None,
-        (_, _, Some(k)) => Some(k),
-        (_, _, None) => {
-            bail!("--sink-kafka and --dead-letter-topic need --brokers (or KAFKA_BROKERS)")
-        }
-    };
-    Ok(Arc::new(move || {
-        let mut s: Vec<(Box<dyn ResultSink>, Emit)> = Vec::new();
-        if let Some(dir) = &dir {
-            let files = match &resume {
-                Some(lengths) => JsonlSink::resume(dir, &STREAMS, lengths)?,
-                None => JsonlSink::create(dir, &STREAMS)?,
-            };
-            s.push((Box::new(files), emit_files));
-        }
-        if let Some(k) = &kafka {
-            s.push((
-                Box::new(KafkaSink::new(
-                    k,
-                    results_topic.clone(),
-                    dead_topic.clone(),
-                )?),
-                emit_kafka,
-            ));
-        }
-        if console {
-            s.push((Box::new(ConsoleSink), emit_console));
-        }
-        Ok(s)
-    }))
-}
-
-/// Early `update` results are computed only when some active sink asks for them.
-fn emission(args: &RunArgs) -> Emission {
-    let o = &args.output;
-    let console = o.console || (o.output.is_none() && o.sink_kafka.is_none());
-    let active = [
-        (o.output.is_some(), o.emit_files),
-        (o.sink_kafka.is_some(), o.emit_kafka),
-        (console, o.emit_console),
-    ];
-    let updates = active
-        .iter()
-        .any(|(on, e)| *on && e.unwrap_or(o.emit).wants(crate::window::Kind::Update));
-    Emission {
-        trigger: updates.then_some(args.window.trigger),
-    }
-}
-
-/// The checkpointing operators, by their names in the checkpoint layout.
-fn checkpointed_operators() -> Vec<String> {
-    let mut ops: Vec<String> = DATAFLOWS.iter().map(|d| format!("source-{d}")).collect();
-    ops.extend(STREAMS.iter().map(|s| format!("window-{s}")));
-    ops.extend(STREAMS.iter().map(|s| format!("sink-{s}")));
-    ops.push("sink-dead_letter".into());
-    ops
-}
-
-/// What must not change between a checkpointed run and its restart.
-fn fingerprint(
-    args: &RunArgs,
-    specs: (WindowSpec, WindowSpec),
-) -> serde_json::Map<String, serde_json::Value> {
-    let c = &args.cluster;
-    let input = if simulated(args) {
-        let s = &args.sim;
-        format!(
-            "simulator seed {} speed {} for {:?}",
-            s.sim_seed, s.sim_speed, s.sim_duration
-        )
-    } else if args.input.inputs.is_empty() {
-        format!(
-            "kafka topics {}, {}",
-            args.topic_binance, args.topic_polymarket
-        )
-    } else {
-        let files: Vec<String> = args
-            .input
-            .inputs
-            .iter()
-            .map(|(t, p)| format!("{t}={p}"))
-            .collect();
-        files.join(" ")
-    };
-    let output = args.output.output.as_ref().map(|d| {
-        std::path::absolute(d)
-            .unwrap_or_else(|_| d.clone())
-            .display()
-            .to_string()
-    });
-    let mut m = serde_json::Map::new();
-    m.insert("workers".into(), (c.workers * c.processes).into());
-    m.insert("processes".into(), c.processes.into());
-    m.insert(
-        "checkpoint_interval_ms".into(),
-        (args.checkpoint_interval.as_millis() as u64).into(),
-    );
-    m.insert("binance_windows".into(), specs.0.fingerprint().into());
-    m.insert("polymarket_windows".into(), specs.1.fingerprint().into());
-    m.insert("input".into(), input.into());
-    if let Some(start) = args.sim.sim_start.filter(|_| simulated(args)) {
-        m.insert("sim_start".into(), start.into());
-    }
-    m.insert("output".into(), output.into());
-    m
-}
-
-/// Opens the checkpoint folder (when asked) and finds the epoch to resume from.
-fn checkpoints(
-    args: &RunArgs,
-    specs: (WindowSpec, WindowSpec),
-    inputs: &Inputs,
-) -> anyhow::Result<Option<Arc<Checkpoints>>> {
-    let Some(dir) = &args.checkpoint else {
-        return Ok(None);
-    };
-    inputs.binance.resumable()?;
-    inputs.polymarket.resumable()?;
-    let c = &args.cluster;
-    let store = Checkpoints::open(
-        dir,
-        u64::try_from(args.checkpoint_interval.as_millis()).unwrap_or(u64::MAX),
-        c.workers * c.processes,
-        c.process * c.workers..(c.process + 1) * c.workers,
-        checkpointed_operators(),
-        fingerprint(args, specs),
-    )?;
-    match store.epoch() {
-        Some(e) => tracing::info!(
-            "resuming from the checkpoint at {} in {}",
-            crate::time::format_ms(e),
-            dir.display()
-        ),
-        None => tracing::info!(
-            "no complete checkpoint in {}; starting from the beginning",
-            dir.display()
-        ),
-    }
-    Ok(Some(Arc::new(store)))
-}
-
-/// Builds the market dataflows in `scope`.
-#[allow(clippy::too_many_arguments)]
-fn build<'s>(
-    scope: Scope<'s, EventTime>,
-    topics: (&str, &str),
-    inputs: &Inputs,
-    specs: (WindowSpec, WindowSpec),
-    emission: Emission,
-    sinks: SinkFactory,
-    stats: &RunStats,
-    ckpt: Option<Arc<Checkpoints>>,
-) {
-    let handle = |name: String| {
-        ckpt.clone()
-            .map(|store| checkpoint::Handle { store, op: name })
-    };
-    let (klines, dead_b) = source(
-        scope,
-        topics.0,
-        Arc::clone(&inputs.binance),
-        KlineDecoder,
-        specs.0,
-        stats.clone(),
-        handle(format!("source-{}", DATAFLOWS[0])),
-    );
-    let (events, dead_p) = source(
-        scope,
-        topics.1,
-        Arc::clone(&inputs.polymarket),
-        FrameDecoder,
-        specs.1,
-        stats.clone(),
-        handle(format!("source-{}", DATAFLOWS[1])),
-    );
-    let (books, trades): (
-        StreamVec<'s, EventTime, Timed<_>>,
-        StreamVec<'s, EventTime, Timed<_>>,
-    ) = events.ok_err(|t: Timed<Event>| match t.take() {
-        (t, Event::Book(b)) => Ok(t.map(|()| b)),
-        (t, Event::Trade(tr)) => Err(t.map(|()| tr)),
-    });
-    let window = |s: &str| handle(format!("window-{s}"));
-    let results = vec![
-        (
-            KlineMetrics::STREAM,
-            windowed::<KlineMetrics>(
-                klines,
-                specs.0,
-                emission,
-                stats.clone(),
-                window(KlineMetrics::STREAM),
-            ),
-        ),
-        (
-            BookMetrics::STREAM,
-            windowed::<BookMetrics>(
-                books,
-                specs.1,
-                emission,
-                stats.clone(),
-                window(BookMetrics::STREAM),
-            ),
-        ),
-        (
-            TradeMetrics::STREAM,
-            windowed::<TradeMetrics>(
-                trades,
-                specs.1,
-                emission,
-                stats.clone(),
-                window(TradeMetrics::STREAM),
-            ),
-        ),
-    ];
-    sink::write_all(results, dead_b.concat(dead_p), sinks, stats.clone(), ckpt);
-}
-
-/// Runs the speed layer until its inputs end (files, `--until-end`, a bounded simulation) or
-/// forever (Kafka, the simulator).
-pub fn run(args: RunArgs) -> anyhow::Result<()> {
-    args.window.check_dataflows(&DATAFLOWS)?;
-    let specs = (
-        args.window.spec_for(DATAFLOWS[0])?,
-        args.window.spec_for(DATAFLOWS[1])?,
-    );
-    let config = args.cluster.timely_config()?;
-    let mut args = args;
-    if let (true, None, Some(dir)) = (simulated(&args), args.sim.sim_start, &args.checkpoint) {
-        // A resumed simulation continues the same messages: it keeps its first start time.
-        args.sim.sim_start = checkpoint::stored_fingerprint(dir)
-            .and_then(|f| f.get("sim_start").and_then(serde_json::Value::as_u64))
-            .or_else(|| Some(now_ms()));
-    }
-    let inputs = Arc::new(inputs(&args)?);
-    if let (Some(dir), 0) = (&args.output.output, args.cluster.process) {
-        std::fs::create_dir_all(dir)
-            .with_context(|| format!("cannot create output folder {}", dir.display()))?;
-    }
-    tracing::info!(
-        input = %inputs.describe,
-        binance_windows = %describe(&specs.0),
-        polymarket_windows = %describe(&specs.1),
-        lateness = %humantime::format_duration(args.window.lateness),
-        workers = args.cluster.workers,
-        processes = args.cluster.processes,
-        process = args.cluster.process,
-        "speed-layer starting"
-    );
-    let stats = RunStats::default();
-    let ckpt = checkpoints(&args, specs, &inputs)?;
-    if let Some(addr) = &args.metrics_addr {
-        let bound = crate::metrics::serve(addr, stats.clone(), args.cluster.process, ckpt.clone())?;
-        tracing::info!("status page at http://{bound}/ (metrics at /metrics, JSON at /status)");
-    }
-    spawn_progress_log(stats.clone(), args.log_interval);
-    let (summary_stats, process) = (stats.clone(), args.cluster.process);
-    sink::stop_on_signal(
-        move || {
-            eprintln!(
-                "speed-layer stopped (process {process}):\n{}",
-                summary_stats.summary().trim_end()
-            );
-        },
-        ckpt.clone(),
-        args.stop_timeout,
-    )?;
-    // The output files' lengths at the epoch resumed from (written by worker 0's sinks).
-    let resume = match &ckpt {
-        Some(c) if c.epoch().is_some() && args.cluster.process == 0 => {
-            let mut lengths = std::collections::BTreeMap::new();
-            for s in STREAMS.iter().chain(&["dead_letter"]) {
-                let op = format!("sink-{s}");
-                if let Some(Some(len)) = c.restored::<Option<u64>>(&op, 0)? {
-                    lengths.insert(s.to_string(), len);
-                }
-            }
-            Some(lengths)
-        }
-        _ => None,
-    };
-    let sinks = sinks(&args.output, args.kafka.settings(), resume)?;
-    let emission = emission(&args);
-    let topics = (args.topic_binance.clone(), args.topic_polymarket.clone());
-    let worker_stats = stats.clone();
-    let worker_ckpt = ckpt.clone();
-    let guards = timely::execute(config, move |worker| {
-        let (inputs, sinks, stats) = (
-            Arc::clone(&inputs),
-            Arc::clone(&sinks),
-            worker_stats.clone(),
-        );
-        worker.dataflow::<EventTime, _, _>(|scope| {
-            build(
-                scope,
-                (&topics.0, &topics.1),
-                &inputs,
-                specs,
-                emission,
-                sinks,
-                &stats,
-                worker_ckpt.clone(),
-            );
-        });
-    })
-    .map_err(|e| anyhow::anyhow!("cannot start the workers: {e}"))?;
-    let failures: Vec<String> = guards.join().into_iter().filter_map(Result::err).collect();
-    if !failures.is_empty() {
-        bail!("a worker failed: {}", failures.join("; "));
-    }
-    if let Some(c) = &ckpt {
-        // The last parts (those covering the end of the input) are on the writer's queue.
-        c.finish();
-    }
-    eprintln!(
-        "speed-layer finished (process {}):\n{}",
-        args.cluster.process,
-        stats.summary().trim_end()
-    );
-    if let Some(c) = &ckpt {
-        eprintln!("  {}", c.summary());
-    }
-    Ok(())
+/// The Kafka topic names given with [`with_topic_options`]' options (defaults without `m`).
+pub fn topic_names(m: Option<&clap::ArgMatches>) -> TopicNames {
+    topics()
+        .map(|(_, t)| {
+            let given = m.and_then(|m| m.get_one::<String>(t.option).cloned());
+            (t.name, given.unwrap_or_else(|| t.name.to_string()))
+        })
+        .collect()
 }

@@ -11,10 +11,8 @@ use crate::cli::KafkaArgs;
 use crate::kafka::{self, Created, KafkaSettings, TopicSpec};
 use crate::source::{ReadStatus, ReaderFactory};
 
-use super::sim::{SimArgs, SimFactory, SimTopic};
-
-/// Input topics of the speed layer.
-pub const INPUT_TOPICS: [&str; 3] = ["binance", "polymarket_trade", "polymarket_metadata"];
+use super::sim::SimArgs;
+use super::{topics as input_topics, TopicNames, MARKETS};
 /// Default output topic for window results (`--sink-kafka`).
 pub const RESULTS_TOPIC: &str = "processed_metrics";
 /// Default output topic for dead letters (`--dead-letter-topic`).
@@ -40,7 +38,7 @@ pub enum TopicsAction {
         /// Replication factor.
         #[arg(long, default_value_t = 1)]
         replication_factor: i32,
-        /// Topics to create (default: binance, polymarket_trade, polymarket_metadata, processed_metrics, dead_letter).
+        /// Topics to create (default: every market's topics, processed_metrics, dead_letter).
         topics: Vec<String>,
     },
     /// List topics and their partition counts.
@@ -57,11 +55,13 @@ fn settings(k: &KafkaArgs) -> anyhow::Result<KafkaSettings> {
         .context("--brokers (or KAFKA_BROKERS) is required")
 }
 
+/// Every market's Kafka topics, then the output topics.
 fn default_topics() -> Vec<String> {
-    INPUT_TOPICS
+    MARKETS
         .iter()
-        .chain(&[RESULTS_TOPIC, DEAD_LETTER_TOPIC])
-        .map(|s| s.to_string())
+        .flat_map(|m| m.kafka_topics())
+        .chain([RESULTS_TOPIC, DEAD_LETTER_TOPIC])
+        .map(str::to_string)
         .collect()
 }
 
@@ -152,10 +152,11 @@ pub struct ProduceArgs {
     /// Produce the lines of a file (one message value per line) to a topic; repeatable.
     #[arg(long = "input", value_name = "TOPIC=PATH", value_parser = crate::cli::parse_input)]
     pub inputs: Vec<(String, String)>,
-    /// Produce from the built-in simulator instead (both topics; see --sim-*).
+    /// Produce from the built-in simulator instead (every topic; see --sim-*).
     #[arg(long)]
     pub sim: bool,
-    /// Pack this many consecutive polymarket_trade frames into one multi-line value, as the real producer does.
+    /// Pack this many consecutive lines of a multi-frame topic (polymarket_trade) into one
+    /// multi-line value, as the real producer does.
     #[arg(long, default_value_t = 1, value_name = "N")]
     pub group_frames: usize,
     /// Messages per second over all topics (default: as fast as possible).
@@ -164,12 +165,10 @@ pub struct ProduceArgs {
     /// Send every file message to this partition (default: the producer's partitioner).
     #[arg(long, value_name = "P")]
     pub partition: Option<i32>,
-    /// Topic names for the simulator's messages.
-    #[arg(long, default_value = "binance", value_name = "NAME")]
-    pub topic_binance: String,
-    /// Topic names for the simulator's messages.
-    #[arg(long, default_value = "polymarket_trade", value_name = "NAME")]
-    pub topic_polymarket: String,
+    /// Kafka topic names for the simulator's messages, by input topic: the `--topic-<market>`
+    /// options the registry adds, filled in from the command line.
+    #[arg(skip)]
+    pub topics: TopicNames,
     #[command(flatten)]
     pub sim_args: SimArgs,
 }
@@ -243,23 +242,17 @@ pub fn produce(args: &ProduceArgs) -> anyhow::Result<()> {
         Ok(())
     };
     if args.sim {
-        let counts = [&args.topic_binance, &args.topic_polymarket]
-            .map(|t| kafka::describe_topic(&settings, t).map(|p| p.len() as i32));
-        let [nb, np] = counts;
-        let (nb, np) = (nb?, np?);
         let start = args.sim_args.sim_start.unwrap_or_else(crate::time::now_ms);
-        let mut readers = [
-            (
-                args.topic_binance.clone(),
-                nb,
-                SimFactory::new(SimTopic::Binance, 0, &args.sim_args, start)?.open(0, 1, &[])?,
-            ),
-            (
-                args.topic_polymarket.clone(),
-                np,
-                SimFactory::new(SimTopic::Polymarket, 1, &args.sim_args, start)?.open(0, 1, &[])?,
-            ),
-        ];
+        let mut readers = Vec::new();
+        for (name, factory) in args.sim_args.factories(start)? {
+            let topic = args
+                .topics
+                .get(name)
+                .cloned()
+                .unwrap_or_else(|| name.to_string());
+            let partitions = kafka::describe_topic(&settings, &topic)?.len() as i32;
+            readers.push((topic, partitions, factory.open(0, 1, &[])?));
+        }
         loop {
             let mut all_done = true;
             let mut idle = Duration::from_millis(200);
@@ -297,11 +290,10 @@ pub fn produce(args: &ProduceArgs) -> anyhow::Result<()> {
                 .map(|l| l.trim_end_matches('\r'))
                 .filter(|l| !l.trim().is_empty())
                 .collect();
-            let group = if topic.starts_with("polymarket_trade") {
-                args.group_frames
-            } else {
-                1
-            };
+            let multi_frame = input_topics().any(|(_, t)| {
+                t.multi_frame && (topic == t.name || args.topics.get(t.name) == Some(topic))
+            });
+            let group = if multi_frame { args.group_frames } else { 1 };
             for chunk in lines.chunks(group) {
                 send(topic, args.partition, &chunk.join("\n"))?;
             }

@@ -26,7 +26,7 @@ use std::fs::File;
 use std::io::{Read, Write};
 use std::ops::Range;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
@@ -39,20 +39,6 @@ use crate::time::EventTime;
 pub const FORMAT_VERSION: u32 = 2;
 const MAGIC: &str = "speed-layer checkpoint part";
 const JOB_FORMAT: &str = "speed-layer-checkpoint";
-
-/// Set on SIGINT/SIGTERM when checkpointing: sources stop reading so the job can settle on a
-/// complete checkpoint before the process exits.
-static STOP: AtomicBool = AtomicBool::new(false);
-
-/// Asks the sources to stop reading (graceful stop).
-pub fn request_stop() {
-    STOP.store(true, Ordering::SeqCst);
-}
-
-/// Whether a graceful stop was requested.
-pub fn stopping() -> bool {
-    STOP.load(Ordering::Relaxed)
-}
 
 /// What an operator needs to take part in checkpoints: the store and its stable name.
 #[derive(Clone)]
@@ -69,7 +55,7 @@ impl Handle {
     pub fn restored<T: DeserializeOwned>(&self, worker: usize) -> Option<T> {
         self.store
             .restored(&self.op, worker)
-            .unwrap_or_else(|e| crate::fatal(&format!("cannot resume: {e:#}")))
+            .unwrap_or_else(|e| crate::runtime::fatal(&format!("cannot resume: {e:#}")))
     }
 
     /// The entries for the checkpoint epochs a frontier at `lim` passes, from `next` on (none
@@ -601,14 +587,14 @@ impl Checkpoints {
                     .name("checkpoint-writer".into())
                     .spawn(move || me.write_batches(&rx))
                     .unwrap_or_else(|e| {
-                        crate::fatal(&format!("cannot start the checkpoint writer: {e}"))
+                        crate::runtime::fatal(&format!("cannot start the checkpoint writer: {e}"))
                     });
                 (tx, thread)
             });
             tx.clone()
         };
         if tx.send((op.to_string(), worker, entries, sync)).is_err() {
-            crate::fatal("the checkpoint writer stopped");
+            crate::runtime::fatal("the checkpoint writer stopped");
         }
     }
 
@@ -638,7 +624,7 @@ impl Checkpoints {
                         .with_context(|| format!("cannot fsync {}", p.display()))
                 });
                 if let Err(e) = synced.and_then(|()| self.write(&op, worker, &entries)) {
-                    crate::fatal(&format!("cannot write a checkpoint: {e:#}"));
+                    crate::runtime::fatal(&format!("cannot write a checkpoint: {e:#}"));
                 }
             }
             last = Instant::now();

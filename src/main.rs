@@ -3,7 +3,7 @@
 use std::io::IsTerminal;
 use std::process::ExitCode;
 
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory, FromArgMatches, Parser, Subcommand};
 use speed_layer::dataflows::sim::GenerateArgs;
 use speed_layer::dataflows::{self, RunArgs};
 
@@ -11,7 +11,7 @@ use speed_layer::dataflows::{self, RunArgs};
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
-/// Windowed market metrics from Binance and Polymarket feeds, on timely dataflow.
+/// Windowed market metrics from live exchange and prediction-market feeds, on timely dataflow.
 #[derive(Parser)]
 #[command(name = "speed-layer", version, about)]
 struct Cli {
@@ -26,7 +26,7 @@ struct Cli {
 enum Command {
     /// Run the speed layer (default: on the built-in simulator, results on the console).
     Run(Box<RunArgs>),
-    /// Write simulated `binance` and `polymarket_trade` messages to files (for tests, demos, benchmarks).
+    /// Write the simulator's messages of every input topic to files (for tests, demos, benchmarks).
     Generate(GenerateArgs),
     /// Create, list or describe the Kafka topics.
     Topics(dataflows::ops::TopicsArgs),
@@ -42,7 +42,7 @@ fn main() -> ExitCode {
     // (`speed-layer cluster`, systemd, Kubernetes) restart the job from its last checkpoint.
     let report = std::panic::take_hook();
     std::panic::set_hook(Box::new(move |info| {
-        if speed_layer::panic_is_contained() {
+        if speed_layer::runtime::panic_is_contained() {
             // Caught by `contain` and dead-lettered with its message.
             return;
         }
@@ -53,7 +53,10 @@ fn main() -> ExitCode {
         );
         std::process::exit(101);
     }));
-    let cli = Cli::parse();
+    // The markets add their own options (`--topic-<market>`), so the command line is
+    // assembled from the registry before it is parsed.
+    let matches = dataflows::with_topic_options(Cli::command(), &["run", "produce"]).get_matches();
+    let cli = Cli::from_arg_matches(&matches).unwrap_or_else(|e| e.exit());
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .or_else(|_| tracing_subscriber::EnvFilter::try_new(&cli.log_level));
     let filter = match filter {
@@ -77,10 +80,16 @@ fn main() -> ExitCode {
         }
     });
     let result = match command {
-        Command::Run(args) => dataflows::run(*args),
+        Command::Run(mut args) => {
+            args.topics = dataflows::topic_names(matches.subcommand_matches("run"));
+            dataflows::run(*args)
+        }
         Command::Generate(args) => dataflows::sim::generate(&args),
         Command::Topics(args) => dataflows::ops::topics(&args),
-        Command::Produce(args) => dataflows::ops::produce(&args),
+        Command::Produce(mut args) => {
+            args.topics = dataflows::topic_names(matches.subcommand_matches("produce"));
+            dataflows::ops::produce(&args)
+        }
         Command::Cluster(args) => speed_layer::supervisor::supervise(&args),
     };
     match result {

@@ -15,10 +15,9 @@ use timely::dataflow::operators::generic::Operator;
 use timely::dataflow::operators::Capability;
 use timely::dataflow::StreamVec;
 
-use crate::checkpoint::Handle;
-use crate::stats::RunStats;
+use crate::context::OperatorContext;
 use crate::time::{EventTime, Timed, WindowSpec};
-use crate::window::{key_hash, now_us, Emission, Gate, Kind, ResultLine, WindowAggregate};
+use crate::window::{key_hash, now_us, Gate, Kind, ResultLine, WindowAggregate};
 
 /// One session of one key.
 struct Session<Acc> {
@@ -227,10 +226,13 @@ type Snapshot<Acc> = Vec<(String, Vec<(EventTime, EventTime, Acc, u32, bool)>)>;
 pub fn sessions<'s, A: WindowAggregate>(
     records: StreamVec<'s, EventTime, Timed<A::Record>>,
     spec: WindowSpec,
-    emission: Emission,
-    stats: RunStats,
-    ckpt: Option<Handle>,
+    ctx: OperatorContext,
 ) -> StreamVec<'s, EventTime, ResultLine> {
+    let OperatorContext {
+        stats,
+        ckpt,
+        emission,
+    } = ctx;
     let gap = spec.session_gap_ms.unwrap_or(spec.size_ms);
     let scope = records.scope();
     let worker = scope.index();

@@ -18,8 +18,8 @@ use timely::dataflow::channels::pact::Exchange;
 use timely::dataflow::operators::generic::Operator;
 use timely::dataflow::StreamVec;
 
-use crate::checkpoint::{Checkpoints, Handle};
-use crate::stats::RunStats;
+use crate::checkpoint::Handle;
+use crate::context::{JobContext, Role};
 use crate::time::{format_ms, EventTime};
 use crate::window::{Kind, ResultLine};
 
@@ -38,81 +38,6 @@ pub trait ResultSink {
     fn written(&mut self, _stream: &str) -> anyhow::Result<Option<(u64, PathBuf)>> {
         Ok(None)
     }
-}
-
-/// Taken by every sink write and by [`stop_on_signal`] before it ends the process.
-static WRITING: std::sync::Mutex<()> = std::sync::Mutex::new(());
-
-/// On SIGINT or SIGTERM: wait for any sink write in progress, run `on_stop` (print the summary),
-/// and exit 0. Outputs hold every window finalised so far; open windows are not emitted (they
-/// are not final). With checkpoints, the sources first stop reading and the job settles: every
-/// operator saves the latest epoch the watermark passed (waiting at most `timeout`), so a
-/// restart resumes exactly where this run stopped. A second signal ends the process at once.
-pub fn stop_on_signal(
-    on_stop: impl FnOnce() + Send + 'static,
-    ckpt: Option<std::sync::Arc<Checkpoints>>,
-    timeout: std::time::Duration,
-) -> anyhow::Result<()> {
-    use std::sync::atomic::{AtomicBool, Ordering};
-    use std::sync::Arc;
-    use std::time::{Duration, Instant};
-    let stop = Arc::new(AtomicBool::new(false));
-    for sig in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
-        signal_hook::flag::register_conditional_shutdown(sig, 1, Arc::clone(&stop))?;
-        signal_hook::flag::register(sig, Arc::clone(&stop))?;
-    }
-    std::thread::spawn(move || {
-        while !stop.load(Ordering::Relaxed) {
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        tracing::info!("stopping on a signal");
-        if let Some(c) = &ckpt {
-            crate::checkpoint::request_stop();
-            // Settled, and still settled a moment later (other processes' sources may still
-            // have been reading when the signal came).
-            let began = Instant::now();
-            let mut settled_since: Option<Instant> = None;
-            while began.elapsed() < timeout {
-                if c.settled() {
-                    let since = *settled_since.get_or_insert_with(Instant::now);
-                    if since.elapsed() >= Duration::from_millis(300) {
-                        break;
-                    }
-                } else {
-                    settled_since = None;
-                }
-                std::thread::sleep(Duration::from_millis(20));
-            }
-            if c.settled() {
-                if let Err(e) = c.commit() {
-                    tracing::warn!("cannot record the committed checkpoint: {e:#}");
-                }
-                match c.stop_epoch() {
-                    Some(EventTime::MAX) => eprintln!(
-                        "speed-layer: checkpoint complete at the end of the input; a restart has nothing left to do"
-                    ),
-                    Some(e) => eprintln!(
-                        "speed-layer: checkpoint complete at {}; a restart resumes where this run stopped",
-                        crate::time::format_ms(e)
-                    ),
-                    None => eprintln!(
-                        "speed-layer: checkpoint complete: nothing had reached the first checkpoint epoch yet, \
-                         so a restart starts from the beginning"
-                    ),
-                }
-            } else {
-                tracing::warn!(
-                    "the last checkpoint did not complete within {}; a restart resumes from the one before",
-                    humantime::format_duration(timeout)
-                );
-            }
-        }
-        let _writing = WRITING.lock().unwrap_or_else(|e| e.into_inner());
-        on_stop();
-        let _ = std::io::Write::flush(&mut std::io::stdout());
-        std::process::exit(0);
-    });
-    Ok(())
 }
 
 /// What a sink receives (`--emit`, `--emit-console`, `--emit-files`, `--emit-kafka`).
@@ -154,11 +79,11 @@ fn with_sinks(
     what: &str,
 ) {
     // Held while writing, so a stop on a signal never cuts an output line in half.
-    let _writing = WRITING.lock().unwrap_or_else(|e| e.into_inner());
+    let _writing = crate::runtime::writing();
     let mut guard = shared.borrow_mut();
     let sinks = guard.get_or_insert_with(|| match factory() {
         Ok(s) => s,
-        Err(e) => crate::fatal(&format!("cannot open outputs: {e:#}")),
+        Err(e) => crate::runtime::fatal(&format!("cannot open outputs: {e:#}")),
     });
     let mut wanted = Vec::new();
     for (s, emit) in sinks.iter_mut() {
@@ -173,7 +98,7 @@ fn with_sinks(
             &wanted
         };
         if let Err(e) = f(s.as_mut(), mine).and_then(|()| s.flush()) {
-            crate::fatal(&format!("{what} failed: {e:#}"));
+            crate::runtime::fatal(&format!("{what} failed: {e:#}"));
         }
     }
 }
@@ -249,16 +174,11 @@ pub fn write_all<'s>(
     results: Vec<(&'static str, StreamVec<'s, EventTime, ResultLine>)>,
     dead: StreamVec<'s, EventTime, String>,
     factory: SinkFactory,
-    stats: RunStats,
-    ckpt: Option<std::sync::Arc<Checkpoints>>,
+    ctx: &JobContext,
 ) {
     let shared: SharedSinks = Rc::new(RefCell::new(None));
-    let handle = |name: &str| {
-        ckpt.clone().map(|store| Handle {
-            store,
-            op: format!("sink-{name}"),
-        })
-    };
+    let stats = ctx.stats.clone();
+    let handle = |name: &str| ctx.operator(Role::Sink, name).ckpt;
     let first_epoch = |h: &Option<Handle>| {
         h.as_ref().map_or(EventTime::MAX, |c| {
             c.store.after(c.store.epoch().unwrap_or(0))

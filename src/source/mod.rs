@@ -9,6 +9,7 @@
 //! so the timely frontier is the watermark.
 
 pub mod file;
+pub mod generated;
 pub mod kafka;
 
 use std::borrow::Cow;
@@ -23,7 +24,8 @@ use timely::dataflow::{Scope, StreamVec};
 use timely::ExchangeData;
 
 use crate::checkpoint::{self, Entry};
-use crate::stats::{PartitionStatus, RunStats, TopicCounts};
+use crate::context::OperatorContext;
+use crate::stats::{PartitionStatus, TopicCounts};
 use crate::time::{EventTime, PartitionClock, Position, Timed, Timeliness, WindowSpec};
 
 /// Where a partition's messages come from; names the position in dead-letter records.
@@ -305,19 +307,18 @@ struct SourceState<R> {
 /// dead-letter lines. `factory` is opened on each worker; `decoder` is cloned per worker.
 /// With `ckpt`, it resumes from the checkpoint's positions and writes its part whenever its
 /// capability crosses checkpoint epochs.
-#[allow(clippy::too_many_arguments)]
 pub fn source<'s, D>(
     scope: Scope<'s, EventTime>,
     topic: &str,
     factory: std::sync::Arc<dyn ReaderFactory>,
     decoder: D,
     spec: WindowSpec,
-    stats: RunStats,
-    ckpt: Option<checkpoint::Handle>,
+    ctx: OperatorContext,
 ) -> SourceStreams<'s, D::Record>
 where
     D: Decoder,
 {
+    let OperatorContext { stats, ckpt, .. } = ctx;
     let mut builder = OperatorBuilder::new(format!("Source({topic})"), scope);
     let info = builder.operator_info();
     let activator = scope.activator_for(Rc::clone(&info.address));
@@ -369,7 +370,7 @@ where
         move |_frontiers| {
             let Some(held) = caps.as_mut() else { return };
             // A graceful stop: read nothing more, hold the capability, let the job settle.
-            if ckpt.is_some() && checkpoint::stopping() {
+            if ckpt.is_some() && crate::runtime::stopping() {
                 return;
             }
             if reader.is_none() {
@@ -382,13 +383,13 @@ where
                         }));
                         reader = Some(r);
                     }
-                    Err(e) => crate::fatal(&format!("cannot open input {topic}: {e:#}")),
+                    Err(e) => crate::runtime::fatal(&format!("cannot open input {topic}: {e:#}")),
                 }
             }
             // The reader was just set if it was missing.
             let r = reader.as_mut().unwrap();
             if let Err(e) = r.refresh() {
-                crate::fatal(&format!("reading {topic} failed: {e:#}"));
+                crate::runtime::fatal(&format!("reading {topic} failed: {e:#}"));
             }
             if r.partitions().len() != parts.len() {
                 parts = r.partitions().to_vec();
@@ -410,7 +411,7 @@ where
                     decoded.clear();
                     // A decoder that panics (a bug: no input should make one) costs the
                     // message, dead-lettered, not the job: a restart would read it again.
-                    if let Err(why) = crate::contain(|| decoder.decode(value, &mut decoded)) {
+                    if let Err(why) = crate::runtime::contain(|| decoder.decode(value, &mut decoded)) {
                         decoded.clear();
                         decoded.push(Decoded::malformed(0, "decoder failed", why, None));
                     }
@@ -495,7 +496,7 @@ where
             };
             let status = match status {
                 Ok(s) => s,
-                Err(e) => crate::fatal(&format!("reading {topic} failed: {e:#}")),
+                Err(e) => crate::runtime::fatal(&format!("reading {topic} failed: {e:#}")),
             };
 
             if !pending_records.is_empty() {

@@ -3,19 +3,95 @@
 //!
 //! A message value holds one or more frames, one per line; a frame is one event object or an
 //! array of events. Every line and every array element is processed (the original Spark job read
-//! only the first line). Definitions: `formats.md`.
+//! only the first line). Definitions: `formats.md`. Its simulator is in `sim.rs`.
+
+pub mod sim;
 
 use std::borrow::Cow;
 
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 
-use crate::aggregate::{Latest, NumStats};
-use crate::source::{Decoded, Decoder};
-use crate::time::{EventTime, Timed};
-use crate::window::{ResultLine, WindowAggregate};
+use timely::dataflow::operators::core::OkErr;
+use timely::dataflow::StreamVec;
 
-use super::json;
+use crate::aggregate::{Latest, NumStats};
+use crate::context::{JobContext, Role};
+use crate::source::{source, Decoded, Decoder};
+use crate::time::{EventTime, Timed, WindowSpec};
+use crate::window::{windowed, ResultLine, WindowAggregate};
+
+use super::{json, Input, Market, Outputs, TopicSpec};
+
+/// The Polymarket market.
+pub struct Polymarket;
+
+const TOPICS: &[TopicSpec] = &[TopicSpec {
+    name: "polymarket_trade",
+    option: "topic-polymarket",
+    about: "Polymarket websocket frames",
+    multi_frame: true,
+    simulated: sim::TOPIC,
+}];
+
+impl Market for Polymarket {
+    fn name(&self) -> &'static str {
+        "polymarket"
+    }
+
+    fn topics(&self) -> &'static [TopicSpec] {
+        TOPICS
+    }
+
+    fn streams(&self) -> &'static [&'static str] {
+        &[BookMetrics::STREAM, TradeMetrics::STREAM]
+    }
+
+    /// The frames, and the Gamma metadata snapshots (`formats.md`) that producers may already
+    /// publish.
+    fn kafka_topics(&self) -> Vec<&'static str> {
+        vec!["polymarket_trade", "polymarket_metadata"]
+    }
+
+    fn build<'s>(
+        &self,
+        scope: timely::dataflow::Scope<'s, EventTime>,
+        inputs: &[Input],
+        spec: WindowSpec,
+        ctx: &JobContext,
+    ) -> Outputs<'s> {
+        let input = &inputs[0];
+        let (events, dead) = source(
+            scope,
+            &input.topic,
+            std::sync::Arc::clone(&input.factory),
+            FrameDecoder,
+            spec,
+            ctx.operator(Role::Source, self.name()),
+        );
+        let (books, trades): (
+            StreamVec<'s, EventTime, Timed<Book>>,
+            StreamVec<'s, EventTime, Timed<Trade>>,
+        ) = events.ok_err(|t: Timed<Event>| match t.take() {
+            (t, Event::Book(b)) => Ok(t.map(|()| b)),
+            (t, Event::Trade(tr)) => Err(t.map(|()| tr)),
+        });
+        let window = |stream| ctx.operator(Role::Window, stream);
+        Outputs {
+            results: vec![
+                (
+                    BookMetrics::STREAM,
+                    windowed::<BookMetrics>(books, spec, window(BookMetrics::STREAM)),
+                ),
+                (
+                    TradeMetrics::STREAM,
+                    windowed::<TradeMetrics>(trades, spec, window(TradeMetrics::STREAM)),
+                ),
+            ],
+            dead,
+        }
+    }
+}
 
 /// One order-book update, reduced to its derived values.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]

@@ -1,6 +1,9 @@
-//! The `binance` dataflow: kline snapshot rows → per-symbol window metrics.
+//! The Binance market: kline snapshot rows of the `binance` topic → per-symbol window metrics
+//! (output stream `binance`). Its simulator is in `sim.rs`.
 //!
 //! Wire format and metric definitions: `formats.md` (topic `binance`, output stream `binance`).
+
+pub mod sim;
 
 use std::borrow::Cow;
 
@@ -9,11 +12,62 @@ use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 
 use crate::aggregate::{Latest, NumStats};
-use crate::source::{Decoded, Decoder};
-use crate::time::{EventTime, Timed};
-use crate::window::{ResultLine, WindowAggregate};
+use crate::context::{JobContext, Role};
+use crate::source::{source, Decoded, Decoder};
+use crate::time::{EventTime, Timed, WindowSpec};
+use crate::window::{windowed, ResultLine, WindowAggregate};
 
-use super::json;
+use super::{json, Input, Market, Outputs, TopicSpec};
+
+/// The Binance market.
+pub struct Binance;
+
+const TOPICS: &[TopicSpec] = &[TopicSpec {
+    name: "binance",
+    option: "topic-binance",
+    about: "Binance kline snapshots",
+    multi_frame: false,
+    simulated: sim::TOPIC,
+}];
+
+impl Market for Binance {
+    fn name(&self) -> &'static str {
+        "binance"
+    }
+
+    fn topics(&self) -> &'static [TopicSpec] {
+        TOPICS
+    }
+
+    fn streams(&self) -> &'static [&'static str] {
+        &[KlineMetrics::STREAM]
+    }
+
+    fn build<'s>(
+        &self,
+        scope: timely::dataflow::Scope<'s, EventTime>,
+        inputs: &[Input],
+        spec: WindowSpec,
+        ctx: &JobContext,
+    ) -> Outputs<'s> {
+        let input = &inputs[0];
+        let source_ctx = ctx.operator(Role::Source, self.name());
+        let (klines, dead) = source(
+            scope,
+            &input.topic,
+            std::sync::Arc::clone(&input.factory),
+            KlineDecoder,
+            spec,
+            source_ctx,
+        );
+        let window_ctx = ctx.operator(Role::Window, KlineMetrics::STREAM);
+        let results = windowed::<KlineMetrics>(klines, spec, window_ctx);
+        Outputs {
+            results: vec![(KlineMetrics::STREAM, results)],
+            dead,
+        }
+    }
+}
 
 /// One kline row, reduced to what the metrics use.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]

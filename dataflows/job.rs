@@ -1,0 +1,504 @@
+//! The `run` job: opens the inputs of every market in the registry (Kafka, files or the
+//! simulator), the sinks and the checkpoint store, and builds each market's dataflow on every
+//! worker.
+
+use std::sync::Arc;
+
+use anyhow::{bail, Context};
+use timely::dataflow::operators::core::Concatenate;
+use timely::dataflow::Scope;
+
+use crate::checkpoint::{self, Checkpoints};
+use crate::cli::{ClusterArgs, InputArgs, KafkaArgs, OutputArgs, WindowArgs};
+use crate::context::{operator_name, JobContext, Role};
+use crate::kafka::{KafkaSettings, KafkaSink};
+use crate::sink::{self, ConsoleSink, Emit, JsonlSink, ResultSink, SinkFactory};
+use crate::source::file::FileFactory;
+use crate::source::kafka::{plan_topic, KafkaFactory, ReadOptions};
+use crate::stats::RunStats;
+use crate::time::{now_ms, EventTime, WindowSpec};
+use crate::window::Emission;
+
+use super::sim::SimArgs;
+use super::{market_names, streams, topics, Input, TopicNames, MARKETS};
+
+fn describe(spec: &WindowSpec) -> String {
+    let d = |ms: u64| humantime::format_duration(std::time::Duration::from_millis(ms)).to_string();
+    match spec.session_gap_ms {
+        Some(gap) => format!("sessions, gap {}", d(gap)),
+        None if spec.slide_ms != spec.size_ms => {
+            format!("hopping {} every {}", d(spec.size_ms), d(spec.slide_ms))
+        }
+        None => format!("tumbling {}", d(spec.size_ms)),
+    }
+}
+
+/// Arguments of `speed-layer run`.
+#[derive(clap::Args, Clone, Debug)]
+pub struct RunArgs {
+    #[command(flatten)]
+    pub kafka: KafkaArgs,
+    #[command(flatten)]
+    pub input: InputArgs,
+    /// A Kafka partition caught up and quiet this long stops holding the watermark back (0: never).
+    #[arg(long, default_value = "30s", value_parser = crate::time::parse_duration, value_name = "DURATION")]
+    pub idle_timeout: std::time::Duration,
+    /// Kafka topic names by input topic: the `--topic-<market>` options the registry adds
+    /// (`super::with_topic_options`), filled in from the command line.
+    #[arg(skip)]
+    pub topics: TopicNames,
+    #[command(flatten)]
+    pub window: WindowArgs,
+    #[command(flatten)]
+    pub output: OutputArgs,
+    #[command(flatten)]
+    pub cluster: ClusterArgs,
+    #[command(flatten)]
+    pub sim: SimArgs,
+    /// Serve /metrics (Prometheus), /status (JSON) and a status page at `/` on HOST:PORT (a bare port binds 127.0.0.1).
+    #[arg(long, value_name = "HOST:PORT")]
+    pub metrics_addr: Option<String>,
+    /// Save consistent checkpoints in this folder and, when it holds one, resume from the latest
+    /// (same settings and worker count required). Needs replayable input: Kafka, files or the
+    /// simulator (not standard input).
+    #[arg(long, value_name = "DIR")]
+    pub checkpoint: Option<std::path::PathBuf>,
+    /// Checkpoint every this much *event time* (epochs on a fixed grid, so every worker and
+    /// process cuts at the same point without coordination).
+    #[arg(long, default_value = "10s", value_parser = crate::time::parse_duration, value_name = "DURATION")]
+    pub checkpoint_interval: std::time::Duration,
+    /// On SIGINT/SIGTERM with --checkpoint, wait at most this long for the last checkpoint.
+    #[arg(long, default_value = "30s", value_parser = crate::time::parse_duration, value_name = "DURATION")]
+    pub stop_timeout: std::time::Duration,
+    /// How often to log a progress line (records, rates, watermark, lag).
+    #[arg(long, default_value = "10s", value_parser = crate::time::parse_duration, value_name = "DURATION")]
+    pub log_interval: std::time::Duration,
+}
+
+/// Shows progress on a background thread (it ends with the process): a line on stderr rewritten
+/// every second when stderr is a terminal, else a log line every `every`.
+fn spawn_progress_log(stats: RunStats, every: std::time::Duration) {
+    use std::io::IsTerminal;
+    if every.is_zero() {
+        return;
+    }
+    if std::io::stderr().is_terminal() {
+        std::thread::spawn(move || {
+            let mut prev = stats.topics();
+            loop {
+                std::thread::sleep(std::time::Duration::from_secs(1));
+                eprint!("\r\x1b[2K{}\r", stats.progress_line(&prev, 1.0));
+                prev = stats.topics();
+            }
+        });
+        return;
+    }
+    std::thread::spawn(move || {
+        let mut prev = stats.topics();
+        let mut last = std::time::Instant::now();
+        loop {
+            std::thread::sleep(every);
+            let secs = last.elapsed().as_secs_f64();
+            tracing::info!("progress: {}", stats.progress_line(&prev, secs));
+            prev = stats.topics();
+            last = std::time::Instant::now();
+        }
+    });
+}
+
+/// Whether the job reads the built-in simulator (neither Kafka nor files given).
+fn simulated(args: &RunArgs) -> bool {
+    args.input.inputs.is_empty() && args.kafka.brokers.is_none()
+}
+
+/// Where each topic's messages come from: one [`Input`] per topic of the registry, in order.
+struct Inputs {
+    topics: Vec<Input>,
+    describe: String,
+}
+
+impl Inputs {
+    /// The inputs of market number `m` of the registry.
+    fn of_market(&self, m: usize) -> &[Input] {
+        let first: usize = MARKETS[..m].iter().map(|x| x.topics().len()).sum();
+        &self.topics[first..first + MARKETS[m].topics().len()]
+    }
+}
+
+/// The Kafka topic name of input topic `name` in this run.
+fn kafka_name<'a>(args: &'a RunArgs, name: &'a str) -> &'a str {
+    args.topics.get(name).map_or(name, String::as_str)
+}
+
+fn inputs(args: &RunArgs) -> anyhow::Result<Inputs> {
+    if let (Some(settings), true) = (args.kafka.settings(), args.input.inputs.is_empty()) {
+        let read_options = ReadOptions {
+            idle_timeout: args.idle_timeout,
+            ..ReadOptions::default()
+        };
+        let mut inputs = Vec::new();
+        let mut plans = Vec::new();
+        for (ordinal, t) in topics() {
+            let name = kafka_name(args, t.name);
+            let plan = plan_topic(&settings, name, args.input.start_from, args.input.until_end)?;
+            plans.push(format!("{name}: {} partitions", plan.partitions.len()));
+            inputs.push(Input {
+                topic: name.to_string(),
+                factory: Arc::new(KafkaFactory::new(
+                    settings.clone(),
+                    plan,
+                    ordinal,
+                    read_options.clone(),
+                )),
+            });
+        }
+        let describe = format!(
+            "Kafka {} ({}, from {:?}{})",
+            settings.brokers,
+            plans.join(", "),
+            args.input.start_from,
+            if args.input.until_end {
+                ", until the end offsets"
+            } else {
+                ""
+            }
+        );
+        return Ok(Inputs {
+            topics: inputs,
+            describe,
+        });
+    }
+    if args.input.until_end {
+        bail!("--until-end applies to Kafka input (--brokers without --input); files always end");
+    }
+    if !args.input.inputs.is_empty() {
+        let mut files: Vec<Vec<String>> = topics().map(|_| Vec::new()).collect();
+        for (topic, path) in &args.input.inputs {
+            let Some((ordinal, _)) =
+                topics().find(|(_, t)| topic == t.name || topic == kafka_name(args, t.name))
+            else {
+                let names: Vec<&str> = topics().map(|(_, t)| t.name).collect();
+                bail!(
+                    "unknown topic '{topic}' in --input {topic}={path}: expected {}",
+                    names.join(" or ")
+                );
+            };
+            files[ordinal].push(path.clone());
+        }
+        if files.iter().flatten().filter(|p| *p == "-").count() > 1 {
+            bail!("standard input (-) can feed only one topic");
+        }
+        let counts: Vec<String> = topics()
+            .map(|(o, t)| format!("{} {}", files[o].len(), t.name))
+            .collect();
+        let describe = format!("files ({})", counts.join(", "));
+        let mut inputs = Vec::new();
+        for ((ordinal, t), paths) in topics().zip(files) {
+            inputs.push(Input {
+                topic: kafka_name(args, t.name).to_string(),
+                factory: Arc::new(FileFactory::new(paths, ordinal)?),
+            });
+        }
+        return Ok(Inputs {
+            topics: inputs,
+            describe,
+        });
+    }
+    let start = args.sim.sim_start.unwrap_or_else(now_ms);
+    let describe = format!(
+        "the built-in simulator (speed {}x{}, seed {})",
+        args.sim.sim_speed,
+        args.sim.sim_duration.map_or(String::new(), |d| format!(
+            ", {} of event time",
+            humantime::format_duration(d)
+        )),
+        args.sim.sim_seed
+    );
+    let topics = args
+        .sim
+        .factories(start)?
+        .into_iter()
+        .map(|(name, f)| Input {
+            topic: kafka_name(args, name).to_string(),
+            factory: Arc::new(f),
+        })
+        .collect();
+    Ok(Inputs { topics, describe })
+}
+
+fn sinks(
+    args: &OutputArgs,
+    kafka: Option<KafkaSettings>,
+    resume: Option<std::collections::BTreeMap<String, u64>>,
+) -> anyhow::Result<SinkFactory> {
+    let dir = args.output.clone();
+    let (emit_files, emit_kafka, emit_console) = (
+        args.emit_files.unwrap_or(args.emit),
+        args.emit_kafka.unwrap_or(args.emit),
+        args.emit_console.unwrap_or(args.emit),
+    );
+    let console = args.console || (dir.is_none() && args.sink_kafka.is_none());
+    let (results_topic, dead_topic) = (args.sink_kafka.clone(), args.dead_letter_topic.clone());
+    let kafka = match (&results_topic, &dead_topic, kafka) {
+        (None, None, _) => None,
+        (_, _, Some(k)) => Some(k),
+        (_, _, None) => {
+            bail!("--sink-kafka and --dead-letter-topic need --brokers (or KAFKA_BROKERS)")
+        }
+    };
+    let streams = streams();
+    Ok(Arc::new(move || {
+        let mut s: Vec<(Box<dyn ResultSink>, Emit)> = Vec::new();
+        if let Some(dir) = &dir {
+            let files = match &resume {
+                Some(lengths) => JsonlSink::resume(dir, &streams, lengths)?,
+                None => JsonlSink::create(dir, &streams)?,
+            };
+            s.push((Box::new(files), emit_files));
+        }
+        if let Some(k) = &kafka {
+            s.push((
+                Box::new(KafkaSink::new(
+                    k,
+                    results_topic.clone(),
+                    dead_topic.clone(),
+                )?),
+                emit_kafka,
+            ));
+        }
+        if console {
+            s.push((Box::new(ConsoleSink), emit_console));
+        }
+        Ok(s)
+    }))
+}
+
+/// Early `update` results are computed only when some active sink asks for them.
+fn emission(args: &RunArgs) -> Emission {
+    let o = &args.output;
+    let console = o.console || (o.output.is_none() && o.sink_kafka.is_none());
+    let active = [
+        (o.output.is_some(), o.emit_files),
+        (o.sink_kafka.is_some(), o.emit_kafka),
+        (console, o.emit_console),
+    ];
+    let updates = active
+        .iter()
+        .any(|(on, e)| *on && e.unwrap_or(o.emit).wants(crate::window::Kind::Update));
+    Emission {
+        trigger: updates.then_some(args.window.trigger),
+    }
+}
+
+/// The checkpointing operators, by their names in the checkpoint layout.
+fn checkpointed_operators() -> Vec<String> {
+    let mut ops: Vec<String> = market_names()
+        .iter()
+        .map(|m| operator_name(Role::Source, m))
+        .collect();
+    ops.extend(streams().iter().map(|s| operator_name(Role::Window, s)));
+    ops.extend(streams().iter().map(|s| operator_name(Role::Sink, s)));
+    ops.push(operator_name(Role::Sink, "dead_letter"));
+    ops
+}
+
+/// What must not change between a checkpointed run and its restart.
+fn fingerprint(args: &RunArgs, specs: &[WindowSpec]) -> serde_json::Map<String, serde_json::Value> {
+    let c = &args.cluster;
+    let input = if simulated(args) {
+        let s = &args.sim;
+        format!(
+            "simulator seed {} speed {} for {:?}",
+            s.sim_seed, s.sim_speed, s.sim_duration
+        )
+    } else if args.input.inputs.is_empty() {
+        let names: Vec<&str> = topics().map(|(_, t)| kafka_name(args, t.name)).collect();
+        format!("kafka topics {}", names.join(", "))
+    } else {
+        let files: Vec<String> = args
+            .input
+            .inputs
+            .iter()
+            .map(|(t, p)| format!("{t}={p}"))
+            .collect();
+        files.join(" ")
+    };
+    let output = args.output.output.as_ref().map(|d| {
+        std::path::absolute(d)
+            .unwrap_or_else(|_| d.clone())
+            .display()
+            .to_string()
+    });
+    let mut m = serde_json::Map::new();
+    m.insert("workers".into(), (c.workers * c.processes).into());
+    m.insert("processes".into(), c.processes.into());
+    m.insert(
+        "checkpoint_interval_ms".into(),
+        (args.checkpoint_interval.as_millis() as u64).into(),
+    );
+    for (market, spec) in MARKETS.iter().zip(specs) {
+        m.insert(
+            format!("{}_windows", market.name()),
+            spec.fingerprint().into(),
+        );
+    }
+    m.insert("input".into(), input.into());
+    if let Some(start) = args.sim.sim_start.filter(|_| simulated(args)) {
+        m.insert("sim_start".into(), start.into());
+    }
+    m.insert("output".into(), output.into());
+    m
+}
+
+/// Opens the checkpoint folder (when asked) and finds the epoch to resume from.
+fn checkpoints(
+    args: &RunArgs,
+    specs: &[WindowSpec],
+    inputs: &Inputs,
+) -> anyhow::Result<Option<Arc<Checkpoints>>> {
+    let Some(dir) = &args.checkpoint else {
+        return Ok(None);
+    };
+    for input in &inputs.topics {
+        input.factory.resumable()?;
+    }
+    let c = &args.cluster;
+    let store = Checkpoints::open(
+        dir,
+        u64::try_from(args.checkpoint_interval.as_millis()).unwrap_or(u64::MAX),
+        c.workers * c.processes,
+        c.process * c.workers..(c.process + 1) * c.workers,
+        checkpointed_operators(),
+        fingerprint(args, specs),
+    )?;
+    match store.epoch() {
+        Some(e) => tracing::info!(
+            "resuming from the checkpoint at {} in {}",
+            crate::time::format_ms(e),
+            dir.display()
+        ),
+        None => tracing::info!(
+            "no complete checkpoint in {}; starting from the beginning",
+            dir.display()
+        ),
+    }
+    Ok(Some(Arc::new(store)))
+}
+
+/// Builds every market's dataflow in `scope`, and the sinks all their results go to.
+fn build<'s>(
+    scope: Scope<'s, EventTime>,
+    inputs: &Inputs,
+    specs: &[WindowSpec],
+    sinks: SinkFactory,
+    ctx: &JobContext,
+) {
+    let mut results = Vec::new();
+    let mut dead = Vec::new();
+    for (m, (market, spec)) in MARKETS.iter().zip(specs).enumerate() {
+        let out = market.build(scope, inputs.of_market(m), *spec, ctx);
+        results.extend(out.results);
+        dead.push(out.dead);
+    }
+    let dead = scope.concatenate(dead);
+    sink::write_all(results, dead, sinks, ctx);
+}
+
+/// Runs the speed layer until its inputs end (files, `--until-end`, a bounded simulation) or
+/// forever (Kafka, the simulator).
+pub fn run(args: RunArgs) -> anyhow::Result<()> {
+    args.window.check_dataflows(&market_names())?;
+    let specs = MARKETS
+        .iter()
+        .map(|m| args.window.spec_for(m.name()))
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    let config = args.cluster.timely_config()?;
+    let mut args = args;
+    if let (true, None, Some(dir)) = (simulated(&args), args.sim.sim_start, &args.checkpoint) {
+        // A resumed simulation continues the same messages: it keeps its first start time.
+        args.sim.sim_start = checkpoint::stored_fingerprint(dir)
+            .and_then(|f| f.get("sim_start").and_then(serde_json::Value::as_u64))
+            .or_else(|| Some(now_ms()));
+    }
+    let inputs = Arc::new(inputs(&args)?);
+    if let (Some(dir), 0) = (&args.output.output, args.cluster.process) {
+        std::fs::create_dir_all(dir)
+            .with_context(|| format!("cannot create output folder {}", dir.display()))?;
+    }
+    tracing::info!(
+        input = %inputs.describe,
+        windows = %MARKETS
+            .iter()
+            .zip(&specs)
+            .map(|(m, s)| format!("{} {}", m.name(), describe(s)))
+            .collect::<Vec<_>>()
+            .join(", "),
+        lateness = %humantime::format_duration(args.window.lateness),
+        workers = args.cluster.workers,
+        processes = args.cluster.processes,
+        process = args.cluster.process,
+        "speed-layer starting"
+    );
+    let stats = RunStats::default();
+    let ckpt = checkpoints(&args, &specs, &inputs)?;
+    if let Some(addr) = &args.metrics_addr {
+        let bound = crate::metrics::serve(addr, stats.clone(), args.cluster.process, ckpt.clone())?;
+        tracing::info!("status page at http://{bound}/ (metrics at /metrics, JSON at /status)");
+    }
+    spawn_progress_log(stats.clone(), args.log_interval);
+    let (summary_stats, process) = (stats.clone(), args.cluster.process);
+    crate::runtime::stop_on_signal(
+        move || {
+            eprintln!(
+                "speed-layer stopped (process {process}):\n{}",
+                summary_stats.summary().trim_end()
+            );
+        },
+        ckpt.clone(),
+        args.stop_timeout,
+    )?;
+    // The output files' lengths at the epoch resumed from (written by worker 0's sinks).
+    let resume = match &ckpt {
+        Some(c) if c.epoch().is_some() && args.cluster.process == 0 => {
+            let mut lengths = std::collections::BTreeMap::new();
+            for s in streams().iter().chain(&["dead_letter"]) {
+                let op = operator_name(Role::Sink, s);
+                if let Some(Some(len)) = c.restored::<Option<u64>>(&op, 0)? {
+                    lengths.insert(s.to_string(), len);
+                }
+            }
+            Some(lengths)
+        }
+        _ => None,
+    };
+    let sinks = sinks(&args.output, args.kafka.settings(), resume)?;
+    let ctx = JobContext {
+        stats: stats.clone(),
+        checkpoints: ckpt.clone(),
+        emission: emission(&args),
+    };
+    let guards = timely::execute(config, move |worker| {
+        let (inputs, sinks) = (Arc::clone(&inputs), Arc::clone(&sinks));
+        worker.dataflow::<EventTime, _, _>(|scope| {
+            build(scope, &inputs, &specs, sinks, &ctx);
+        });
+    })
+    .map_err(|e| anyhow::anyhow!("cannot start the workers: {e}"))?;
+    let failures: Vec<String> = guards.join().into_iter().filter_map(Result::err).collect();
+    if !failures.is_empty() {
+        bail!("a worker failed: {}", failures.join("; "));
+    }
+    if let Some(c) = &ckpt {
+        // The last parts (those covering the end of the input) are on the writer's queue.
+        c.finish();
+    }
+    eprintln!(
+        "speed-layer finished (process {}):\n{}",
+        args.cluster.process,
+        stats.summary().trim_end()
+    );
+    if let Some(c) = &ckpt {
+        eprintln!("  {}", c.summary());
+    }
+    Ok(())
+}

@@ -1,0 +1,69 @@
+//! What every operator of a job gets: the run's counters, the checkpoint store with the
+//! operator's stable name in it, and the emission settings — one value instead of arguments
+//! threaded by hand. Checkpoint operator names are made here and only here.
+
+use std::sync::Arc;
+
+use crate::checkpoint::{Checkpoints, Handle};
+use crate::stats::RunStats;
+use crate::window::Emission;
+
+/// The shared plumbing of one job (one process), cloned into every operator it builds.
+#[derive(Clone)]
+pub struct JobContext {
+    /// Counters, partition status and latest results, read by `/metrics`, `/status` and the
+    /// summary.
+    pub stats: RunStats,
+    /// The checkpoint store, when the job checkpoints.
+    pub checkpoints: Option<Arc<Checkpoints>>,
+    /// When window operators emit beyond final results.
+    pub emission: Emission,
+}
+
+/// What an operator does, the first half of its name in the checkpoint layout.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Role {
+    /// Reads one input topic of a market (named after the market).
+    Source,
+    /// Aggregates one output stream in windows (named after the stream).
+    Window,
+    /// Writes one output stream, or the dead letters.
+    Sink,
+}
+
+/// The operator's stable name in the checkpoint layout: `source-<market>`, `window-<stream>`,
+/// `sink-<stream>`.
+pub fn operator_name(role: Role, name: &str) -> String {
+    let role = match role {
+        Role::Source => "source",
+        Role::Window => "window",
+        Role::Sink => "sink",
+    };
+    format!("{role}-{name}")
+}
+
+/// One operator's share of the [`JobContext`].
+#[derive(Clone)]
+pub struct OperatorContext {
+    /// The job's counters.
+    pub stats: RunStats,
+    /// Where the operator saves its state, when the job checkpoints.
+    pub ckpt: Option<Handle>,
+    /// When window operators emit beyond final results.
+    pub emission: Emission,
+}
+
+impl JobContext {
+    /// The context of the operator `role` for `name` (a market for sources, a stream for
+    /// windows and sinks).
+    pub fn operator(&self, role: Role, name: &str) -> OperatorContext {
+        OperatorContext {
+            stats: self.stats.clone(),
+            ckpt: self.checkpoints.clone().map(|store| Handle {
+                store,
+                op: operator_name(role, name),
+            }),
+            emission: self.emission,
+        }
+    }
+}

@@ -1,0 +1,158 @@
+//! How the process lives and ends: signals and the graceful stop, the stop flag the sources
+//! read, fatal errors inside a running dataflow, and the guard that keeps a panic on one input
+//! from ending the job.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use crate::checkpoint::Checkpoints;
+use crate::time::EventTime;
+
+/// Set on SIGINT/SIGTERM when checkpointing: sources stop reading so the job can settle on a
+/// complete checkpoint before the process exits.
+static STOP: AtomicBool = AtomicBool::new(false);
+
+/// Asks the sources to stop reading (graceful stop).
+pub fn request_stop() {
+    STOP.store(true, Ordering::SeqCst);
+}
+
+/// Whether a graceful stop was requested.
+pub fn stopping() -> bool {
+    STOP.load(Ordering::Relaxed)
+}
+
+/// Taken by every sink write and by [`stop_on_signal`] before it ends the process.
+static WRITING: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+/// Holds off [`stop_on_signal`]'s exit while an output is being written, so a stop never cuts
+/// an output line in half.
+pub fn writing() -> std::sync::MutexGuard<'static, ()> {
+    WRITING.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// On SIGINT or SIGTERM: wait for any sink write in progress, run `on_stop` (print the summary),
+/// and exit 0. Outputs hold every window finalised so far; open windows are not emitted (they
+/// are not final). With checkpoints, the sources first stop reading and the job settles: every
+/// operator saves the latest epoch the watermark passed (waiting at most `timeout`), so a
+/// restart resumes exactly where this run stopped. A second signal ends the process at once.
+pub fn stop_on_signal(
+    on_stop: impl FnOnce() + Send + 'static,
+    ckpt: Option<std::sync::Arc<Checkpoints>>,
+    timeout: std::time::Duration,
+) -> anyhow::Result<()> {
+    use std::sync::Arc;
+    use std::time::{Duration, Instant};
+    let stop = Arc::new(AtomicBool::new(false));
+    for sig in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
+        signal_hook::flag::register_conditional_shutdown(sig, 1, Arc::clone(&stop))?;
+        signal_hook::flag::register(sig, Arc::clone(&stop))?;
+    }
+    std::thread::spawn(move || {
+        while !stop.load(Ordering::Relaxed) {
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        tracing::info!("stopping on a signal");
+        if let Some(c) = &ckpt {
+            request_stop();
+            // Settled, and still settled a moment later (other processes' sources may still
+            // have been reading when the signal came).
+            let began = Instant::now();
+            let mut settled_since: Option<Instant> = None;
+            while began.elapsed() < timeout {
+                if c.settled() {
+                    let since = *settled_since.get_or_insert_with(Instant::now);
+                    if since.elapsed() >= Duration::from_millis(300) {
+                        break;
+                    }
+                } else {
+                    settled_since = None;
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            if c.settled() {
+                if let Err(e) = c.commit() {
+                    tracing::warn!("cannot record the committed checkpoint: {e:#}");
+                }
+                match c.stop_epoch() {
+                    Some(EventTime::MAX) => eprintln!(
+                        "speed-layer: checkpoint complete at the end of the input; a restart has nothing left to do"
+                    ),
+                    Some(e) => eprintln!(
+                        "speed-layer: checkpoint complete at {}; a restart resumes where this run stopped",
+                        crate::time::format_ms(e)
+                    ),
+                    None => eprintln!(
+                        "speed-layer: checkpoint complete: nothing had reached the first checkpoint epoch yet, \
+                         so a restart starts from the beginning"
+                    ),
+                }
+            } else {
+                tracing::warn!(
+                    "the last checkpoint did not complete within {}; a restart resumes from the one before",
+                    humantime::format_duration(timeout)
+                );
+            }
+        }
+        let _writing = writing();
+        on_stop();
+        let _ = std::io::Write::flush(&mut std::io::stdout());
+        std::process::exit(0);
+    });
+    Ok(())
+}
+
+/// Reports an unrecoverable error inside a running dataflow and ends the process with status 1.
+///
+/// Used where a worker cannot continue (an output cannot be written, an input cannot be read):
+/// stopping is the only way not to emit windows computed from incomplete data.
+pub fn fatal(msg: &str) -> ! {
+    use std::io::Write;
+    let _ = std::io::stdout().flush();
+    eprintln!("error: {msg}");
+    std::process::exit(1);
+}
+
+thread_local! {
+    /// Set while [`contain`] runs a closure on this thread: a panic there is caught, not fatal.
+    static CONTAINED: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+/// Runs `f`, turning a panic inside it into `Err(message)` instead of ending the process.
+///
+/// The last line of defence around code that handles one untrusted input (a decoder on one
+/// message): a bug there costs that input, which is dead-lettered, not the job — a crash would
+/// be restarted from the checkpoint onto the same input, forever. Every other panic ends the
+/// process (see [`panic_is_contained`]).
+pub fn contain<R>(f: impl FnOnce() -> R) -> Result<R, String> {
+    let was = CONTAINED.with(|c| c.replace(true));
+    let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(f));
+    CONTAINED.with(|c| c.set(was));
+    result.map_err(|payload| {
+        let msg = payload
+            .downcast_ref::<&str>()
+            .map(|s| s.to_string())
+            .or_else(|| payload.downcast_ref::<String>().cloned())
+            .unwrap_or_else(|| "unknown panic".to_string());
+        format!("the decoder failed on this message: {msg}")
+    })
+}
+
+/// Whether a panic on this thread happens inside [`contain`], for the process's panic hook:
+/// such a panic is caught and reported as a dead letter, so the hook must not end the process.
+pub fn panic_is_contained() -> bool {
+    CONTAINED.with(|c| c.get())
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn a_contained_panic_is_an_error_not_the_end_of_the_process() {
+        assert_eq!(super::contain(|| 5), Ok(5));
+        let err = super::contain(|| -> u32 { panic!("index out of bounds") }).unwrap_err();
+        assert!(err.contains("index out of bounds"), "{err}");
+        assert!(
+            !super::panic_is_contained(),
+            "the guard is off again afterwards"
+        );
+    }
+}
