@@ -284,7 +284,7 @@ fn emission(args: &RunArgs) -> Emission {
     ];
     let updates = active
         .iter()
-        .any(|(on, e)| *on && e.unwrap_or(o.emit).wants(crate::window::Kind::Update));
+        .any(|(on, e)| *on && e.unwrap_or(o.emit).wants(crate::result::Kind::Update));
     Emission {
         trigger: updates.then_some(args.window.trigger),
     }

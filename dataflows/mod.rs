@@ -19,10 +19,10 @@ use std::sync::Arc;
 use timely::dataflow::{Scope, StreamVec};
 
 use crate::context::JobContext;
+use crate::result::{DeadLetter, ResultLine};
 use crate::source::generated::GeneratedTopic;
 use crate::source::ReaderFactory;
 use crate::time::{EventTime, WindowSpec};
-use crate::window::ResultLine;
 
 pub use job::{run, RunArgs};
 
@@ -56,7 +56,7 @@ pub struct Outputs<'s> {
     /// One stream of results per output stream the market declares.
     pub results: Vec<(&'static str, StreamVec<'s, EventTime, ResultLine>)>,
     /// Malformed and late records of every input topic of the market.
-    pub dead: StreamVec<'s, EventTime, String>,
+    pub dead: StreamVec<'s, EventTime, DeadLetter>,
 }
 
 /// A market: what it reads, what it writes, how it simulates its feed, and how its dataflow is

@@ -45,7 +45,7 @@ const JOB_FORMAT: &str = "speed-layer-checkpoint";
 pub struct Handle {
     /// The process's checkpoint store.
     pub store: Arc<Checkpoints>,
-    /// The operator's name in the checkpoint layout (`source-binance`, `window-binance`, ...).
+    /// The operator's name in the checkpoint layout (`source-<market>`, `window-<stream>`, ...; see [`crate::context::operator_name`]).
     pub op: String,
 }
 

@@ -60,7 +60,7 @@ pub fn parse_input(s: &str) -> Result<(String, String), String> {
     match s.split_once('=') {
         Some((t, p)) if !t.is_empty() && !p.is_empty() => Ok((t.to_string(), p.to_string())),
         _ => Err(format!(
-            "expected TOPIC=PATH (for example binance=klines.jsonl), got '{s}'"
+            "expected TOPIC=PATH (for example trades=trades.jsonl), got '{s}'"
         )),
     }
 }

@@ -14,9 +14,9 @@ use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{BaseProducer, BaseRecord, DeliveryResult, Producer, ProducerContext};
 use rdkafka::{ClientConfig, ClientContext, Message, Offset, TopicPartitionList};
 
+use crate::result::{DeadLetter, ResultLine};
 use crate::sink::ResultSink;
 use crate::time::EventTime;
-use crate::window::ResultLine;
 
 /// How long admin and metadata requests wait for the brokers.
 pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
@@ -332,39 +332,39 @@ impl ResultSink for KafkaSink {
         for l in lines {
             let headers = OwnedHeaders::new().insert(Header {
                 key: "stream",
-                value: Some(l.stream.as_str()),
+                value: Some(l.stream.as_ref()),
             });
             send(
                 &self.producer,
                 BaseRecord::to(topic)
                     .key(l.row_key.as_str())
-                    .payload(l.json.as_str())
+                    .payload(l.to_json().as_str())
                     .headers(headers),
             )?;
         }
         Ok(())
     }
 
-    fn dead_letters(&mut self, lines: &[String]) -> anyhow::Result<()> {
+    fn dead_letters(&mut self, lines: &[DeadLetter]) -> anyhow::Result<()> {
         let Some(topic) = &self.dead_letter_topic else {
             return Ok(());
         };
         for l in lines {
-            let v: serde_json::Value = serde_json::from_str(l).unwrap_or_default();
-            let reason = v["reason"].as_str().unwrap_or("unknown").to_string();
-            let source = v["topic"].as_str().unwrap_or("").to_string();
             let headers = OwnedHeaders::new()
                 .insert(Header {
                     key: "reason",
-                    value: Some(reason.as_str()),
+                    value: Some(l.reason.as_str()),
                 })
                 .insert(Header {
                     key: "source_topic",
-                    value: Some(source.as_str()),
+                    value: Some(l.topic.as_str()),
                 });
+            let value = l.to_json();
             send(
                 &self.producer,
-                BaseRecord::to(topic).payload(l.as_str()).headers(headers),
+                BaseRecord::to(topic)
+                    .payload(value.as_str())
+                    .headers(headers),
             )?;
         }
         Ok(())

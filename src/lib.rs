@@ -9,6 +9,7 @@ pub mod cli;
 pub mod context;
 pub mod kafka;
 pub mod metrics;
+pub mod result;
 pub mod runtime;
 pub mod session;
 pub mod sink;

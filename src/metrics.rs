@@ -441,13 +441,14 @@ pub fn status(stats: &RunStats, process: usize, started: Instant) -> Value {
             .or_insert_with(|| json!({"results": 0, "open_windows": w, "open_keys": k}));
     }
     let mut latest: Map<String, Value> = Map::new();
-    for ((stream, _), (_, j)) in stats.latest() {
-        let row: Value = serde_json::from_str(&j).unwrap_or(Value::Null);
+    let mut key_columns: Map<String, Value> = Map::new();
+    for ((stream, _), line) in stats.latest() {
+        key_columns.insert(stream.clone(), line.key_column.as_ref().into());
         if let Value::Array(rows) = latest
             .entry(stream)
             .or_insert_with(|| Value::Array(Vec::new()))
         {
-            rows.push(row);
+            rows.push(line.to_json_value());
         }
     }
     let h = stats.latency();
@@ -464,6 +465,7 @@ pub fn status(stats: &RunStats, process: usize, started: Instant) -> Value {
         "emit_latency": {"count": h.count, "p50_seconds": h.quantile(0.5), "p99_seconds": h.quantile(0.99)},
         "memory_bytes": memory_bytes(),
         "latest": latest,
+        "key_columns": key_columns,
     })
 }
 
@@ -512,10 +514,13 @@ mod tests {
         let stats = RunStats::default();
         let mut t = crate::stats::TopicCounts::default();
         t.malformed.insert("wrong \"type\"".into(), 2);
-        stats.absorb("binance", &mut t);
-        stats.record_result("binance", "BTCUSDT", 60_000, "{}", Some(0.002));
+        stats.absorb("t1", &mut t);
+        let line = crate::result::ResultLine::new("s", "key", "K", ("T", "K"), (0, 60_000), vec![]);
+        stats.record_result(&line, Some(0.002));
         let text = prometheus(&stats);
-        assert!(text.contains("speed_layer_malformed_records_total{topic=\"binance\",reason=\"wrong \\\"type\\\"\"} 2"));
+        assert!(text.contains(
+            "speed_layer_malformed_records_total{topic=\"t1\",reason=\"wrong \\\"type\\\"\"} 2"
+        ));
         assert!(text.contains("speed_layer_emit_latency_seconds_bucket{le=\"0.0025\"} 1"));
         assert!(text.contains("speed_layer_emit_latency_seconds_count 1"));
         assert!(text.contains("# TYPE speed_layer_records_out_total counter"));

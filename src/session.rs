@@ -16,8 +16,9 @@ use timely::dataflow::operators::Capability;
 use timely::dataflow::StreamVec;
 
 use crate::context::OperatorContext;
+use crate::result::{Kind, ResultLine};
 use crate::time::{EventTime, Timed, WindowSpec};
-use crate::window::{key_hash, now_us, Gate, Kind, ResultLine, WindowAggregate};
+use crate::window::{key_hash, now_us, Gate, WindowAggregate};
 
 /// One session of one key.
 struct Session<Acc> {

@@ -6,6 +6,7 @@
 //! once, whatever the number of workers or processes.
 
 use std::collections::BTreeMap;
+use std::fmt::Write as _;
 use std::fs::File;
 use std::io::{BufWriter, Write};
 use std::path::{Path, PathBuf};
@@ -20,15 +21,15 @@ use timely::dataflow::StreamVec;
 
 use crate::checkpoint::Handle;
 use crate::context::{JobContext, Role};
+use crate::result::{Cell, DeadLetter, Kind, ResultLine};
 use crate::time::{format_ms, EventTime};
-use crate::window::{Kind, ResultLine};
 
 /// A destination for final window results.
 pub trait ResultSink {
     /// Writes the results of windows ending at `window_end`, sorted by (stream, key).
     fn write(&mut self, window_end: EventTime, lines: &[ResultLine]) -> anyhow::Result<()>;
     /// Writes dead-letter lines (JSON objects).
-    fn dead_letters(&mut self, _lines: &[String]) -> anyhow::Result<()> {
+    fn dead_letters(&mut self, _lines: &[DeadLetter]) -> anyhow::Result<()> {
         Ok(())
     }
     /// Makes everything written so far durable or visible.
@@ -172,7 +173,7 @@ fn write_settled<X>(
 /// records its file's length at every checkpoint epoch (`sink-<stream>`, `sink-dead_letter`).
 pub fn write_all<'s>(
     results: Vec<(&'static str, StreamVec<'s, EventTime, ResultLine>)>,
-    dead: StreamVec<'s, EventTime, String>,
+    dead: StreamVec<'s, EventTime, DeadLetter>,
     factory: SinkFactory,
     ctx: &JobContext,
 ) {
@@ -218,7 +219,7 @@ pub fn write_all<'s>(
                         "writing results",
                     );
                     for l in now.drain(..) {
-                        stats.record_result(&l.stream, &l.key, l.window_end, &l.json, None);
+                        stats.record_result(&l, None);
                     }
                 }
                 let lim = frontier
@@ -245,7 +246,7 @@ pub fn write_all<'s>(
                         stats.add_results(&l.stream, 1);
                         let latency = (l.kind == Kind::Final)
                             .then(|| now_us.saturating_sub(l.final_at_us) as f64 / 1e6);
-                        stats.record_result(&l.stream, &l.key, l.window_end, &l.json, latency);
+                        stats.record_result(l, latency);
                     }
                 };
                 let len = || {
@@ -267,9 +268,9 @@ pub fn write_all<'s>(
     }
     let ckpt = handle("dead_letter");
     let mut next = first_epoch(&ckpt);
-    let mut pending: BTreeMap<EventTime, Vec<String>> = BTreeMap::new();
+    let mut pending: BTreeMap<EventTime, Vec<DeadLetter>> = BTreeMap::new();
     dead.sink(
-        Exchange::new(|_: &String| 0),
+        Exchange::new(|_: &DeadLetter| 0),
         "DeadLetterSink",
         move |(input, frontier)| {
             input.for_each_stamp(|cap, data| {
@@ -284,7 +285,7 @@ pub fn write_all<'s>(
                 .first()
                 .copied()
                 .unwrap_or(EventTime::MAX);
-            let write = |_, lines: Vec<String>| {
+            let write = |_, lines: Vec<DeadLetter>| {
                 with_sinks(
                     &shared,
                     &factory,
@@ -387,16 +388,16 @@ impl ResultSink for JsonlSink {
     fn write(&mut self, _window_end: EventTime, lines: &[ResultLine]) -> anyhow::Result<()> {
         for l in lines {
             let f = self.file(&l.stream)?;
-            f.write_all(l.json.as_bytes())?;
+            f.write_all(l.to_json().as_bytes())?;
             f.write_all(b"\n")?;
         }
         Ok(())
     }
 
-    fn dead_letters(&mut self, lines: &[String]) -> anyhow::Result<()> {
+    fn dead_letters(&mut self, lines: &[DeadLetter]) -> anyhow::Result<()> {
         let f = self.file("dead_letter")?;
         for l in lines {
-            f.write_all(l.as_bytes())?;
+            f.write_all(l.to_json().as_bytes())?;
             f.write_all(b"\n")?;
         }
         Ok(())
@@ -469,61 +470,56 @@ fn render_table(
     end: EventTime,
     lines: &[ResultLine],
 ) {
-    let rows: Vec<serde_json::Map<String, serde_json::Value>> = lines
-        .iter()
-        .filter_map(|l| serde_json::from_str(&l.json).ok())
-        .collect();
-    let Some(first) = rows.first() else { return };
-    let cols: Vec<&String> = first.keys().filter(|k| !k.starts_with("window_")).collect();
-    let cells: Vec<Vec<String>> = rows
-        .iter()
-        .map(|r| cols.iter().map(|c| cell(r.get(*c))).collect())
-        .collect();
-    let widths: Vec<usize> = cols
-        .iter()
-        .enumerate()
-        .map(|(i, c)| {
-            cells
-                .iter()
-                .map(|r| r[i].chars().count())
-                .chain([c.len()])
-                .max()
-                .unwrap_or(0)
-        })
-        .collect();
-    let rule: String = widths
-        .iter()
-        .map(|w| format!("+{}", "-".repeat(w + 2)))
-        .collect::<String>()
-        + "+\n";
-    out.push_str(&format!(
-        "\n{stream} · window {} → {} · {} row{}\n",
+    let Some(first) = lines.first() else { return };
+    let corrected = lines.iter().any(|l| l.replaces.is_some());
+    let mut table = comfy_table::Table::new();
+    table.load_preset(TABLE_STYLE);
+    let mut header: Vec<&str> = vec![&first.key_column];
+    header.extend(first.columns.iter().map(|(n, _)| n.as_ref()));
+    header.extend(["kind", "revision"]);
+    if corrected {
+        header.push("replaces");
+    }
+    // Names left, numbers right.
+    table.set_header(
+        header
+            .into_iter()
+            .map(|h| comfy_table::Cell::new(h).set_alignment(comfy_table::CellAlignment::Left)),
+    );
+    for l in lines {
+        let mut row = vec![crate::text::printable(&l.key, 20).into_owned()];
+        row.extend(l.columns.iter().map(|(_, c)| cell(c)));
+        row.extend([l.kind.as_str().to_string(), l.revision.to_string()]);
+        if corrected {
+            row.push(l.replaces.map_or(String::new(), |r| r.to_string()));
+        }
+        table.add_row(row);
+    }
+    for column in table.column_iter_mut().skip(1) {
+        column.set_cell_alignment(comfy_table::CellAlignment::Right);
+    }
+    let _ = write!(
+        out,
+        "\n{stream} · window {} → {} · {} row{}\n{table}\n",
         format_ms(start),
         format_ms(end),
-        rows.len(),
-        if rows.len() == 1 { "" } else { "s" }
-    ));
-    out.push_str(&rule);
-    for (i, c) in cols.iter().enumerate() {
-        out.push_str(&format!("| {:<w$} ", c, w = widths[i]));
-    }
-    out.push_str("|\n");
-    out.push_str(&rule);
-    for r in &cells {
-        for (i, v) in r.iter().enumerate() {
-            out.push_str(&format!("| {:>w$} ", v, w = widths[i]));
-        }
-        out.push_str("|\n");
-    }
-    out.push_str(&rule);
+        lines.len(),
+        if lines.len() == 1 { "" } else { "s" }
+    );
 }
 
-fn cell(v: Option<&serde_json::Value>) -> String {
-    match v {
-        None | Some(serde_json::Value::Null) => "null".into(),
-        Some(serde_json::Value::String(s)) => crate::text::printable(s, 20).into_owned(),
-        Some(serde_json::Value::Number(n)) if n.is_f64() => {
-            let x = n.as_f64().unwrap_or(f64::NAN);
+/// ASCII borders, a rule under the header and none between rows (comfy-table's preset format).
+const TABLE_STYLE: &str = "||--+-++|    ++++++";
+
+/// A number as a person reads it: 6 decimals (2 from a million on), trailing zeros dropped,
+/// scientific notation for the very large and very small.
+fn cell(c: &Cell) -> String {
+    match c {
+        Cell::Null => "null".into(),
+        Cell::Text(s) => crate::text::printable(s, 20).into_owned(),
+        Cell::Int(n) => n.to_string(),
+        Cell::Num(x) => {
+            let x = *x;
             if x != 0.0 && (x.abs() >= 1e15 || x.abs() < 1e-4) {
                 format!("{x:.4e}")
             } else {
@@ -535,6 +531,5 @@ fn cell(v: Option<&serde_json::Value>) -> String {
                 s.trim_end_matches('0').trim_end_matches('.').to_string()
             }
         }
-        Some(v) => v.to_string(),
     }
 }

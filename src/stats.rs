@@ -3,6 +3,8 @@
 //! the shared lock is off the per-record path.
 
 use std::collections::BTreeMap;
+
+use crate::result::ResultLine;
 use std::fmt::Write as _;
 use std::sync::{Arc, Mutex};
 
@@ -66,7 +68,7 @@ struct StatsInner {
     open: BTreeMap<(String, usize), (u64, u64)>,
     latency: Histogram,
     /// The latest final result per (stream, key).
-    latest: BTreeMap<(String, String), (u64, String)>,
+    latest: BTreeMap<(String, String), ResultLine>,
 }
 
 /// Upper bounds (seconds) of the emit-latency histogram buckets.
@@ -202,21 +204,14 @@ impl RunStats {
 
     /// Records a written result: the latest value for its key and, for a final result, its
     /// emit latency.
-    pub fn record_result(
-        &self,
-        stream: &str,
-        key: &str,
-        window_end: u64,
-        json: &str,
-        latency_secs: Option<f64>,
-    ) {
+    pub fn record_result(&self, line: &ResultLine, latency_secs: Option<f64>) {
         let mut inner = self.lock();
         if let Some(l) = latency_secs {
             inner.latency.observe(l);
         }
-        let k = (stream.to_string(), key.to_string());
+        let k = (line.stream.to_string(), line.key.clone());
         if inner.latest.len() < LATEST_MAX || inner.latest.contains_key(&k) {
-            inner.latest.insert(k, (window_end, json.to_string()));
+            inner.latest.insert(k, line.clone());
         }
     }
 
@@ -225,8 +220,8 @@ impl RunStats {
         self.lock().latency.clone()
     }
 
-    /// The latest final result per (stream, key): (window end, JSON).
-    pub fn latest(&self) -> BTreeMap<(String, String), (u64, String)> {
+    /// The latest final result per (stream, key).
+    pub fn latest(&self) -> BTreeMap<(String, String), ResultLine> {
         self.lock().latest.clone()
     }
 

@@ -235,7 +235,7 @@ mod tests {
     #[test]
     fn run_arguments_need_a_checkpoint_and_no_cluster_flags() {
         let parse = |a: &[&str]| T::try_parse_from(a).map(|t| check(&t.c));
-        let e = parse(&["x", "-n", "2", "--", "--input", "binance=f"])
+        let e = parse(&["x", "-n", "2", "--", "--input", "trades=f"])
             .unwrap()
             .unwrap_err();
         assert!(e.to_string().contains("give --checkpoint DIR"), "{e}");

@@ -50,7 +50,7 @@ mod tests {
 
     #[test]
     fn escapes_terminal_controls_and_cuts_by_characters() {
-        assert_eq!(escaped("BTCUSDT"), "BTCUSDT");
+        assert_eq!(escaped("KEY-1"), "KEY-1");
         assert_eq!(escaped("a\u{1b}[31mred\n"), "a\\u{1b}[31mred\\n");
         assert_eq!(escaped("x\u{202e}y\u{9b}"), "x\\u{202e}y\\u{9b}");
         let s = format!("a{}", "Ä".repeat(18));

@@ -7,10 +7,8 @@
 //! `window_end`, and its state is dropped, so memory is bounded by the open windows.
 
 use std::collections::{BTreeMap, HashMap};
-use std::fmt::Write as _;
 use std::hash::{Hash, Hasher};
 
-use serde::{Deserialize, Serialize};
 use timely::dataflow::channels::pact::{Exchange, Pipeline};
 use timely::dataflow::operators::generic::Operator;
 use timely::dataflow::operators::Capability;
@@ -18,6 +16,7 @@ use timely::dataflow::StreamVec;
 use timely::ExchangeData;
 
 use crate::context::OperatorContext;
+use crate::result::{Kind, ResultLine};
 use crate::time::{EventTime, Timed, WindowSpec};
 
 /// Wall-clock microseconds since the epoch.
@@ -25,56 +24,6 @@ pub fn now_us() -> u64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_micros() as u64)
-}
-
-/// One final window result, rendered for the sinks.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct ResultLine {
-    /// Output stream name (`binance`, `polymarket_books`, …): the file name and table title.
-    pub stream: String,
-    /// Window start (ms).
-    pub window_start: EventTime,
-    /// Window end (ms, exclusive).
-    pub window_end: EventTime,
-    /// The grouping key (symbol, market id).
-    pub key: String,
-    /// The serving-layer row key (`TYPE#ID#reverse-end`), used as the Kafka message key.
-    pub row_key: String,
-    /// The result as one JSON object.
-    pub json: String,
-    /// Wall-clock time (µs since the epoch) at which the watermark passed the window end, as the
-    /// window operator saw it: the start of the emit latency (final results only).
-    pub final_at_us: u64,
-    /// Update, final or correction.
-    pub kind: Kind,
-    /// Revision of this (window, key): 1 for the first result, one more for each later one.
-    pub revision: u32,
-}
-
-impl ResultLine {
-    /// A result for `key`, whose serving-layer row key is `KIND#row_id#reverse-end`, with the
-    /// metrics serialized from `out` (whose fields include the window bounds and the key).
-    pub fn new(
-        stream: &str,
-        kind: &str,
-        key: &str,
-        row_id: &str,
-        window: (EventTime, EventTime),
-        out: &impl Serialize,
-    ) -> Self {
-        ResultLine {
-            stream: stream.to_string(),
-            window_start: window.0,
-            window_end: window.1,
-            key: key.to_string(),
-            row_key: row_key(kind, row_id, window.1),
-            // Result structs hold only numbers, strings and options: serializing cannot fail.
-            json: serde_json::to_string(out).unwrap(),
-            final_at_us: 0,
-            kind: Kind::Final,
-            revision: 1,
-        }
-    }
 }
 
 /// A window metric definition: how records of one stream aggregate per key and window.
@@ -137,41 +86,6 @@ pub fn stable_hash<T: Hash>(t: &T) -> u64 {
     h.finish()
 }
 
-/// What a window result is.
-#[derive(
-    Clone,
-    Copy,
-    Debug,
-    PartialEq,
-    Eq,
-    Hash,
-    PartialOrd,
-    Ord,
-    Serialize,
-    Deserialize,
-    clap::ValueEnum,
-)]
-#[serde(rename_all = "lowercase")]
-pub enum Kind {
-    /// The running aggregate of a window that is still open (every `--trigger`).
-    Update,
-    /// The result once the watermark reaches the window's end; exactly once per window and key.
-    Final,
-    /// A final result corrected by a record that arrived within the allowed lateness.
-    Correction,
-}
-
-impl Kind {
-    /// The name written in outputs.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Kind::Update => "update",
-            Kind::Final => "final",
-            Kind::Correction => "correction",
-        }
-    }
-}
-
 /// When a window operator emits beyond final results.
 #[derive(Clone, Copy, Debug, Default)]
 pub struct Emission {
@@ -199,27 +113,6 @@ type Partial<A> = (EventTime, String, <A as WindowAggregate>::Acc);
 
 /// Corrections waiting for their window's final result, with the capability to emit them.
 type Pending<Acc> = BTreeMap<EventTime, Vec<(Capability<EventTime>, String, Acc)>>;
-
-impl ResultLine {
-    /// Adds the result's kind and revision (and the revision a correction replaces) to it.
-    pub fn tagged(mut self, kind: Kind, revision: u32, replaces: Option<u32>) -> Self {
-        self.kind = kind;
-        self.revision = revision;
-        if self.json.ends_with('}') {
-            self.json.pop();
-            let _ = write!(
-                self.json,
-                ",\"kind\":\"{}\",\"revision\":{revision}",
-                kind.as_str()
-            );
-            if let Some(r) = replaces {
-                let _ = write!(self.json, ",\"replaces\":{r}");
-            }
-            self.json.push('}');
-        }
-        self
-    }
-}
 
 /// Aggregates `records` in tumbling windows. A `final` result per (key, window) goes out when
 /// the watermark reaches the window's end, at timely time `window_end - 1`; `update` results of
@@ -661,14 +554,6 @@ pub fn windowed<'s, A: WindowAggregate>(
     }
 }
 
-/// Serving-layer row key: `TYPE#ID#(9999999999999 − window_end)`, newest window first.
-pub fn row_key(kind: &str, id: &str, window_end: EventTime) -> String {
-    format!(
-        "{kind}#{id}#{:013}",
-        9_999_999_999_999u64.saturating_sub(window_end)
-    )
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -691,9 +576,8 @@ mod tests {
             *acc = (acc.0 + o.0, acc.1 + o.1);
         }
         fn finish(key: &str, start: EventTime, end: EventTime, a: &(u64, f64)) -> ResultLine {
-            let out =
-                serde_json::json!({"window_start": start, "key": key, "ticks": a.0, "sum": a.1});
-            ResultLine::new(Self::STREAM, "T", key, key, (start, end), &out)
+            let columns = vec![("ticks", a.0.into()), ("sum", Some(a.1).into())];
+            ResultLine::new(Self::STREAM, "key", key, ("T", key), (start, end), columns)
         }
     }
 
@@ -708,14 +592,6 @@ mod tests {
             },
             rec: (key.to_string(), v),
         }
-    }
-
-    #[test]
-    fn row_keys_sort_newest_first() {
-        let a = row_key("T", "K", 120_000);
-        let b = row_key("T", "K", 60_000);
-        assert_eq!(a, "T#K#9999999879999");
-        assert!(a < b);
     }
 
     /// Drives the window operator with controlled inputs and frontier steps: with a zero trigger
@@ -768,8 +644,11 @@ mod tests {
             })
             .flatten()
             .map(|l| {
-                let v: serde_json::Value = serde_json::from_str(&l.json).unwrap();
-                (l.kind, l.revision, v["ticks"].to_string())
+                let ticks = match l.get("ticks") {
+                    Some(crate::result::Cell::Int(n)) => n.to_string(),
+                    other => format!("{other:?}"),
+                };
+                (l.kind, l.revision, ticks)
             })
             .collect();
         got.sort_by_key(|g| g.1);

@@ -11,10 +11,11 @@ use speed_layer::dataflows::binance::{KlineAcc, KlineDecoder, KlineMetrics};
 use speed_layer::dataflows::polymarket::{
     Book, BookAcc, BookMetrics, Event, FrameDecoder, Trade, TradeAcc, TradeMetrics,
 };
+use speed_layer::result::ResultLine;
 use speed_layer::sink::{ConsoleSink, JsonlSink, ResultSink};
 use speed_layer::source::{Decoded, Decoder};
 use speed_layer::time::{PartitionClock, Position, Timed, Timeliness, WindowSpec, MAX_EVENT_TIME};
-use speed_layer::window::{ResultLine, WindowAggregate};
+use speed_layer::window::WindowAggregate;
 
 /// Numbers at the edges: zeros, extremes, subnormals, 64-bit limits, the values producers get
 /// wrong (µs and ns times).
@@ -196,7 +197,7 @@ fn check_sinks(lines: &[ResultLine]) {
         "{table:?}"
     );
     let dir = tempfile::tempdir().unwrap();
-    let streams: Vec<&str> = lines.iter().map(|l| l.stream.as_str()).collect();
+    let streams: Vec<&str> = lines.iter().map(|l| l.stream.as_ref()).collect();
     let mut sink = JsonlSink::create(dir.path(), &streams).unwrap();
     sink.write(end, lines).unwrap();
     sink.flush().unwrap();

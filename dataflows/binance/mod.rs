@@ -13,9 +13,10 @@ use serde_json::value::RawValue;
 
 use crate::aggregate::{Latest, NumStats};
 use crate::context::{JobContext, Role};
+use crate::result::ResultLine;
 use crate::source::{source, Decoded, Decoder};
 use crate::time::{EventTime, Timed, WindowSpec};
-use crate::window::{windowed, ResultLine, WindowAggregate};
+use crate::window::{windowed, WindowAggregate};
 
 use super::{json, Input, Market, Outputs, TopicSpec};
 
@@ -242,23 +243,6 @@ pub struct KlineAcc {
     current: Latest<(Option<f64>, Option<f64>)>,
 }
 
-/// One `binance` output line.
-#[derive(Serialize)]
-struct KlineWindow<'a> {
-    window_start: EventTime,
-    window_end: EventTime,
-    symbol: &'a str,
-    current_price: Option<f64>,
-    current_sentiment: Option<f64>,
-    avg_price: Option<f64>,
-    min_price: Option<f64>,
-    max_price: Option<f64>,
-    volatility: Option<f64>,
-    total_usdt_volume: Option<f64>,
-    avg_sentiment: Option<f64>,
-    ticks: u64,
-}
-
 /// The `binance` window metrics.
 pub struct KlineMetrics;
 
@@ -295,27 +279,23 @@ impl WindowAggregate for KlineMetrics {
         a: &KlineAcc,
     ) -> ResultLine {
         let (current_price, current_sentiment) = a.current.get().copied().unwrap_or((None, None));
-        let out = KlineWindow {
-            window_start,
-            window_end,
-            symbol: key,
-            current_price,
-            current_sentiment,
-            avg_price: a.price.avg(),
-            min_price: a.price.min(),
-            max_price: a.price.max(),
-            volatility: a.price.stddev_samp(),
-            total_usdt_volume: a.usdt_volume.sum(),
-            avg_sentiment: a.sentiment.avg(),
-            ticks: a.ticks,
-        };
         ResultLine::new(
             Self::STREAM,
-            "BIN",
+            "symbol",
             key,
-            key,
+            ("BIN", key),
             (window_start, window_end),
-            &out,
+            vec![
+                ("current_price", current_price.into()),
+                ("current_sentiment", current_sentiment.into()),
+                ("avg_price", a.price.avg().into()),
+                ("min_price", a.price.min().into()),
+                ("max_price", a.price.max().into()),
+                ("volatility", a.price.stddev_samp().into()),
+                ("total_usdt_volume", a.usdt_volume.sum().into()),
+                ("avg_sentiment", a.sentiment.avg().into()),
+                ("ticks", a.ticks.into()),
+            ],
         )
     }
 }
@@ -424,7 +404,7 @@ mod tests {
     }
 
     fn result(acc: &KlineAcc) -> serde_json::Value {
-        serde_json::from_str(&KlineMetrics::finish("S", 0, 60_000, acc).json).unwrap()
+        KlineMetrics::finish("S", 0, 60_000, acc).to_json_value()
     }
 
     #[test]

@@ -17,9 +17,10 @@ use timely::dataflow::StreamVec;
 
 use crate::aggregate::{Latest, NumStats};
 use crate::context::{JobContext, Role};
+use crate::result::ResultLine;
 use crate::source::{source, Decoded, Decoder};
 use crate::time::{EventTime, Timed, WindowSpec};
-use crate::window::{windowed, ResultLine, WindowAggregate};
+use crate::window::{windowed, WindowAggregate};
 
 use super::{json, Input, Market, Outputs, TopicSpec};
 
@@ -353,22 +354,6 @@ pub struct BookAcc {
     current: Latest<(Option<f64>, Option<f64>, Option<f64>)>,
 }
 
-#[derive(Serialize)]
-struct BookWindow<'a> {
-    window_start: EventTime,
-    window_end: EventTime,
-    market_id: &'a str,
-    current_prob: Option<f64>,
-    current_spread: Option<f64>,
-    current_imbalance: Option<f64>,
-    avg_prob: Option<f64>,
-    min_prob: Option<f64>,
-    max_prob: Option<f64>,
-    avg_imbalance: Option<f64>,
-    avg_spread: Option<f64>,
-    num_updates: u64,
-}
-
 /// The first 16 characters of a market id, as the serving layer's row keys use.
 fn short_id(market: &str) -> &str {
     market
@@ -414,27 +399,23 @@ impl WindowAggregate for BookMetrics {
     ) -> ResultLine {
         let (current_prob, current_spread, current_imbalance) =
             a.current.get().copied().unwrap_or_default();
-        let out = BookWindow {
-            window_start,
-            window_end,
-            market_id: key,
-            current_prob,
-            current_spread,
-            current_imbalance,
-            avg_prob: a.mid.avg(),
-            min_prob: a.mid.min(),
-            max_prob: a.mid.max(),
-            avg_imbalance: a.imbalance.avg(),
-            avg_spread: a.spread.avg(),
-            num_updates: a.updates,
-        };
         ResultLine::new(
             Self::STREAM,
-            "PB",
+            "market_id",
             key,
-            short_id(key),
+            ("PB", short_id(key)),
             (window_start, window_end),
-            &out,
+            vec![
+                ("current_prob", current_prob.into()),
+                ("current_spread", current_spread.into()),
+                ("current_imbalance", current_imbalance.into()),
+                ("avg_prob", a.mid.avg().into()),
+                ("min_prob", a.mid.min().into()),
+                ("max_prob", a.mid.max().into()),
+                ("avg_imbalance", a.imbalance.avg().into()),
+                ("avg_spread", a.spread.avg().into()),
+                ("num_updates", a.updates.into()),
+            ],
         )
     }
 }
@@ -444,15 +425,6 @@ impl WindowAggregate for BookMetrics {
 pub struct TradeAcc {
     trades: u64,
     shares: NumStats,
-}
-
-#[derive(Serialize)]
-struct TradeWindow<'a> {
-    window_start: EventTime,
-    window_end: EventTime,
-    market_id: &'a str,
-    total_shares_traded: Option<f64>,
-    num_trades: u64,
 }
 
 /// The `polymarket_trades` window metrics.
@@ -483,20 +455,16 @@ impl WindowAggregate for TradeMetrics {
         window_end: EventTime,
         a: &TradeAcc,
     ) -> ResultLine {
-        let out = TradeWindow {
-            window_start,
-            window_end,
-            market_id: key,
-            total_shares_traded: a.shares.sum(),
-            num_trades: a.trades,
-        };
         ResultLine::new(
             Self::STREAM,
-            "PT",
+            "market_id",
             key,
-            short_id(key),
+            ("PT", short_id(key)),
             (window_start, window_end),
-            &out,
+            vec![
+                ("total_shares_traded", a.shares.sum().into()),
+                ("num_trades", a.trades.into()),
+            ],
         )
     }
 }
@@ -674,7 +642,7 @@ mod tests {
         );
         let r = TradeMetrics::finish(M, 0, 60_000, &acc);
         assert_eq!(r.row_key, "PT#0xc48e17e3374200#9999999939999");
-        let v: serde_json::Value = serde_json::from_str(&r.json).unwrap();
+        let v = r.to_json_value();
         assert_eq!(
             (v["market_id"].as_str(), v["num_trades"].as_u64()),
             (Some(M), Some(1))

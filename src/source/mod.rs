@@ -25,6 +25,7 @@ use timely::ExchangeData;
 
 use crate::checkpoint::{self, Entry};
 use crate::context::OperatorContext;
+use crate::result::{DeadLetter, Place, DEAD_LETTER_RAW_MAX};
 use crate::stats::{PartitionStatus, TopicCounts};
 use crate::time::{EventTime, PartitionClock, Position, Timed, Timeliness, WindowSpec};
 
@@ -169,7 +170,7 @@ pub enum Decoded<R> {
     Malformed {
         /// Position within the message.
         index: u32,
-        /// Short, stable reason used for counting (e.g. `missing symbol`).
+        /// Short, stable reason used for counting (e.g. `invalid JSON`).
         reason: Cow<'static, str>,
         /// Details for the dead-letter record (parser message).
         detail: String,
@@ -203,9 +204,6 @@ pub trait Decoder: 'static {
     fn decode(&mut self, value: &[u8], out: &mut Vec<Decoded<Self::Record>>);
 }
 
-/// Longest raw value kept in a dead-letter record.
-pub const DEAD_LETTER_RAW_MAX: usize = 2048;
-
 /// Cuts `s` to at most `max` bytes on a character boundary, marking the cut.
 pub fn cut(s: &str, max: usize) -> String {
     if s.len() <= max {
@@ -218,70 +216,30 @@ pub fn cut(s: &str, max: usize) -> String {
     format!("{}…[{} bytes]", &s[..end], s.len())
 }
 
-/// A dead-letter record as written to `dead_letter.jsonl` (and later to Kafka).
-#[derive(Serialize)]
-struct DeadLetterJson<'a> {
-    topic: &'a str,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    partition: Option<i32>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    offset: Option<u64>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    file: Option<&'a str>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    line: Option<u64>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    stream: Option<&'a str>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    seq: Option<u64>,
-    index: u32,
-    reason: &'a str,
-    #[serde(skip_serializing_if = "str::is_empty")]
-    detail: &'a str,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    event_time: Option<EventTime>,
-    raw: String,
-}
-
-/// Renders one dead-letter line (JSON, no newline).
-#[allow(clippy::too_many_arguments)]
-fn dead_letter_line(
-    topic: &str,
-    origin: &Origin,
-    offset: u64,
-    index: u32,
-    reason: &str,
-    detail: &str,
-    event_time: Option<EventTime>,
-    raw: &str,
-) -> String {
-    let mut d = DeadLetterJson {
-        topic,
-        partition: None,
-        offset: None,
-        file: None,
-        line: None,
-        stream: None,
-        seq: None,
-        index,
-        reason,
-        detail,
-        event_time,
-        raw: cut(raw, DEAD_LETTER_RAW_MAX),
-    };
-    match origin {
-        Origin::Kafka(p) => (d.partition, d.offset) = (Some(*p), Some(offset)),
-        Origin::File(f) => (d.file, d.line) = (Some(f.as_str()), Some(offset)),
-        Origin::Generated(s) => (d.stream, d.seq) = (Some(s.as_str()), Some(offset)),
+impl Origin {
+    /// Where in this partition the message at `offset` was read.
+    fn place(&self, offset: u64) -> Place {
+        match self {
+            Origin::Kafka(p) => Place::Kafka {
+                partition: *p,
+                offset,
+            },
+            Origin::File(f) => Place::File {
+                file: f.clone(),
+                line: offset,
+            },
+            Origin::Generated(s) => Place::Generated {
+                stream: s.clone(),
+                seq: offset,
+            },
+        }
     }
-    // Serializing a struct of strings and integers cannot fail.
-    serde_json::to_string(&d).unwrap()
 }
 
 /// A source's outputs: records stamped at the watermark, and dead-letter lines.
 pub type SourceStreams<'s, R> = (
     StreamVec<'s, EventTime, Timed<R>>,
-    StreamVec<'s, EventTime, String>,
+    StreamVec<'s, EventTime, DeadLetter>,
 );
 
 /// How often a source publishes its partitions' status to the shared stats.
@@ -327,8 +285,10 @@ where
     let (dead_out, dead) = builder.new_output();
     let mut records_out: OutputBuilder<_, timely::container::CapacityContainerBuilder<Vec<_>>> =
         OutputBuilder::from(records_out);
-    let mut dead_out: OutputBuilder<_, timely::container::CapacityContainerBuilder<Vec<String>>> =
-        OutputBuilder::from(dead_out);
+    let mut dead_out: OutputBuilder<
+        _,
+        timely::container::CapacityContainerBuilder<Vec<DeadLetter>>,
+    > = OutputBuilder::from(dead_out);
     let (index, peers) = (scope.index(), scope.peers());
     let topic = topic.to_string();
     let mut decoder = decoder;
@@ -362,7 +322,7 @@ where
         let mut tally = TopicCounts::default();
         let mut decoded = Vec::new();
         let mut pending_records = Vec::new();
-        let mut pending_dead: Vec<String> = Vec::new();
+        let mut pending_dead: Vec<DeadLetter> = Vec::new();
         let mut last_status = std::time::Instant::now() - STATUS_EVERY;
         // Mean message size (bytes) seen so far, for the per-activation budget.
         let mut mean_len: usize = 256;
@@ -427,9 +387,15 @@ where
                             Some(x) => Cow::Borrowed(x),
                             None => String::from_utf8_lossy(value),
                         };
-                        pending_dead.push(dead_letter_line(
-                            &topic, &part.origin, offset, index, reason, detail, time, &raw,
-                        ));
+                        pending_dead.push(DeadLetter {
+                            topic: topic.clone(),
+                            place: part.origin.place(offset),
+                            index,
+                            reason: reason.to_string(),
+                            detail: detail.to_string(),
+                            event_time: time,
+                            raw: cut(&raw, DEAD_LETTER_RAW_MAX),
+                        });
                     };
                     for item in decoded.drain(..) {
                         match item {
