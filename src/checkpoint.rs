@@ -183,14 +183,9 @@ type Writer = (
     std::thread::JoinHandle<()>,
 );
 
-/// 64-bit FNV-1a: detects damaged part bodies.
+/// The checksum of a part body, as its header stores it: detects damaged parts.
 fn fnv(bytes: &[u8]) -> String {
-    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-    for b in bytes {
-        h ^= u64::from(*b);
-        h = h.wrapping_mul(0x0000_0100_0000_01b3);
-    }
-    format!("{h:016x}")
+    format!("{:016x}", crate::hash::fnv1a(bytes))
 }
 
 fn part_name(lo: EventTime, hi: EventTime) -> String {

@@ -48,11 +48,41 @@ pub struct InputArgs {
     #[arg(long = "input", value_name = "TOPIC=PATH", value_parser = parse_input)]
     pub inputs: Vec<(String, String)>,
     /// Where Kafka reading starts.
-    #[arg(long, value_enum, default_value_t = StartFrom::Latest)]
+    #[arg(long, value_parser = start_from_parser(), default_value = "latest")]
     pub start_from: StartFrom,
     /// Stop once every Kafka partition reaches the end offset it had at start-up (a bounded backfill).
     #[arg(long)]
     pub until_end: bool,
+}
+
+/// `--emit` values: the engine's [`Emit`] carries no clap derive, so the names live here.
+fn emit_parser() -> impl clap::builder::TypedValueParser<Value = Emit> {
+    use clap::builder::{PossibleValue, PossibleValuesParser, TypedValueParser};
+    PossibleValuesParser::new([
+        PossibleValue::new("final")
+            .help("Final results and their corrections: each settled value of a window"),
+        PossibleValue::new("updates").help("Only the early `update` results of open windows"),
+        PossibleValue::new("all").help("Updates, finals and corrections"),
+    ])
+    .map(|s| match s.as_str() {
+        "updates" => Emit::Updates,
+        "all" => Emit::All,
+        _ => Emit::Final,
+    })
+}
+
+/// `--start-from` values.
+fn start_from_parser() -> impl clap::builder::TypedValueParser<Value = StartFrom> {
+    use clap::builder::{PossibleValue, PossibleValuesParser, TypedValueParser};
+    PossibleValuesParser::new([
+        PossibleValue::new("earliest").help("The oldest retained offset of each partition"),
+        PossibleValue::new("latest")
+            .help("The end of each partition at start-up (only new messages)"),
+    ])
+    .map(|s| match s.as_str() {
+        "earliest" => StartFrom::Earliest,
+        _ => StartFrom::Latest,
+    })
 }
 
 /// Parses a `TOPIC=PATH` argument.
@@ -183,16 +213,16 @@ pub struct OutputArgs {
     pub dead_letter_topic: Option<String>,
     /// What every sink receives: final (final results and their corrections), updates (early
     /// results of open windows only) or all.
-    #[arg(long, value_enum, default_value_t = Emit::Final)]
+    #[arg(long, value_parser = emit_parser(), default_value = "final")]
     pub emit: Emit,
     /// What the console receives (overrides --emit).
-    #[arg(long, value_enum)]
+    #[arg(long, value_parser = emit_parser())]
     pub emit_console: Option<Emit>,
     /// What the --output files receive (overrides --emit).
-    #[arg(long, value_enum)]
+    #[arg(long, value_parser = emit_parser())]
     pub emit_files: Option<Emit>,
     /// What the Kafka sink receives (overrides --emit).
-    #[arg(long, value_enum)]
+    #[arg(long, value_parser = emit_parser())]
     pub emit_kafka: Option<Emit>,
 }
 

@@ -75,22 +75,6 @@ pub fn serve(
     Ok(bound)
 }
 
-/// Resident memory of this process in bytes (Linux), if known.
-pub fn memory_bytes() -> Option<u64> {
-    proc_status_kb("VmRSS:").map(|kb| kb * 1024)
-}
-
-/// Peak resident memory of this process in bytes (Linux), if known.
-pub fn peak_memory_bytes() -> Option<u64> {
-    proc_status_kb("VmHWM:").map(|kb| kb * 1024)
-}
-
-fn proc_status_kb(field: &str) -> Option<u64> {
-    let status = std::fs::read_to_string("/proc/self/status").ok()?;
-    let line = status.lines().find(|l| l.starts_with(field))?;
-    line.split_whitespace().nth(1)?.parse().ok()
-}
-
 fn label(v: &str) -> String {
     v.replace('\\', "\\\\")
         .replace('"', "\\\"")
@@ -322,7 +306,7 @@ pub fn prometheus(stats: &RunStats) -> String {
     );
     let _ = writeln!(o, "speed_layer_emit_latency_seconds_sum {}", h.sum);
     let _ = writeln!(o, "speed_layer_emit_latency_seconds_count {}", h.count);
-    if let Some(m) = memory_bytes() {
+    if let Some(m) = crate::stats::memory_bytes() {
         family(
             &mut o,
             "process_resident_memory_bytes",
@@ -463,7 +447,7 @@ pub fn status(stats: &RunStats, process: usize, started: Instant) -> Value {
         "holding_back": holding,
         "outputs": outputs,
         "emit_latency": {"count": h.count, "p50_seconds": h.quantile(0.5), "p99_seconds": h.quantile(0.99)},
-        "memory_bytes": memory_bytes(),
+        "memory_bytes": crate::stats::memory_bytes(),
         "latest": latest,
         "key_columns": key_columns,
     })

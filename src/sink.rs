@@ -42,7 +42,7 @@ pub trait ResultSink {
 }
 
 /// What a sink receives (`--emit`, `--emit-console`, `--emit-files`, `--emit-kafka`).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Emit {
     /// Final results and their corrections: each settled value of a window.
     Final,

@@ -345,9 +345,25 @@ impl RunStats {
                 h.count
             );
         }
-        if let Some(peak) = crate::metrics::peak_memory_bytes() {
+        if let Some(peak) = peak_memory_bytes() {
             let _ = writeln!(s, "  peak memory: {:.1} MiB", peak as f64 / 1048576.0);
         }
         s
     }
+}
+
+/// Resident memory of this process in bytes (Linux), if known.
+pub fn memory_bytes() -> Option<u64> {
+    proc_status_kb("VmRSS:").map(|kb| kb * 1024)
+}
+
+/// Peak resident memory of this process in bytes (Linux), if known.
+pub fn peak_memory_bytes() -> Option<u64> {
+    proc_status_kb("VmHWM:").map(|kb| kb * 1024)
+}
+
+fn proc_status_kb(field: &str) -> Option<u64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with(field))?;
+    line.split_whitespace().nth(1)?.parse().ok()
 }

@@ -27,7 +27,7 @@ const IDLE_BACKSTOP_MS: u64 = 20;
 const METADATA_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Where a run starts reading.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum StartFrom {
     /// The oldest retained offset of each partition.
     Earliest,

@@ -10,15 +10,12 @@
 
 use std::collections::HashMap;
 
-use timely::dataflow::channels::pact::Exchange;
-use timely::dataflow::operators::generic::Operator;
 use timely::dataflow::operators::Capability;
-use timely::dataflow::StreamVec;
 
-use crate::context::OperatorContext;
+use super::{now_us, WindowAggregate, WindowState};
+use crate::hash::key_hash;
 use crate::result::{Kind, ResultLine};
 use crate::time::{EventTime, Timed, WindowSpec};
-use crate::window::{key_hash, now_us, Gate, WindowAggregate};
 
 /// One session of one key.
 struct Session<Acc> {
@@ -42,20 +39,25 @@ impl<Acc> Session<Acc> {
 }
 
 /// The sessions of every key on one worker, with the corrections waiting for their session's end.
-struct State<A: WindowAggregate> {
+pub(super) struct Sessions<A: WindowAggregate> {
+    spec: WindowSpec,
     keys: HashMap<String, Vec<Session<A::Acc>>>,
     pending: Vec<(Capability<EventTime>, Timed<A::Record>)>,
     gap: u64,
 }
 
-impl<A: WindowAggregate> State<A> {
+impl<A: WindowAggregate> Sessions<A> {
+    pub(super) fn new(spec: WindowSpec) -> Self {
+        Self {
+            spec,
+            keys: HashMap::new(),
+            pending: Vec::new(),
+            gap: spec.session_gap_ms.unwrap_or(spec.size_ms),
+        }
+    }
     /// Adds records stamped at `cap`'s time; those stamped at or after their session's end are
     /// corrections, applied once the watermark reaches it.
-    fn apply(
-        &mut self,
-        cap: &Capability<EventTime>,
-        records: impl Iterator<Item = Timed<A::Record>>,
-    ) {
+    fn add_records(&mut self, cap: &Capability<EventTime>, records: Vec<Timed<A::Record>>) {
         let (s, gap) = (*cap.time(), self.gap);
         for r in records {
             if s >= r.time.saturating_add(gap) {
@@ -93,11 +95,8 @@ impl<A: WindowAggregate> State<A> {
 
     /// Final results of sessions ending at or before `lim` (the watermark), corrections of
     /// final sessions, and the end of state past the allowed lateness.
-    fn settle(
-        &mut self,
-        lim: EventTime,
-        spec: WindowSpec,
-    ) -> Vec<(Capability<EventTime>, ResultLine)> {
+    fn settle_sessions(&mut self, lim: EventTime) -> Vec<(Capability<EventTime>, ResultLine)> {
+        let spec = self.spec;
         let gap = self.gap;
         let mut out: Vec<(Capability<EventTime>, ResultLine)> = Vec::new();
         let final_at_us = now_us();
@@ -171,7 +170,7 @@ impl<A: WindowAggregate> State<A> {
     }
 
     /// Per key, its sessions: start, last event, accumulator, revision, still open.
-    fn snapshot(&self) -> Vec<u8> {
+    fn encode(&self) -> Vec<u8> {
         type Row<'a, Acc> = (&'a String, Vec<(EventTime, EventTime, &'a Acc, u32, bool)>);
         let snap: Vec<Row<'_, A::Acc>> = self
             .keys
@@ -188,14 +187,8 @@ impl<A: WindowAggregate> State<A> {
     }
 
     /// Rebuilds the sessions saved at `epoch`; those ending at or before it were final there.
-    fn restore(
-        &mut self,
-        snap: Snapshot<A::Acc>,
-        epoch: EventTime,
-        cap: &Capability<EventTime>,
-        spec: WindowSpec,
-    ) {
-        let gap = self.gap;
+    fn rebuild(&mut self, snap: Snapshot<A::Acc>, epoch: EventTime, cap: &Capability<EventTime>) {
+        let (gap, spec) = (self.gap, self.spec);
         for (key, list) in snap {
             let mut sessions = Vec::new();
             for (start, last, acc, revision, open) in list {
@@ -223,121 +216,68 @@ impl<A: WindowAggregate> State<A> {
 /// A sessions operator's checkpointed state (see [`State::snapshot`]).
 type Snapshot<Acc> = Vec<(String, Vec<(EventTime, EventTime, Acc, u32, bool)>)>;
 
-/// Aggregates `records` in session windows (see the module documentation).
-pub fn sessions<'s, A: WindowAggregate>(
-    records: StreamVec<'s, EventTime, Timed<A::Record>>,
-    spec: WindowSpec,
-    ctx: OperatorContext,
-) -> StreamVec<'s, EventTime, ResultLine> {
-    let OperatorContext {
-        stats,
-        ckpt,
-        emission,
-    } = ctx;
-    let gap = spec.session_gap_ms.unwrap_or(spec.size_ms);
-    let scope = records.scope();
-    let worker = scope.index();
-    records.unary_frontier(
-        Exchange::new(|r: &Timed<A::Record>| key_hash(A::key(&r.rec))),
-        &format!("Sessions({})", A::STREAM),
-        move |init_cap, info| {
-            let activator = scope.activator_for(info.address);
-            let mut state = State::<A> {
-                keys: HashMap::new(),
-                pending: Vec::new(),
-                gap,
-            };
-            let mut gate = Gate::new(ckpt.as_ref());
-            if let Some(snap) = ckpt
-                .as_ref()
-                .and_then(|c| c.restored::<Snapshot<A::Acc>>(worker))
-            {
-                state.restore(snap, gate.epoch, &init_cap, spec);
+impl<A: WindowAggregate> WindowState for Sessions<A> {
+    type Input = Timed<A::Record>;
+    type Snapshot = Snapshot<A::Acc>;
+    const NAME: &'static str = "Sessions";
+
+    fn route(r: &Timed<A::Record>) -> u64 {
+        key_hash(A::key(&r.rec))
+    }
+
+    fn apply(&mut self, cap: &Capability<EventTime>, items: Vec<Timed<A::Record>>) {
+        self.add_records(cap, items);
+    }
+
+    /// Records cannot be merged before their sessions are known.
+    fn compact(_t: EventTime, _items: &mut Vec<Timed<A::Record>>) {}
+
+    fn settle(&mut self, lim: EventTime) -> Vec<(Capability<EventTime>, Vec<ResultLine>)> {
+        self.settle_sessions(lim)
+            .into_iter()
+            .map(|(cap, line)| (cap, vec![line]))
+            .collect()
+    }
+
+    fn updates(&mut self, emit: &mut dyn FnMut(&Capability<EventTime>, Vec<ResultLine>)) {
+        let gap = self.gap;
+        for (key, list) in self.keys.iter_mut() {
+            for sess in list.iter_mut().filter(|x| x.dirty) {
+                let Some(cap) = &sess.cap else { continue };
+                sess.revision += 1;
+                sess.dirty = false;
+                let line = A::finish(key, sess.start, sess.end(gap), &sess.acc).tagged(
+                    Kind::Update,
+                    sess.revision,
+                    None,
+                );
+                emit(cap, vec![line]);
             }
-            drop(init_cap);
-            let mut next_trigger = emission.trigger.map(|t| std::time::Instant::now() + t);
-            move |(input, frontier), output| {
-                input.for_each_stamp(|cap, data| {
-                    let t = cap.least().copied().unwrap_or_default();
-                    if t >= gate.next {
-                        // Records cannot be merged before their sessions are known.
-                        gate.hold(t, || cap.delayed(&t, 0), data, |_, _| {});
-                        return;
-                    }
-                    let cap = cap.delayed(&t, 0);
-                    for batch in data {
-                        state.apply(&cap, batch.drain(..));
-                    }
-                });
-                let lim = frontier
-                    .frontier()
-                    .first()
-                    .copied()
-                    .unwrap_or(EventTime::MAX);
-                let mut emit = |out: Vec<(Capability<EventTime>, ResultLine)>| {
-                    for (cap, line) in out {
-                        output.session(&cap).give(line);
-                    }
-                };
+        }
+    }
 
-                // Checkpoint epochs the frontier passed (see `window::tumbling`).
-                if let Some(c) = &ckpt {
-                    let (entries, next) = c.save_epochs(lim, gate.next, |lo| {
-                        while let Some((cap, items)) = gate.release_below(lo) {
-                            state.apply(&cap, items.into_iter());
-                        }
-                        emit(state.settle(lo, spec));
-                        let held = gate.held.keys().next().map(|s| c.store.after(*s));
-                        let corrections = state
-                            .pending
-                            .iter()
-                            .map(|(_, r)| c.store.after(r.time.saturating_add(gap) - 1));
-                        (state.snapshot(), held.into_iter().chain(corrections).min())
-                    });
-                    gate.next = next;
-                    if !entries.is_empty() {
-                        c.write(worker, entries);
-                    }
-                }
-                while let Some((cap, items)) = gate.release_below(gate.next) {
-                    state.apply(&cap, items.into_iter());
-                }
-                emit(state.settle(lim, spec));
-                if let Some(c) = &ckpt {
-                    c.store.set_frontier(&c.op, worker, lim);
-                }
+    fn snapshot(&self) -> Vec<u8> {
+        self.encode()
+    }
 
-                // Early results of changed open sessions.
-                if let (Some(every), Some(due)) = (emission.trigger, next_trigger) {
-                    let now = std::time::Instant::now();
-                    if now >= due {
-                        for (key, list) in state.keys.iter_mut() {
-                            for sess in list.iter_mut().filter(|x| x.dirty) {
-                                let Some(cap) = &sess.cap else { continue };
-                                sess.revision += 1;
-                                sess.dirty = false;
-                                let line = A::finish(key, sess.start, sess.end(gap), &sess.acc)
-                                    .tagged(Kind::Update, sess.revision, None);
-                                output.session(cap).give(line);
-                            }
-                        }
-                        next_trigger = Some(now + every);
-                    }
-                    if state.keys.values().flatten().any(|x| x.cap.is_some()) {
-                        activator.activate_after(
-                            next_trigger.map_or(every, |d| d.saturating_duration_since(now)),
-                        );
-                    }
-                }
+    fn restore(&mut self, snap: Snapshot<A::Acc>, epoch: EventTime, cap: &Capability<EventTime>) {
+        self.rebuild(snap, epoch, cap);
+    }
 
-                let open = state
-                    .keys
-                    .values()
-                    .flatten()
-                    .filter(|x| x.cap.is_some())
-                    .count() as u64;
-                stats.set_open(A::STREAM, worker, open, state.keys.len() as u64);
-            }
-        },
-    )
+    fn next_correction(&self) -> Option<EventTime> {
+        self.pending
+            .iter()
+            .map(|(_, r)| r.time.saturating_add(self.gap) - 1)
+            .min()
+    }
+
+    fn counts(&self) -> (u64, u64) {
+        let open = self
+            .keys
+            .values()
+            .flatten()
+            .filter(|x| x.cap.is_some())
+            .count() as u64;
+        (open, self.keys.len() as u64)
+    }
 }
