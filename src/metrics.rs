@@ -1,10 +1,13 @@
 //! Seeing the job live: `/metrics` (Prometheus text format), `/status` (JSON) and `/` (a status
 //! page with live charts), served by the binary itself from the process's [`RunStats`].
 
-use std::fmt::Write as _;
 use std::time::Instant;
 
 use anyhow::Context;
+use prometheus::proto::{
+    Bucket, Counter, Gauge, Histogram, LabelPair, Metric, MetricFamily, MetricType,
+};
+use prometheus::TextEncoder;
 use serde_json::{json, Map, Value};
 
 use std::sync::atomic::Ordering;
@@ -12,7 +15,7 @@ use std::sync::Arc;
 
 use crate::checkpoint::Checkpoints;
 use crate::stats::{RunStats, LATENCY_BUCKETS};
-use crate::time::now_ms;
+use crate::time::{now_ms, EventTime};
 
 /// The status page: one self-contained HTML file, no asset fetched from anywhere.
 const STATUS_PAGE: &str = include_str!("status.html");
@@ -75,293 +78,277 @@ pub fn serve(
     Ok(bound)
 }
 
-fn label(v: &str) -> String {
-    v.replace('\\', "\\\\")
-        .replace('"', "\\\"")
-        .replace('\n', "\\n")
-}
+/// The families of one scrape, built from the stats and encoded by the `prometheus` crate's
+/// text encoder (types, label escaping and the histogram layout are its business).
+#[derive(Default)]
+struct Families(Vec<MetricFamily>);
 
-fn family(out: &mut String, name: &str, kind: &str, help: &str) {
-    let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
+impl Families {
+    /// Starts a family; families left without samples are not written.
+    fn family(&mut self, name: &str, kind: MetricType, help: &str) -> &mut Self {
+        let mut f = MetricFamily::default();
+        f.set_name(name.to_string());
+        f.set_help(help.to_string());
+        f.set_field_type(kind);
+        self.0.push(f);
+        self
+    }
+
+    /// Adds a sample with `labels` to the family started last.
+    fn sample(&mut self, labels: &[(&str, &str)], value: f64) -> &mut Self {
+        // `family` always runs first: there is a last family.
+        let f = self.0.last_mut().unwrap();
+        let mut m = Metric::default();
+        m.set_label(
+            labels
+                .iter()
+                .map(|(k, v)| {
+                    let mut l = LabelPair::default();
+                    l.set_name(k.to_string());
+                    l.set_value(v.to_string());
+                    l
+                })
+                .collect(),
+        );
+        if f.get_field_type() == MetricType::COUNTER {
+            let mut c = Counter::default();
+            c.set_value(value);
+            m.set_counter(c);
+        } else {
+            let mut g = Gauge::default();
+            g.set_value(value);
+            m.set_gauge(g);
+        }
+        f.mut_metric().push(m);
+        self
+    }
+
+    /// The text exposition (format 0.0.4).
+    fn encode(mut self) -> String {
+        self.0.retain(|f| !f.get_metric().is_empty());
+        // Every family has a name and samples (checked above): encoding cannot fail.
+        TextEncoder::new().encode_to_string(&self.0).unwrap()
+    }
 }
 
 /// The Prometheus text exposition of the stats.
 pub fn prometheus(stats: &RunStats) -> String {
-    let mut o = String::new();
+    use MetricType::{COUNTER, GAUGE};
+    let mut f = Families::default();
     let parts = stats.partitions();
     let topics = stats.topics();
-    family(
-        &mut o,
+    f.family(
         "speed_layer_messages_in_total",
-        "counter",
+        COUNTER,
         "Messages read, per topic and partition.",
     );
     for ((t, p), st) in &parts {
-        let _ = writeln!(
-            o,
-            "speed_layer_messages_in_total{{topic=\"{}\",partition=\"{}\"}} {}",
-            label(t),
-            label(p),
-            st.messages
-        );
+        f.sample(&[("topic", t), ("partition", p)], st.messages as f64);
     }
-    family(
-        &mut o,
+    f.family(
         "speed_layer_records_in_total",
-        "counter",
+        COUNTER,
         "Records read (rows and events), per topic and partition.",
     );
     for ((t, p), st) in &parts {
-        let _ = writeln!(
-            o,
-            "speed_layer_records_in_total{{topic=\"{}\",partition=\"{}\"}} {}",
-            label(t),
-            label(p),
-            st.records
-        );
+        f.sample(&[("topic", t), ("partition", p)], st.records as f64);
     }
-    family(
-        &mut o,
+    f.family(
         "speed_layer_records_windowed_total",
-        "counter",
+        COUNTER,
         "Records counted in a window, per topic.",
     );
     for (t, c) in &topics {
-        let _ = writeln!(
-            o,
-            "speed_layer_records_windowed_total{{topic=\"{}\"}} {}",
-            label(t),
-            c.records
-        );
+        f.sample(&[("topic", t)], c.records as f64);
     }
-    family(
-        &mut o,
+    f.family(
         "speed_layer_late_records_total",
-        "counter",
+        COUNTER,
         "Late records (dead-lettered), per topic.",
     );
     for (t, c) in &topics {
-        let _ = writeln!(
-            o,
-            "speed_layer_late_records_total{{topic=\"{}\"}} {}",
-            label(t),
-            c.late
-        );
+        f.sample(&[("topic", t)], c.late as f64);
     }
-    family(
-        &mut o,
+    f.family(
         "speed_layer_malformed_records_total",
-        "counter",
+        COUNTER,
         "Malformed records (dead-lettered), per topic and reason.",
     );
     for (t, c) in &topics {
         for (r, n) in &c.malformed {
-            let _ = writeln!(
-                o,
-                "speed_layer_malformed_records_total{{topic=\"{}\",reason=\"{}\"}} {n}",
-                label(t),
-                label(r)
-            );
+            f.sample(&[("topic", t), ("reason", r)], *n as f64);
         }
     }
-    family(
-        &mut o,
+    f.family(
         "speed_layer_ignored_events_total",
-        "counter",
+        COUNTER,
         "Events the metrics do not use, per topic and event type.",
     );
     for (t, c) in &topics {
         for (k, n) in &c.ignored {
-            let _ = writeln!(
-                o,
-                "speed_layer_ignored_events_total{{topic=\"{}\",type=\"{}\"}} {n}",
-                label(t),
-                label(k)
-            );
+            f.sample(&[("topic", t), ("type", k)], *n as f64);
         }
     }
-    family(
-        &mut o,
+    f.family(
         "speed_layer_records_out_total",
-        "counter",
+        COUNTER,
         "Final window results written, per output stream.",
     );
     for (s, n) in stats.results() {
-        let _ = writeln!(
-            o,
-            "speed_layer_records_out_total{{stream=\"{}\"}} {n}",
-            label(&s)
-        );
+        f.sample(&[("stream", &s)], n as f64);
     }
-    family(
-        &mut o,
+    f.family(
         "speed_layer_consumer_lag_messages",
-        "gauge",
+        GAUGE,
         "Messages behind the end of each Kafka partition.",
     );
     for ((t, p), st) in &parts {
         if let Some(lag) = st.lag {
-            let _ = writeln!(
-                o,
-                "speed_layer_consumer_lag_messages{{topic=\"{}\",partition=\"{}\"}} {lag}",
-                label(t),
-                label(p)
-            );
+            f.sample(&[("topic", t), ("partition", p)], lag as f64);
         }
     }
-    family(
-        &mut o,
+    f.family(
         "speed_layer_partition_watermark_ms",
-        "gauge",
+        GAUGE,
         "Each partition's watermark (largest event time minus lateness), epoch ms.",
-    );
-    family(
-        &mut o,
-        "speed_layer_partition_idle",
-        "gauge",
-        "1 when a partition is idle and does not hold the watermark back.",
     );
     for ((t, p), st) in &parts {
         if let Some(wm) = st.watermark {
-            let _ = writeln!(
-                o,
-                "speed_layer_partition_watermark_ms{{topic=\"{}\",partition=\"{}\"}} {wm}",
-                label(t),
-                label(p)
-            );
+            f.sample(&[("topic", t), ("partition", p)], wm as f64);
         }
-        let _ = writeln!(
-            o,
-            "speed_layer_partition_idle{{topic=\"{}\",partition=\"{}\"}} {}",
-            label(t),
-            label(p),
-            u8::from(st.idle)
+    }
+    f.family(
+        "speed_layer_partition_idle",
+        GAUGE,
+        "1 when a partition is idle and does not hold the watermark back.",
+    );
+    for ((t, p), st) in &parts {
+        f.sample(
+            &[("topic", t), ("partition", p)],
+            f64::from(u8::from(st.idle)),
         );
     }
     let now = now_ms();
-    family(
-        &mut o,
+    let watermarks: Vec<(String, EventTime)> = stats
+        .watermarks()
+        .into_iter()
+        .filter_map(|(t, wm)| wm.map(|wm| (t, wm)))
+        .collect();
+    f.family(
         "speed_layer_watermark_ms",
-        "gauge",
+        GAUGE,
         "The job's watermark (the timely frontier) per input topic, epoch ms.",
     );
-    family(
-        &mut o,
+    for (t, wm) in &watermarks {
+        f.sample(&[("topic", t)], *wm as f64);
+    }
+    f.family(
         "speed_layer_watermark_lag_seconds",
-        "gauge",
+        GAUGE,
         "How far the watermark trails the wall clock, per input topic.",
     );
-    for (t, wm) in stats.watermarks() {
-        if let Some(wm) = wm {
-            let _ = writeln!(
-                o,
-                "speed_layer_watermark_ms{{topic=\"{}\"}} {wm}",
-                label(&t)
-            );
-            let _ = writeln!(
-                o,
-                "speed_layer_watermark_lag_seconds{{topic=\"{}\"}} {}",
-                label(&t),
-                now.saturating_sub(wm) as f64 / 1e3
-            );
-        }
+    for (t, wm) in &watermarks {
+        f.sample(&[("topic", t)], now.saturating_sub(*wm) as f64 / 1e3);
     }
-    family(
-        &mut o,
+    let open = stats.open();
+    f.family(
         "speed_layer_open_windows",
-        "gauge",
+        GAUGE,
         "Windows open (not yet final), per output stream.",
     );
-    family(
-        &mut o,
+    for (s, (w, _)) in &open {
+        f.sample(&[("stream", s)], *w as f64);
+    }
+    f.family(
         "speed_layer_open_keys",
-        "gauge",
+        GAUGE,
         "Keys held in open windows, per output stream.",
     );
-    for (s, (w, k)) in stats.open() {
-        let _ = writeln!(
-            o,
-            "speed_layer_open_windows{{stream=\"{}\"}} {w}",
-            label(&s)
-        );
-        let _ = writeln!(o, "speed_layer_open_keys{{stream=\"{}\"}} {k}", label(&s));
+    for (s, (_, k)) in &open {
+        f.sample(&[("stream", s)], *k as f64);
     }
-    let h = stats.latency();
-    family(
-        &mut o,
-        "speed_layer_emit_latency_seconds",
-        "histogram",
-        "From the watermark passing a window's end to its result being written.",
-    );
-    for (b, n) in LATENCY_BUCKETS.iter().zip(h.buckets) {
-        let _ = writeln!(
-            o,
-            "speed_layer_emit_latency_seconds_bucket{{le=\"{b}\"}} {n}"
-        );
-    }
-    let _ = writeln!(
-        o,
-        "speed_layer_emit_latency_seconds_bucket{{le=\"+Inf\"}} {}",
-        h.count
-    );
-    let _ = writeln!(o, "speed_layer_emit_latency_seconds_sum {}", h.sum);
-    let _ = writeln!(o, "speed_layer_emit_latency_seconds_count {}", h.count);
     if let Some(m) = crate::stats::memory_bytes() {
-        family(
-            &mut o,
+        f.family(
             "process_resident_memory_bytes",
-            "gauge",
+            GAUGE,
             "Resident memory of the process.",
-        );
-        let _ = writeln!(o, "process_resident_memory_bytes {m}");
+        )
+        .sample(&[], m as f64);
     }
-    o
+    let mut text = f.encode();
+    text.push_str(&latency_histogram(stats));
+    text
+}
+
+/// The emit-latency histogram (its buckets are counted by the stats, cumulatively).
+fn latency_histogram(stats: &RunStats) -> String {
+    let h = stats.latency();
+    let mut hist = Histogram::default();
+    hist.set_sample_count(h.count);
+    hist.set_sample_sum(h.sum);
+    hist.set_bucket(
+        LATENCY_BUCKETS
+            .iter()
+            .zip(h.buckets)
+            .map(|(le, n)| {
+                let mut b = Bucket::default();
+                b.set_upper_bound(*le);
+                b.set_cumulative_count(n);
+                b
+            })
+            .collect(),
+    );
+    let mut m = Metric::default();
+    m.set_histogram(hist);
+    let mut f = MetricFamily::default();
+    f.set_name("speed_layer_emit_latency_seconds".into());
+    f.set_help("From the watermark passing a window's end to its result being written.".into());
+    f.set_field_type(MetricType::HISTOGRAM);
+    f.set_metric(vec![m]);
+    // One named family with one sample: encoding cannot fail.
+    TextEncoder::new().encode_to_string(&[f]).unwrap()
 }
 
 /// Checkpoint families: parts written, bytes, write time, the latest complete epoch.
 pub fn checkpoint_metrics(ckpt: Option<&Checkpoints>) -> String {
+    use MetricType::{COUNTER, GAUGE};
     let Some(c) = ckpt else {
         return String::new();
     };
     let s = &c.stats;
     let get = |a: &std::sync::atomic::AtomicU64| a.load(Ordering::Relaxed);
-    let mut o = String::new();
-    for (name, kind, help, value) in [
-        (
-            "speed_layer_checkpoint_parts_total",
-            "counter",
-            "Checkpoint part files written by this process.",
-            get(&s.parts) as f64,
-        ),
-        (
-            "speed_layer_checkpoint_bytes_total",
-            "counter",
-            "Bytes of checkpoint parts written by this process.",
-            get(&s.bytes) as f64,
-        ),
-        (
-            "speed_layer_checkpoint_write_seconds_total",
-            "counter",
-            "Time spent writing checkpoint parts (serialise, write, fsync, rename).",
-            get(&s.write_us) as f64 / 1e6,
-        ),
-        (
-            "speed_layer_checkpoint_write_seconds_max",
-            "gauge",
-            "Longest single checkpoint part write.",
-            get(&s.max_write_us) as f64 / 1e6,
-        ),
-        (
-            "speed_layer_checkpoint_complete_epoch_ms",
-            "gauge",
-            "Latest checkpoint epoch (event time, ms) complete on every worker: where a restart resumes.",
-            get(&s.complete_epoch) as f64,
-        ),
-    ] {
-        family(&mut o, name, kind, help);
-        let _ = writeln!(o, "{name} {value}");
-    }
-    o
+    let mut f = Families::default();
+    f.family(
+        "speed_layer_checkpoint_parts_total",
+        COUNTER,
+        "Checkpoint part files written by this process.",
+    )
+    .sample(&[], get(&s.parts) as f64);
+    f.family(
+        "speed_layer_checkpoint_bytes_total",
+        COUNTER,
+        "Bytes of checkpoint parts written by this process.",
+    )
+    .sample(&[], get(&s.bytes) as f64);
+    f.family(
+        "speed_layer_checkpoint_write_seconds_total",
+        COUNTER,
+        "Time spent writing checkpoint parts (serialise, write, fsync, rename).",
+    )
+    .sample(&[], get(&s.write_us) as f64 / 1e6);
+    f.family(
+        "speed_layer_checkpoint_write_seconds_max",
+        GAUGE,
+        "Longest single checkpoint part write.",
+    )
+    .sample(&[], get(&s.max_write_us) as f64 / 1e6);
+    f.family(
+        "speed_layer_checkpoint_complete_epoch_ms",
+        GAUGE,
+        "Latest checkpoint epoch (event time, ms) complete on every worker: where a restart resumes.",
+    )
+    .sample(&[], get(&s.complete_epoch) as f64);
+    f.encode()
 }
 
 /// Adds the checkpoint facts to a `/status` document.
@@ -501,6 +488,7 @@ mod tests {
         stats.absorb("t1", &mut t);
         let line = crate::result::ResultLine::new("s", "key", "K", ("T", "K"), (0, 60_000), vec![]);
         stats.record_result(&line, Some(0.002));
+        stats.add_results("s", 1);
         let text = prometheus(&stats);
         assert!(text.contains(
             "speed_layer_malformed_records_total{topic=\"t1\",reason=\"wrong \\\"type\\\"\"} 2"
@@ -508,5 +496,10 @@ mod tests {
         assert!(text.contains("speed_layer_emit_latency_seconds_bucket{le=\"0.0025\"} 1"));
         assert!(text.contains("speed_layer_emit_latency_seconds_count 1"));
         assert!(text.contains("# TYPE speed_layer_records_out_total counter"));
+        assert!(text.contains("speed_layer_records_out_total{stream=\"s\"} 1"));
+        assert!(
+            !text.contains("speed_layer_consumer_lag_messages"),
+            "a family without samples is left out"
+        );
     }
 }

@@ -236,6 +236,41 @@ impl Origin {
     }
 }
 
+/// A partition as the source's watermark sees it.
+#[derive(Clone, Copy, Debug)]
+pub struct PartitionWatermark {
+    /// Its own watermark (largest event time read minus the max delay).
+    pub watermark: EventTime,
+    /// Ended: it no longer holds anything back.
+    pub done: bool,
+    /// Caught up and quiet for the idle timeout.
+    pub idle: bool,
+}
+
+/// **The source's watermark**, the only copy: the least watermark over the partitions still
+/// running and not idle; when every running partition is idle, event time follows the wall
+/// clock `now` minus `delay` (never going back), so a quiet topic still lets its windows
+/// finalise; `None` once every partition ended.
+pub fn source_watermark(
+    parts: &[PartitionWatermark],
+    now: EventTime,
+    delay: u64,
+) -> Option<EventTime> {
+    let running = parts.iter().filter(|p| !p.done);
+    let live_min = running
+        .clone()
+        .filter(|p| !p.idle)
+        .map(|p| p.watermark)
+        .min();
+    match live_min {
+        Some(wm) => Some(wm),
+        None => {
+            let seen = running.map(|p| p.watermark).max()?;
+            Some(seen.max(now.saturating_sub(delay)))
+        }
+    }
+}
+
 /// A source's outputs: records stamped at the watermark, and dead-letter lines.
 pub type SourceStreams<'s, R> = (
     StreamVec<'s, EventTime, Timed<R>>,
@@ -496,23 +531,16 @@ where
             let read_any = tally.messages > 0;
             stats.absorb(&topic, &mut tally);
 
-            // The new capability: the least watermark over partitions still running and not
-            // idle. When every running partition is idle, event time follows the wall clock
-            // (minus the lateness), so a quiet topic still lets its windows finalise.
-            let running: Vec<usize> = (0..clocks.len()).filter(|&slot| !r.is_done(slot)).collect();
-            let live_min = running
+            let parts_now: Vec<PartitionWatermark> = clocks
                 .iter()
-                .filter(|&&slot| !r.is_idle(slot))
-                .map(|&slot| clocks[slot].watermark(&spec))
-                .min();
-            let target = match live_min {
-                Some(wm) => Some(wm),
-                None if running.is_empty() => None,
-                None => {
-                    let seen = running.iter().map(|&slot| clocks[slot].watermark(&spec)).max().unwrap_or(0);
-                    Some(seen.max(crate::time::now_ms().saturating_sub(spec.lateness_ms)))
-                }
-            };
+                .enumerate()
+                .map(|(slot, c)| PartitionWatermark {
+                    watermark: c.watermark(&spec),
+                    done: r.is_done(slot),
+                    idle: r.is_idle(slot),
+                })
+                .collect();
+            let target = source_watermark(&parts_now, crate::time::now_ms(), spec.lateness_ms);
             // Partition facts go out with every batch read (so per-partition and per-topic counts
             // agree), and at least every STATUS_EVERY for lag and idleness.
             if read_any || last_status.elapsed() >= STATUS_EVERY || status == ReadStatus::Done || target.is_none() {
@@ -573,4 +601,50 @@ where
         }
     });
     (records, dead)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn p(watermark: EventTime, done: bool, idle: bool) -> PartitionWatermark {
+        PartitionWatermark {
+            watermark,
+            done,
+            idle,
+        }
+    }
+
+    #[test]
+    fn the_slowest_live_partition_holds_the_watermark() {
+        assert_eq!(
+            source_watermark(&[p(5, false, false), p(9, false, false)], 100, 10),
+            Some(5)
+        );
+        assert_eq!(
+            source_watermark(&[p(5, true, false), p(9, false, false)], 100, 10),
+            Some(9),
+            "an ended partition holds nothing back"
+        );
+        assert_eq!(
+            source_watermark(&[p(5, false, true), p(9, false, false)], 100, 10),
+            Some(9),
+            "nor does an idle one"
+        );
+        assert_eq!(
+            source_watermark(&[p(5, true, false)], 100, 10),
+            None,
+            "all ended"
+        );
+        assert_eq!(source_watermark(&[], 100, 10), None, "owns nothing");
+    }
+
+    #[test]
+    fn all_idle_follows_the_wall_clock_and_never_goes_back() {
+        assert_eq!(
+            source_watermark(&[p(5, false, true), p(7, false, true)], 100, 10),
+            Some(90)
+        );
+        assert_eq!(source_watermark(&[p(95, false, true)], 100, 10), Some(95));
+    }
 }
