@@ -5,7 +5,7 @@ use serde_json::value::RawValue;
 
 /// Splits one JSON text into its elements: an array gives its elements, an object gives itself.
 /// Anything else (or invalid JSON) is an error message.
-pub fn elements(text: &str) -> Result<Vec<&RawValue>, String> {
+pub(crate) fn elements(text: &str) -> Result<Vec<&RawValue>, String> {
     match text.trim_start().as_bytes().first() {
         Some(b'[') => {
             serde_json::from_str::<Vec<&RawValue>>(text).map_err(|e| format!("invalid JSON: {e}"))
@@ -25,7 +25,7 @@ pub fn elements(text: &str) -> Result<Vec<&RawValue>, String> {
 /// (`{"symbol":"A","symbol":"B"}`), the object rewritten with the last value of each field, as
 /// most JSON readers take it; `None` for any other failure. Only called once the typed parse
 /// failed, so the common path pays nothing.
-pub fn without_duplicate_fields(raw: &str, err: &serde_json::Error) -> Option<String> {
+pub(crate) fn without_duplicate_fields(raw: &str, err: &serde_json::Error) -> Option<String> {
     if !err.to_string().starts_with("duplicate field") {
         return None;
     }
@@ -49,7 +49,7 @@ pub fn kind(v: &serde_json::Value) -> &'static str {
 
 /// A number written either as a JSON number or as a string (`"0.48"`, `".48"`); `null` is
 /// `None`. Non-finite values and other types are errors.
-pub fn lenient_f64(raw: Option<&RawValue>) -> Result<Option<f64>, String> {
+pub(crate) fn lenient_f64(raw: Option<&RawValue>) -> Result<Option<f64>, String> {
     let Some(raw) = raw else { return Ok(None) };
     let text = raw.get().trim();
     let parsed = if text == "null" {
@@ -73,7 +73,7 @@ pub fn lenient_f64(raw: Option<&RawValue>) -> Result<Option<f64>, String> {
 
 /// Epoch milliseconds written as a JSON integer or a string of digits, parsed exactly
 /// (never through f64).
-pub fn lenient_ms(raw: &RawValue) -> Result<u64, String> {
+pub(crate) fn lenient_ms(raw: &RawValue) -> Result<u64, String> {
     let text = raw.get().trim();
     let digits = text
         .strip_prefix('"')

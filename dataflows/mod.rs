@@ -44,7 +44,7 @@ pub struct TopicSpec {
 
 /// Where one input topic's messages come from in this run.
 #[derive(Clone)]
-pub struct Input {
+pub(crate) struct Input {
     /// The topic's name in this run (renamed Kafka topics included): counters, dead letters.
     pub topic: String,
     /// Opens the reader of each worker.
@@ -52,7 +52,7 @@ pub struct Input {
 }
 
 /// What a market's dataflow produces: its result streams by name, and its dead letters.
-pub struct Outputs<'s> {
+pub(crate) struct Outputs<'s> {
     /// One stream of results per output stream the market declares.
     pub results: Vec<(&'static str, StreamVec<'s, EventTime, ResultLine>)>,
     /// Malformed and late records of every input topic of the market.
@@ -61,7 +61,7 @@ pub struct Outputs<'s> {
 
 /// A market: what it reads, what it writes, how it simulates its feed, and how its dataflow is
 /// built from engine parts.
-pub trait Market: Sync {
+pub(crate) trait Market: Sync {
     /// The dataflow's name: `--window NAME=…`, the checkpoint names of its sources.
     fn name(&self) -> &'static str;
     /// The input topics, in order (`build` receives one [`Input`] per topic, in this order).
@@ -84,7 +84,7 @@ pub trait Market: Sync {
 
 /// Every market, in order: the order of topic numbers (the partition assignment rule), of
 /// result tables and of output files.
-pub static MARKETS: &[&dyn Market] = &[&binance::Binance, &polymarket::Polymarket];
+pub(crate) static MARKETS: &[&dyn Market] = &[&binance::Binance, &polymarket::Polymarket];
 
 /// Every input topic of every market with its number in the job (0, 1, … in registry order),
 /// which the partition assignment rule uses.
@@ -98,12 +98,12 @@ pub fn streams() -> Vec<&'static str> {
 }
 
 /// The names of the markets (the dataflows of `--window NAME=…`).
-pub fn market_names() -> Vec<&'static str> {
+pub(crate) fn market_names() -> Vec<&'static str> {
     MARKETS.iter().map(|m| m.name()).collect()
 }
 
 /// Kafka topic names of this run, by input topic name (`--topic-binance NAME`, …).
-pub type TopicNames = BTreeMap<&'static str, String>;
+pub(crate) type TopicNames = BTreeMap<&'static str, String>;
 
 /// Adds an option renaming each input topic's Kafka topic (`--topic-binance NAME`) to the
 /// subcommands `subcommands` of `cmd`: the options come from the registry, so a new market

@@ -14,9 +14,9 @@ use crate::source::{ReadStatus, ReaderFactory};
 use super::sim::SimArgs;
 use super::{topics as input_topics, TopicNames, MARKETS};
 /// Default output topic for window results (`--sink-kafka`).
-pub const RESULTS_TOPIC: &str = "processed_metrics";
+pub(crate) const RESULTS_TOPIC: &str = "processed_metrics";
 /// Default output topic for dead letters (`--dead-letter-topic`).
-pub const DEAD_LETTER_TOPIC: &str = "dead_letter";
+pub(crate) const DEAD_LETTER_TOPIC: &str = "dead_letter";
 
 /// `speed-layer topics ...`
 #[derive(clap::Args, Clone, Debug)]

@@ -117,7 +117,7 @@ impl NumStats {
 
 /// The value carried by the record with the greatest (event time, input position).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-pub struct Latest<V> {
+pub(crate) struct Latest<V> {
     at: Option<(EventTime, Position)>,
     value: Option<V>,
 }

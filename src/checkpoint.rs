@@ -36,7 +36,7 @@ use serde::{de::DeserializeOwned, Deserialize, Serialize};
 use crate::time::EventTime;
 
 /// Version of the checkpoint layout and part format; a different version is refused.
-pub const FORMAT_VERSION: u32 = 2;
+pub(crate) const FORMAT_VERSION: u32 = 2;
 const MAGIC: &str = "speed-layer checkpoint part";
 const JOB_FORMAT: &str = "speed-layer-checkpoint";
 
@@ -199,7 +199,7 @@ fn parse_part_name(name: &str) -> Option<(EventTime, EventTime)> {
 }
 
 /// Writes `bytes` to `path` atomically: a temporary file, fsync, rename, fsync of the folder.
-pub fn write_atomic(path: &Path, bytes: &[u8]) -> anyhow::Result<()> {
+pub(crate) fn write_atomic(path: &Path, bytes: &[u8]) -> anyhow::Result<()> {
     let dir = path.parent().unwrap_or(Path::new("."));
     // Unique per process and call: several workers may write the same file at once.
     static SEQ: AtomicU64 = AtomicU64::new(0);
@@ -222,7 +222,7 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> anyhow::Result<()> {
 }
 
 /// The fingerprint a checkpoint folder's `job.json` holds, if it has one that reads.
-pub fn stored_fingerprint(dir: &Path) -> Option<serde_json::Map<String, serde_json::Value>> {
+pub(crate) fn stored_fingerprint(dir: &Path) -> Option<serde_json::Map<String, serde_json::Value>> {
     let text = std::fs::read_to_string(dir.join("job.json")).ok()?;
     serde_json::from_str::<JobFile>(&text)
         .ok()
@@ -230,7 +230,7 @@ pub fn stored_fingerprint(dir: &Path) -> Option<serde_json::Map<String, serde_js
 }
 
 /// Serializes an operator state for an [`Entry`].
-pub fn encode<T: Serialize>(state: &T) -> Vec<u8> {
+pub(crate) fn encode<T: Serialize>(state: &T) -> Vec<u8> {
     // bincode writes any serde value of plain data (numbers, strings, vectors, maps) into a Vec.
     bincode::serialize(state).unwrap_or_else(|e| unreachable!("bincode into a Vec: {e}"))
 }

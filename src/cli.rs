@@ -86,7 +86,7 @@ fn start_from_parser() -> impl clap::builder::TypedValueParser<Value = StartFrom
 }
 
 /// Parses a `TOPIC=PATH` argument.
-pub fn parse_input(s: &str) -> Result<(String, String), String> {
+pub(crate) fn parse_input(s: &str) -> Result<(String, String), String> {
     match s.split_once('=') {
         Some((t, p)) if !t.is_empty() && !p.is_empty() => Ok((t.to_string(), p.to_string())),
         _ => Err(format!(
@@ -135,7 +135,7 @@ pub struct Scoped<T> {
 }
 
 /// Parses `[DATAFLOW=]DURATION`.
-pub fn parse_scoped_duration(s: &str) -> Result<Scoped<Duration>, String> {
+pub(crate) fn parse_scoped_duration(s: &str) -> Result<Scoped<Duration>, String> {
     match s.split_once('=') {
         Some((d, v)) => Ok(Scoped {
             dataflow: Some(d.trim().to_string()),
@@ -287,7 +287,7 @@ impl ClusterArgs {
 }
 
 /// Reads a hostfile: one `host:port` per line; blank lines and `#` comments are skipped.
-pub fn read_hostfile(path: &std::path::Path) -> anyhow::Result<Vec<String>> {
+pub(crate) fn read_hostfile(path: &std::path::Path) -> anyhow::Result<Vec<String>> {
     let text = std::fs::read_to_string(path)
         .map_err(|e| anyhow::anyhow!("cannot read hostfile {}: {e}", path.display()))?;
     let mut hosts = Vec::new();

@@ -33,7 +33,7 @@ pub enum Role {
 
 /// The operator's stable name in the checkpoint layout: `source-<market>`, `window-<stream>`,
 /// `sink-<stream>`.
-pub fn operator_name(role: Role, name: &str) -> String {
+pub(crate) fn operator_name(role: Role, name: &str) -> String {
     let role = match role {
         Role::Source => "source",
         Role::Window => "window",

@@ -3,7 +3,7 @@
 //! written by an earlier run. 64-bit FNV-1a: tiny, fast on short keys, fixed by definition.
 
 /// 64-bit FNV-1a of `bytes`.
-pub fn fnv1a(bytes: &[u8]) -> u64 {
+pub(crate) fn fnv1a(bytes: &[u8]) -> u64 {
     let mut h: u64 = 0xcbf2_9ce4_8422_2325;
     for b in bytes {
         h ^= u64::from(*b);
@@ -13,7 +13,7 @@ pub fn fnv1a(bytes: &[u8]) -> u64 {
 }
 
 /// The hash that routes a key to the worker owning it.
-pub fn key_hash(key: &str) -> u64 {
+pub(crate) fn key_hash(key: &str) -> u64 {
     let h = fnv1a(key.as_bytes());
     // FNV's low bits mix poorly; routing takes the hash modulo the worker count.
     h ^ (h >> 29)

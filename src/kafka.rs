@@ -19,7 +19,7 @@ use crate::sink::ResultSink;
 use crate::time::EventTime;
 
 /// How long admin and metadata requests wait for the brokers.
-pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
+pub(crate) const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Connection settings shared by every Kafka client of the job.
 #[derive(Clone, Debug)]
@@ -73,7 +73,7 @@ impl ClientContext for QuietContext {
 impl rdkafka::consumer::ConsumerContext for QuietContext {}
 
 /// Parses a `-X key=value` argument.
-pub fn parse_override(s: &str) -> Result<(String, String), String> {
+pub(crate) fn parse_override(s: &str) -> Result<(String, String), String> {
     match s.split_once('=') {
         Some((k, v)) if !k.trim().is_empty() => Ok((k.trim().to_string(), v.to_string())),
         _ => Err(format!(
@@ -139,7 +139,7 @@ pub fn create_topics(
 }
 
 /// Fails with a clear message when no broker answers.
-pub fn reachable(settings: &KafkaSettings) -> anyhow::Result<()> {
+pub(crate) fn reachable(settings: &KafkaSettings) -> anyhow::Result<()> {
     settings
         .metadata_consumer()?
         .fetch_metadata(None, REQUEST_TIMEOUT)
@@ -163,7 +163,7 @@ pub struct PartitionInfo {
 }
 
 /// Topics and their partition counts (all topics when `names` is empty).
-pub fn list_topics(settings: &KafkaSettings) -> anyhow::Result<Vec<(String, usize)>> {
+pub(crate) fn list_topics(settings: &KafkaSettings) -> anyhow::Result<Vec<(String, usize)>> {
     let md = settings
         .metadata_consumer()?
         .fetch_metadata(None, REQUEST_TIMEOUT)
@@ -179,7 +179,10 @@ pub fn list_topics(settings: &KafkaSettings) -> anyhow::Result<Vec<(String, usiz
 }
 
 /// Partitions, offsets and the group's committed offsets of one topic.
-pub fn describe_topic(settings: &KafkaSettings, topic: &str) -> anyhow::Result<Vec<PartitionInfo>> {
+pub(crate) fn describe_topic(
+    settings: &KafkaSettings,
+    topic: &str,
+) -> anyhow::Result<Vec<PartitionInfo>> {
     let consumer = settings.metadata_consumer()?;
     let md = consumer
         .fetch_metadata(Some(topic), REQUEST_TIMEOUT)
@@ -290,7 +293,7 @@ pub fn send(
 /// Delivery is at-least-once: the producer is idempotent (no duplicates from its own retries),
 /// waits for every in-sync replica, retries without a time limit through broker outages, and each
 /// batch is flushed before the sink moves on.
-pub struct KafkaSink {
+pub(crate) struct KafkaSink {
     producer: BaseProducer<DeliveryCounter>,
     counter: DeliveryCounter,
     results_topic: Option<String>,

@@ -21,7 +21,7 @@ use crate::time::{now_ms, EventTime};
 const STATUS_PAGE: &str = include_str!("status.html");
 
 /// Resolves `--metrics-addr`: a bare port or `:PORT` binds to 127.0.0.1.
-pub fn bind_address(addr: &str) -> String {
+pub(crate) fn bind_address(addr: &str) -> String {
     let a = addr.trim();
     if a.parse::<u16>().is_ok() {
         format!("127.0.0.1:{a}")
@@ -33,7 +33,7 @@ pub fn bind_address(addr: &str) -> String {
 }
 
 /// Starts the HTTP server on a background thread. Fails at once if the address cannot be bound.
-pub fn serve(
+pub(crate) fn serve(
     addr: &str,
     stats: RunStats,
     process: usize,
@@ -132,7 +132,7 @@ impl Families {
 }
 
 /// The Prometheus text exposition of the stats.
-pub fn prometheus(stats: &RunStats) -> String {
+pub(crate) fn prometheus(stats: &RunStats) -> String {
     use MetricType::{COUNTER, GAUGE};
     let mut f = Families::default();
     let parts = stats.partitions();
@@ -310,7 +310,7 @@ fn latency_histogram(stats: &RunStats) -> String {
 }
 
 /// Checkpoint families: parts written, bytes, write time, the latest complete epoch.
-pub fn checkpoint_metrics(ckpt: Option<&Checkpoints>) -> String {
+pub(crate) fn checkpoint_metrics(ckpt: Option<&Checkpoints>) -> String {
     use MetricType::{COUNTER, GAUGE};
     let Some(c) = ckpt else {
         return String::new();

@@ -190,7 +190,7 @@ impl Serialize for Json<'_> {
 }
 
 /// Serving-layer row key: `TYPE#ID#(9999999999999 − window_end)`, newest window first.
-pub fn row_key(kind: &str, id: &str, window_end: EventTime) -> String {
+pub(crate) fn row_key(kind: &str, id: &str, window_end: EventTime) -> String {
     format!(
         "{kind}#{id}#{:013}",
         9_999_999_999_999u64.saturating_sub(window_end)
@@ -243,7 +243,7 @@ pub struct DeadLetter {
 }
 
 /// Longest raw value kept in a dead-letter record.
-pub const DEAD_LETTER_RAW_MAX: usize = 2048;
+pub(crate) const DEAD_LETTER_RAW_MAX: usize = 2048;
 
 /// The JSON shape of a dead letter (`dead_letter.jsonl`, Kafka values).
 #[derive(Serialize)]

@@ -12,7 +12,7 @@ use crate::time::EventTime;
 static STOP: AtomicBool = AtomicBool::new(false);
 
 /// Asks the sources to stop reading (graceful stop).
-pub fn request_stop() {
+pub(crate) fn request_stop() {
     STOP.store(true, Ordering::SeqCst);
 }
 
@@ -26,7 +26,7 @@ static WRITING: std::sync::Mutex<()> = std::sync::Mutex::new(());
 
 /// Holds off [`stop_on_signal`]'s exit while an output is being written, so a stop never cuts
 /// an output line in half.
-pub fn writing() -> std::sync::MutexGuard<'static, ()> {
+pub(crate) fn writing() -> std::sync::MutexGuard<'static, ()> {
     WRITING.lock().unwrap_or_else(|e| e.into_inner())
 }
 
@@ -35,7 +35,7 @@ pub fn writing() -> std::sync::MutexGuard<'static, ()> {
 /// are not final). With checkpoints, the sources first stop reading and the job settles: every
 /// operator saves the latest epoch the watermark passed (waiting at most `timeout`), so a
 /// restart resumes exactly where this run stopped. A second signal ends the process at once.
-pub fn stop_on_signal(
+pub(crate) fn stop_on_signal(
     on_stop: impl FnOnce() + Send + 'static,
     ckpt: Option<std::sync::Arc<Checkpoints>>,
     timeout: std::time::Duration,
@@ -105,7 +105,7 @@ pub fn stop_on_signal(
 ///
 /// Used where a worker cannot continue (an output cannot be written, an input cannot be read):
 /// stopping is the only way not to emit windows computed from incomplete data.
-pub fn fatal(msg: &str) -> ! {
+pub(crate) fn fatal(msg: &str) -> ! {
     use std::io::Write;
     let _ = std::io::stdout().flush();
     eprintln!("error: {msg}");

@@ -64,7 +64,7 @@ impl Emit {
 }
 
 /// Builds the sinks; called once, on the worker that writes.
-pub type SinkFactory =
+pub(crate) type SinkFactory =
     std::sync::Arc<dyn Fn() -> anyhow::Result<Vec<(Box<dyn ResultSink>, Emit)>> + Send + Sync>;
 
 /// The sinks of one process, opened on first use by the worker that writes (global worker 0).

@@ -32,7 +32,7 @@ pub fn escaped(s: &str) -> Cow<'_, str> {
 }
 
 /// [`escaped`], then cut to at most `max` characters, the last one an ellipsis when cut.
-pub fn printable(s: &str, max: usize) -> Cow<'_, str> {
+pub(crate) fn printable(s: &str, max: usize) -> Cow<'_, str> {
     let e = escaped(s);
     match e.char_indices().nth(max) {
         None => e,

@@ -40,10 +40,10 @@ pub const MAX_EVENT_TIME: EventTime = 253_402_300_799_999;
 
 /// The longest window, slide, session gap, delay or allowed lateness accepted (100 years), so
 /// that `MAX_EVENT_TIME` plus any of them, several times over, fits in an `EventTime`.
-pub const MAX_SPAN_MS: u64 = 100 * 365 * 86_400_000;
+pub(crate) const MAX_SPAN_MS: u64 = 100 * 365 * 86_400_000;
 
 /// The default `--max-future`: one hour, as Kafka's `log.message.timestamp.after.max.ms`.
-pub const DEFAULT_MAX_FUTURE_MS: u64 = 3_600_000;
+pub(crate) const DEFAULT_MAX_FUTURE_MS: u64 = 3_600_000;
 
 /// Why an event time was refused (see [`WindowSpec::admit`]): a short reason for counting and
 /// a detail for the dead letter.
@@ -381,14 +381,14 @@ fn span_ms(d: Duration, what: &str) -> anyhow::Result<u64> {
 }
 
 /// Parses a human-friendly duration such as `60s`, `2m`, `1m30s` or `500ms`.
-pub fn parse_duration(s: &str) -> Result<Duration, String> {
+pub(crate) fn parse_duration(s: &str) -> Result<Duration, String> {
     humantime::parse_duration(s.trim())
         .map_err(|e| format!("invalid duration '{s}': {e} (examples: 60s, 2m, 500ms)"))
 }
 
 /// Formats epoch milliseconds as an RFC 3339 UTC time (to the millisecond); a time past the
 /// year 9999 (which no admitted record has) is written as a number of milliseconds.
-pub fn format_ms(t: EventTime) -> String {
+pub(crate) fn format_ms(t: EventTime) -> String {
     if t > MAX_EVENT_TIME {
         return format!("{t} ms");
     }
@@ -397,7 +397,7 @@ pub fn format_ms(t: EventTime) -> String {
 }
 
 /// Wall-clock time as epoch milliseconds.
-pub fn now_ms() -> EventTime {
+pub(crate) fn now_ms() -> EventTime {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_millis() as u64)

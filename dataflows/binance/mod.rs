@@ -21,7 +21,7 @@ use crate::window::{windowed, WindowAggregate};
 use super::{json, Input, Market, Outputs, TopicSpec};
 
 /// The Binance market.
-pub struct Binance;
+pub(crate) struct Binance;
 
 const TOPICS: &[TopicSpec] = &[TopicSpec {
     name: "binance",

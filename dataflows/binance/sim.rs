@@ -26,7 +26,7 @@ const SYMBOLS: [(&str, f64); 4] = [
     ("XRPUSDT", 2.3),
 ];
 /// Formats a double the way Java prints it: always a fraction, exponent form at ≥1e7 or <1e-3.
-pub fn java_double(x: f64) -> String {
+pub(crate) fn java_double(x: f64) -> String {
     let a = x.abs();
     if x == 0.0 {
         "0.0".to_string()

@@ -13,7 +13,7 @@ use std::io::{Seek, SeekFrom};
 use super::{owns, Origin, PartitionInfo, ReadStatus, Reader, ReaderFactory, ResumePoint};
 
 /// Opens the files of one topic, partitioned over workers.
-pub struct FileFactory {
+pub(crate) struct FileFactory {
     paths: Vec<String>,
     /// The topic's ordinal, for the assignment rule ([`owns`]).
     topic_ordinal: usize,

@@ -17,7 +17,7 @@ pub trait Generator: Send {
 
 /// Makes partition `p`'s name and generator for the job's `seed`; `rng` is the partition's own
 /// random stream (also handed to every [`Generator::message`]).
-pub type MakeGenerator =
+pub(crate) type MakeGenerator =
     fn(p: usize, seed: u64, rng: &mut fastrand::Rng) -> (String, Box<dyn Generator>);
 
 /// A market's simulator for one input topic.

@@ -54,7 +54,7 @@ fn consumer(
 
 /// One partition to read: from `start` up to `end` (exclusive) when the run is bounded.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct PartitionPlan {
+pub(crate) struct PartitionPlan {
     /// Partition number.
     pub partition: i32,
     /// First offset to read.
@@ -65,7 +65,7 @@ pub struct PartitionPlan {
 
 /// The partitions of one topic and where to read them.
 #[derive(Clone, Debug)]
-pub struct TopicPlan {
+pub(crate) struct TopicPlan {
     /// Topic name.
     pub topic: String,
     /// Its partitions, by partition number.
@@ -74,7 +74,7 @@ pub struct TopicPlan {
 
 /// Asks the brokers for a topic's partitions and offsets. Fails with a clear message when the
 /// brokers cannot be reached or the topic does not exist.
-pub fn plan_topic(
+pub(crate) fn plan_topic(
     settings: &KafkaSettings,
     topic: &str,
     start: StartFrom,
@@ -121,7 +121,7 @@ pub fn plan_topic(
 
 /// How a Kafka source treats quiet partitions and offsets.
 #[derive(Clone, Debug)]
-pub struct ReadOptions {
+pub(crate) struct ReadOptions {
     /// A partition caught up and quiet this long stops holding the watermark back.
     pub idle_timeout: Duration,
     /// How often consumed offsets are committed to the consumer group (zero: never).
@@ -141,7 +141,7 @@ impl Default for ReadOptions {
 }
 
 /// Opens per-worker consumers for one topic plan.
-pub struct KafkaFactory {
+pub(crate) struct KafkaFactory {
     settings: KafkaSettings,
     plan: TopicPlan,
     topic_ordinal: usize,
@@ -216,7 +216,7 @@ fn watch_partitions(
 
 /// Partition facts from librdkafka's statistics: high watermark and consumer lag.
 #[derive(Clone, Default)]
-pub struct StatsContext {
+pub(crate) struct StatsContext {
     /// (topic, partition) → (high watermark, consumer lag).
     partitions: Arc<Mutex<PartitionFacts>>,
 }

@@ -107,7 +107,7 @@ pub struct ResumePoint {
 }
 
 /// Wakes a source operator; callable from any thread.
-pub type Waker = std::sync::Arc<dyn Fn() + Send + Sync>;
+pub(crate) type Waker = std::sync::Arc<dyn Fn() + Send + Sync>;
 
 impl Origin {
     /// Short name of the partition for logs and metrics.
@@ -140,7 +140,7 @@ pub trait ReaderFactory: Send + Sync {
 /// The fixed partition assignment rule: partition `p` of the topic with ordinal `t` (0 for the
 /// first topic of the job, 1 for the second, ...) belongs to worker `(t + p) % peers`. Topics
 /// start on different workers, and partitions added later never move existing ones.
-pub fn owns(topic_ordinal_plus_partition: usize, worker: usize, peers: usize) -> bool {
+pub(crate) fn owns(topic_ordinal_plus_partition: usize, worker: usize, peers: usize) -> bool {
     topic_ordinal_plus_partition % peers == worker
 }
 
@@ -238,7 +238,7 @@ impl Origin {
 
 /// A partition as the source's watermark sees it.
 #[derive(Clone, Copy, Debug)]
-pub struct PartitionWatermark {
+pub(crate) struct PartitionWatermark {
     /// Its own watermark (largest event time read minus the max delay).
     pub watermark: EventTime,
     /// Ended: it no longer holds anything back.
@@ -251,7 +251,7 @@ pub struct PartitionWatermark {
 /// running and not idle; when every running partition is idle, event time follows the wall
 /// clock `now` minus `delay` (never going back), so a quiet topic still lets its windows
 /// finalise; `None` once every partition ended.
-pub fn source_watermark(
+pub(crate) fn source_watermark(
     parts: &[PartitionWatermark],
     now: EventTime,
     delay: u64,
@@ -272,7 +272,7 @@ pub fn source_watermark(
 }
 
 /// A source's outputs: records stamped at the watermark, and dead-letter lines.
-pub type SourceStreams<'s, R> = (
+pub(crate) type SourceStreams<'s, R> = (
     StreamVec<'s, EventTime, Timed<R>>,
     StreamVec<'s, EventTime, DeadLetter>,
 );

@@ -27,7 +27,7 @@ use crate::result::ResultLine;
 use crate::time::{EventTime, Timed, WindowSpec};
 
 /// Wall-clock microseconds since the epoch.
-pub fn now_us() -> u64 {
+pub(crate) fn now_us() -> u64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_micros() as u64)
@@ -66,7 +66,7 @@ pub struct Emission {
 
 /// Aggregates `records` in the windows `spec` describes: tumbling, hopping (`slide`) or
 /// session windows (`session_gap`), with the same watermark, emission and correction rules.
-pub fn windowed<'s, A: WindowAggregate>(
+pub(crate) fn windowed<'s, A: WindowAggregate>(
     records: StreamVec<'s, EventTime, Timed<A::Record>>,
     spec: WindowSpec,
     ctx: OperatorContext,
