@@ -1,7 +1,11 @@
 //! speed-layer: windowed market metrics on timely dataflow.
 //!
-//! `src/` is the engine (sources, time and watermarks, windows, sinks, cluster configuration);
-//! it knows nothing of any market. `dataflows/` holds the market dataflows built from it.
+//! `src/` is the engine and knows no market: a record enters in [`source`], time and the one
+//! lateness rule live in [`time`], a window closes in [`window`] (one operator shell over fixed
+//! windows and sessions), a result leaves through [`result`] and [`sink`]. Around them:
+//! [`context`] (what every operator gets), [`runtime`] (signals, stop, fatal errors, the panic
+//! guard), [`checkpoint`], [`stats`] and [`metrics`], [`supervisor`] and [`cli`].
+//! `dataflows/` defines the markets (one folder each, and a registry) from these parts.
 
 pub mod aggregate;
 pub mod checkpoint;

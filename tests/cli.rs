@@ -229,3 +229,27 @@ fn sigterm_stops_cleanly_with_whole_output_lines_and_a_summary() {
         }
     }
 }
+
+/// The engine (`src/`) knows no market: markets are defined in `dataflows/` only.
+#[test]
+fn the_engine_names_no_market() {
+    let src = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("src");
+    let mut stack = vec![src];
+    let mut found = Vec::new();
+    while let Some(dir) = stack.pop() {
+        for entry in std::fs::read_dir(&dir).unwrap() {
+            let path = entry.unwrap().path();
+            if path.is_dir() {
+                stack.push(path);
+                continue;
+            }
+            let text = std::fs::read_to_string(&path).unwrap().to_lowercase();
+            for name in ["binance", "polymarket", "btcusdt", "market_id", "kline"] {
+                if text.contains(name) {
+                    found.push(format!("{} names {name}", path.display()));
+                }
+            }
+        }
+    }
+    assert!(found.is_empty(), "{found:#?}");
+}
