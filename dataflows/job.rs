@@ -454,7 +454,7 @@ pub fn run(args: RunArgs) -> anyhow::Result<()> {
                 summary_stats.summary().trim_end()
             );
         },
-        ckpt.clone(),
+        ckpt.clone().map(|c| c as Arc<dyn crate::runtime::Settling>),
         args.stop_timeout,
     )?;
     // The output files' lengths at the epoch resumed from (written by worker 0's sinks).

@@ -45,7 +45,8 @@ const JOB_FORMAT: &str = "speed-layer-checkpoint";
 pub struct Handle {
     /// The process's checkpoint store.
     pub store: Arc<Checkpoints>,
-    /// The operator's name in the checkpoint layout (`source-<market>`, `window-<stream>`, ...; see [`crate::context::operator_name`]).
+    /// The operator's name in the checkpoint layout (`source-<market>`, `window-<stream>`, ...,
+    /// made by `context::operator_name`).
     pub op: String,
 }
 
@@ -770,6 +771,18 @@ fn complete_epoch(listing: &Listing) -> Option<EventTime> {
             .iter()
             .all(|ranges| ranges.iter().any(|(lo, hi, _)| lo <= c && c <= hi))
     })
+}
+
+impl crate::runtime::Settling for Checkpoints {
+    fn settled(&self) -> bool {
+        Checkpoints::settled(self)
+    }
+    fn commit(&self) -> anyhow::Result<()> {
+        Checkpoints::commit(self)
+    }
+    fn stop_epoch(&self) -> Option<EventTime> {
+        Checkpoints::stop_epoch(self)
+    }
 }
 
 #[cfg(test)]

@@ -6,7 +6,6 @@ use std::sync::Arc;
 
 use crate::checkpoint::{Checkpoints, Handle};
 use crate::stats::RunStats;
-use crate::window::Emission;
 
 /// The shared plumbing of one job (one process), cloned into every operator it builds.
 #[derive(Clone)]
@@ -66,4 +65,12 @@ impl JobContext {
             emission: self.emission,
         }
     }
+}
+
+/// When a window operator emits beyond final results.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Emission {
+    /// Emit `update` results of changed open windows this often (processing time); `None`
+    /// when no sink wants updates.
+    pub trigger: Option<std::time::Duration>,
 }

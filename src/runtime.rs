@@ -4,7 +4,6 @@
 
 use std::sync::atomic::{AtomicBool, Ordering};
 
-use crate::checkpoint::Checkpoints;
 use crate::time::EventTime;
 
 /// Set on SIGINT/SIGTERM when checkpointing: sources stop reading so the job can settle on a
@@ -30,6 +29,16 @@ pub(crate) fn writing() -> std::sync::MutexGuard<'static, ()> {
     WRITING.lock().unwrap_or_else(|e| e.into_inner())
 }
 
+/// What a graceful stop waits for: the checkpoints of a job that keeps them.
+pub trait Settling: Send + Sync {
+    /// Whether every operator saved the latest epoch the watermark passed.
+    fn settled(&self) -> bool;
+    /// Records that epoch as the one a restart resumes from.
+    fn commit(&self) -> anyhow::Result<()>;
+    /// The epoch settled on (`EventTime::MAX` at the end of the input; `None` before the first).
+    fn stop_epoch(&self) -> Option<EventTime>;
+}
+
 /// On SIGINT or SIGTERM: wait for any sink write in progress, run `on_stop` (print the summary),
 /// and exit 0. Outputs hold every window finalised so far; open windows are not emitted (they
 /// are not final). With checkpoints, the sources first stop reading and the job settles: every
@@ -37,7 +46,7 @@ pub(crate) fn writing() -> std::sync::MutexGuard<'static, ()> {
 /// restart resumes exactly where this run stopped. A second signal ends the process at once.
 pub(crate) fn stop_on_signal(
     on_stop: impl FnOnce() + Send + 'static,
-    ckpt: Option<std::sync::Arc<Checkpoints>>,
+    ckpt: Option<std::sync::Arc<dyn Settling>>,
     timeout: std::time::Duration,
 ) -> anyhow::Result<()> {
     use std::sync::Arc;

@@ -127,13 +127,11 @@ fn written(shared: &SharedSinks, factory: &SinkFactory, stream: &str) -> Option<
 /// order, with `write`. With `ckpt`, at each checkpoint epoch the frontier passes, records the
 /// output's length after exactly the batches stamped before it (`len`); the checkpoint writer
 /// fsyncs the output before it writes the part.
-#[allow(clippy::too_many_arguments)]
 fn write_settled<X>(
     pending: &mut BTreeMap<EventTime, Vec<X>>,
     lim: EventTime,
     next: &mut EventTime,
-    ckpt: Option<&Handle>,
-    worker: usize,
+    ckpt: Option<(&Handle, usize)>,
     mut write: impl FnMut(EventTime, Vec<X>),
     mut len: impl FnMut() -> Option<(u64, PathBuf)>,
 ) {
@@ -146,7 +144,7 @@ fn write_settled<X>(
             write(time, items);
         }
     };
-    if let Some(c) = ckpt {
+    if let Some((c, worker)) = ckpt {
         let mut sync = None;
         let (entries, after) = c.save_epochs(lim, *next, |lo| {
             write_below(pending, lo);
@@ -258,8 +256,7 @@ pub fn write_all<'s>(
                     &mut pending,
                     lim,
                     &mut next,
-                    ckpt.as_ref(),
-                    worker,
+                    ckpt.as_ref().map(|c| (c, worker)),
                     write,
                     len,
                 );
@@ -303,8 +300,7 @@ pub fn write_all<'s>(
                 &mut pending,
                 lim,
                 &mut next,
-                ckpt.as_ref(),
-                worker,
+                ckpt.as_ref().map(|c| (c, worker)),
                 write,
                 len,
             );

@@ -22,6 +22,7 @@ use timely::dataflow::operators::Capability;
 use timely::dataflow::StreamVec;
 use timely::ExchangeData;
 
+pub use crate::context::Emission;
 use crate::context::OperatorContext;
 use crate::result::ResultLine;
 use crate::time::{EventTime, Timed, WindowSpec};
@@ -54,14 +55,6 @@ pub trait WindowAggregate: 'static {
         window_end: EventTime,
         acc: &Self::Acc,
     ) -> ResultLine;
-}
-
-/// When a window operator emits beyond final results.
-#[derive(Clone, Copy, Debug, Default)]
-pub struct Emission {
-    /// Emit `update` results of changed open windows this often (processing time); `None`
-    /// when no sink wants updates.
-    pub trigger: Option<std::time::Duration>,
 }
 
 /// Aggregates `records` in the windows `spec` describes: tumbling, hopping (`slide`) or
