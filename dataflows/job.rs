@@ -76,13 +76,17 @@ pub struct RunArgs {
 }
 
 /// Shows progress on a background thread (it ends with the process): a line on stderr rewritten
-/// every second when stderr is a terminal, else a log line every `every`.
+/// every second when stderr is a terminal (unless `NO_COLOR` or `TERM=dumb`), else a log line
+/// every `every`.
 fn spawn_progress_log(stats: RunStats, every: std::time::Duration) {
     use std::io::IsTerminal;
     if every.is_zero() {
         return;
     }
-    if std::io::stderr().is_terminal() {
+    // The line rewritten in place needs a terminal that takes escape sequences.
+    let plain =
+        std::env::var_os("NO_COLOR").is_some() || std::env::var("TERM").is_ok_and(|t| t == "dumb");
+    if std::io::stderr().is_terminal() && !plain {
         std::thread::spawn(move || {
             let mut prev = stats.topics();
             loop {

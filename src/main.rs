@@ -70,7 +70,8 @@ fn main() -> ExitCode {
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
         .with_target(false)
-        .with_ansi(std::io::stderr().is_terminal())
+        // Colours only on a terminal, and not when NO_COLOR asks for plain text (no-color.org).
+        .with_ansi(std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none())
         .init();
     let command = cli.command.unwrap_or_else(|| {
         let args = Cli::parse_from(["speed-layer", "run"]);

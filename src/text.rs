@@ -5,10 +5,11 @@
 use std::borrow::Cow;
 use std::fmt::Write as _;
 
-/// Characters that would act on a terminal or reorder what it shows instead of being shown.
+/// Characters that would act on a terminal, break a line or reorder what it shows instead of
+/// being shown.
 fn unsafe_char(c: char) -> bool {
     c.is_control()
-        || matches!(c, '\u{200B}'..='\u{200F}' | '\u{202A}'..='\u{202E}' | '\u{2060}'..='\u{206F}' | '\u{FEFF}')
+        || matches!(c, '\u{200B}'..='\u{200F}' | '\u{2028}'..='\u{202E}' | '\u{2060}'..='\u{206F}' | '\u{FEFF}')
 }
 
 /// `s` with every control or formatting character escaped (`\n`, `\t`, `\u{1b}`, ...).
@@ -53,6 +54,11 @@ mod tests {
         assert_eq!(escaped("KEY-1"), "KEY-1");
         assert_eq!(escaped("a\u{1b}[31mred\n"), "a\\u{1b}[31mred\\n");
         assert_eq!(escaped("x\u{202e}y\u{9b}"), "x\\u{202e}y\\u{9b}");
+        assert_eq!(
+            escaped("a\u{2028}b"),
+            "a\\u{2028}b",
+            "a line separator breaks a table row"
+        );
         let s = format!("a{}", "Ä".repeat(18));
         assert_eq!(printable(&s, 20), s, "19 characters fit");
         let long = format!("a{}", "Ä".repeat(30));
