@@ -481,13 +481,12 @@ pub fn run(args: RunArgs) -> anyhow::Result<()> {
         checkpoints: ckpt.clone(),
         emission: emission(&args),
     };
-    let guards = timely::execute(config, move |worker| {
+    let guards = crate::runtime::execute(config, move |worker| {
         let (inputs, sinks) = (Arc::clone(&inputs), Arc::clone(&sinks));
         worker.dataflow::<EventTime, _, _>(|scope| {
             build(scope, &inputs, &specs, sinks, &ctx);
         });
-    })
-    .map_err(|e| anyhow::anyhow!("cannot start the workers: {e}"))?;
+    })?;
     let failures: Vec<String> = guards.join().into_iter().filter_map(Result::err).collect();
     if !failures.is_empty() {
         bail!("a worker failed: {}", failures.join("; "));
