@@ -71,12 +71,6 @@ struct Kline {
     trades: u64,
 }
 
-impl Generator for KlineGen {
-    fn message(&mut self, rng: &mut fastrand::Rng, now: EventTime, buf: &mut String) -> u64 {
-        self.write(rng, now, buf)
-    }
-}
-
 impl KlineGen {
     fn new(p: usize, rng: &mut fastrand::Rng) -> Self {
         let (symbol, price) = SYMBOLS[p];
@@ -86,8 +80,10 @@ impl KlineGen {
             klines: Vec::new(),
         }
     }
+}
 
-    fn write(&mut self, rng: &mut fastrand::Rng, now: EventTime, buf: &mut String) -> u64 {
+impl Generator for KlineGen {
+    fn message(&mut self, rng: &mut fastrand::Rng, now: EventTime, buf: &mut String) -> u64 {
         let minute = now - now % 60_000;
         if self.klines.is_empty() {
             // History before the first snapshot, so messages carry 20–30 rows from the start.

@@ -28,12 +28,6 @@ struct BookGen {
     markets: Vec<(String, f64)>,
 }
 
-impl Generator for BookGen {
-    fn message(&mut self, rng: &mut fastrand::Rng, now: EventTime, buf: &mut String) -> u64 {
-        self.write(rng, now, buf)
-    }
-}
-
 impl BookGen {
     fn new(group: usize, seed: u64) -> Self {
         let markets = (0..MARKETS_PER_GROUP)
@@ -50,7 +44,46 @@ impl BookGen {
         Self { markets }
     }
 
-    fn write(&mut self, rng: &mut fastrand::Rng, now: EventTime, buf: &mut String) -> u64 {
+    /// A full-depth book; the best level is listed last, as the live feed does.
+    fn book(&self, rng: &mut fastrand::Rng, m: usize, ts: EventTime, buf: &mut String) {
+        let (id, p) = &self.markets[m];
+        let side = |rng: &mut fastrand::Rng, buf: &mut String, sign: f64| {
+            if rng.f64() < 0.03 {
+                buf.push_str("[]");
+                return;
+            }
+            let levels = rng.usize(1..8);
+            let gap = rng.usize(0..3) as f64;
+            buf.push('[');
+            for i in (1..=levels).rev() {
+                let price = (p + sign * 0.01 * (i as f64 + gap)).clamp(0.001, 0.999);
+                if i != levels {
+                    buf.push(',');
+                }
+                let _ = write!(
+                    buf,
+                    r#"{{"price":"{}","size":"{}"}}"#,
+                    price_str(rng, price),
+                    (rng.f64() * 5000.0).round()
+                );
+            }
+            buf.push(']');
+        };
+        let _ = write!(
+            buf,
+            r#"{{"market":"{id}","asset_id":"{}","timestamp":"{ts}","hash":"{:x}","bids":"#,
+            rng.u64(..),
+            rng.u64(..)
+        );
+        side(rng, buf, -1.0);
+        buf.push_str(r#","asks":"#);
+        side(rng, buf, 1.0);
+        buf.push_str(r#","tick_size":"0.01","event_type":"book"}"#);
+    }
+}
+
+impl Generator for BookGen {
+    fn message(&mut self, rng: &mut fastrand::Rng, now: EventTime, buf: &mut String) -> u64 {
         let frames = rng.usize(1..=6);
         for f in 0..frames {
             if f > 0 {
@@ -100,43 +133,6 @@ impl BookGen {
             }
         }
         300 + rng.u64(0..400)
-    }
-
-    /// A full-depth book; the best level is listed last, as the live feed does.
-    fn book(&self, rng: &mut fastrand::Rng, m: usize, ts: EventTime, buf: &mut String) {
-        let (id, p) = &self.markets[m];
-        let side = |rng: &mut fastrand::Rng, buf: &mut String, sign: f64| {
-            if rng.f64() < 0.03 {
-                buf.push_str("[]");
-                return;
-            }
-            let levels = rng.usize(1..8);
-            let gap = rng.usize(0..3) as f64;
-            buf.push('[');
-            for i in (1..=levels).rev() {
-                let price = (p + sign * 0.01 * (i as f64 + gap)).clamp(0.001, 0.999);
-                if i != levels {
-                    buf.push(',');
-                }
-                let _ = write!(
-                    buf,
-                    r#"{{"price":"{}","size":"{}"}}"#,
-                    price_str(rng, price),
-                    (rng.f64() * 5000.0).round()
-                );
-            }
-            buf.push(']');
-        };
-        let _ = write!(
-            buf,
-            r#"{{"market":"{id}","asset_id":"{}","timestamp":"{ts}","hash":"{:x}","bids":"#,
-            rng.u64(..),
-            rng.u64(..)
-        );
-        side(rng, buf, -1.0);
-        buf.push_str(r#","asks":"#);
-        side(rng, buf, 1.0);
-        buf.push_str(r#","tick_size":"0.01","event_type":"book"}"#);
     }
 }
 
