@@ -300,6 +300,16 @@ proptest! {
         check_frames(value.as_bytes());
     }
 
+    /// The decoder's one-pass path for a line holding one object gives exactly what the general
+    /// path gives for the same event in a one-element array.
+    #[test]
+    fn one_object_decodes_as_a_one_element_array(event in poly_event()) {
+        let (mut direct, mut wrapped) = (Vec::new(), Vec::new());
+        FrameDecoder.decode(event.to_string().as_bytes(), &mut direct);
+        FrameDecoder.decode(format!("[{event}]").as_bytes(), &mut wrapped);
+        prop_assert_eq!(direct, wrapped);
+    }
+
     #[test]
     fn time_arithmetic_takes_any_event_time(s in spec(), t in any::<u64>(), now in any::<u64>(), seen in any::<u64>(), held in any::<u64>()) {
         let mut clock = PartitionClock::default();

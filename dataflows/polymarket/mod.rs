@@ -219,6 +219,17 @@ impl Decoder for FrameDecoder {
             if line.trim().is_empty() {
                 continue;
             }
+            // Fast path, the common case: a line that is one event object whose head fields
+            // parse is decoded in one pass. Anything else takes the general path below, which
+            // names what is wrong.
+            let object = line.trim_matches(|c| matches!(c, ' ' | '\t' | '\n' | '\r'));
+            if object.starts_with('{') {
+                if let Ok(head) = serde_json::from_str::<Head>(object) {
+                    out.push(from_head(index, head, object, multi_line));
+                    index += 1;
+                    continue;
+                }
+            }
             let events = match json::elements(line) {
                 Ok(events) => events,
                 Err(e) => {
@@ -265,9 +276,8 @@ fn ignored_kind(kind: Cow<'_, str>) -> Cow<'static, str> {
 }
 
 fn decode_event(index: u32, raw: &RawValue, excerpt_needed: bool) -> Decoded<Event> {
-    let excerpt = || excerpt_needed.then(|| raw.get().to_string());
-    let head: Head = match serde_json::from_str(raw.get()) {
-        Ok(h) => h,
+    match serde_json::from_str(raw.get()) {
+        Ok(head) => from_head(index, head, raw.get(), excerpt_needed),
         Err(e) => {
             if let Some(last_wins) = json::without_duplicate_fields(raw.get(), &e) {
                 // Owned, so it can be parsed again with its repeated fields merged.
@@ -280,9 +290,15 @@ fn decode_event(index: u32, raw: &RawValue, excerpt_needed: bool) -> Decoded<Eve
             } else {
                 "event is not an object"
             };
-            return Decoded::malformed(index, reason, e.to_string(), excerpt());
+            let excerpt = excerpt_needed.then(|| raw.get().to_string());
+            Decoded::malformed(index, reason, e.to_string(), excerpt)
         }
-    };
+    }
+}
+
+/// The outcome of one event whose head fields parsed; `raw` is the event's text.
+fn from_head(index: u32, head: Head<'_>, raw: &str, excerpt_needed: bool) -> Decoded<Event> {
+    let excerpt = || excerpt_needed.then(|| raw.to_string());
     let Some(kind) = head.event_type else {
         return Decoded::malformed(index, "missing event_type", String::new(), excerpt());
     };
