@@ -8,7 +8,7 @@
 
 use std::net::TcpStream;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command};
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
@@ -72,17 +72,21 @@ fn java() -> PathBuf {
         .unwrap_or_else(|| PathBuf::from("java"))
 }
 
-/// A KRaft cluster id: 16 random bytes, base64url without padding (what `random-uuid` prints).
+/// A KRaft cluster id: 16 random bytes in URL-safe base64 without padding (what `random-uuid`
+/// prints), never starting with `-` (the storage tool would read it as an option).
 fn cluster_id() -> String {
     const ALPHABET: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
-    let mut bits: u128 = fastrand::u128(..);
-    (0..22)
-        .map(|_| {
-            let c = ALPHABET[(bits & 63) as usize] as char;
-            bits >>= 6;
-            c
-        })
-        .collect()
+    loop {
+        let bits: u128 = fastrand::u128(..);
+        // 21 characters of 6 bits from the top, then the last 2 bits in the top of a 22nd.
+        let mut id: String = (0..21)
+            .map(|i| ALPHABET[((bits >> (122 - 6 * i)) & 63) as usize] as char)
+            .collect();
+        id.push(ALPHABET[((bits & 3) << 4) as usize] as char);
+        if !id.starts_with('-') {
+            return id;
+        }
+    }
 }
 
 /// A single-node Apache Kafka broker (combined broker and controller) on free local ports;
@@ -129,10 +133,16 @@ group.initial.rebalance.delay.ms=0
             .args(["--cluster-id", &cluster_id(), "--standalone", "--config"])
             .arg(&config)
             .stdout(log("format.log"))
-            .stderr(Stdio::null())
+            .stderr(log("format.err"))
             .status()
             .expect("java is needed to run the Apache Kafka test broker");
-        assert!(format.success(), "formatting the Kafka log folder failed");
+        assert!(
+            format.success(),
+            "formatting the Kafka log folder failed: {}",
+            ["format.log", "format.err"]
+                .map(|f| std::fs::read_to_string(dir.path().join(f)).unwrap_or_default())
+                .join("")
+        );
         let child = Command::new(java())
             .args(["-Xmx512m", "-cp", &classpath, "kafka.Kafka"])
             .arg(&config)
