@@ -131,7 +131,7 @@ impl Inputs {
 
 /// The Kafka topic name of input topic `name` in this run.
 fn kafka_name<'a>(args: &'a RunArgs, name: &'a str) -> &'a str {
-    args.topics.get(name).map_or(name, String::as_str)
+    super::kafka_topic(&args.topics, name)
 }
 
 fn inputs(args: &RunArgs) -> anyhow::Result<Inputs> {

@@ -105,6 +105,11 @@ pub(crate) fn market_names() -> Vec<&'static str> {
 /// Kafka topic names of this run, by input topic name (`--topic-binance NAME`, …).
 pub(crate) type TopicNames = BTreeMap<&'static str, String>;
 
+/// The Kafka topic of input topic `name` in this run: its renamed name if any, else its own.
+pub fn kafka_topic<'a>(names: &'a TopicNames, name: &'a str) -> &'a str {
+    names.get(name).map_or(name, String::as_str)
+}
+
 /// Adds an option renaming each input topic's Kafka topic (`--topic-binance NAME`) to the
 /// subcommands `subcommands` of `cmd`: the options come from the registry, so a new market
 /// brings its own.

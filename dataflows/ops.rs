@@ -12,7 +12,7 @@ use crate::kafka::{self, Created, KafkaSettings, TopicSpec};
 use crate::source::{ReadStatus, ReaderFactory};
 
 use super::sim::SimArgs;
-use super::{topics as input_topics, TopicNames, MARKETS};
+use super::{kafka_topic, topics as input_topics, TopicNames, MARKETS};
 /// Default output topic for window results (`--sink-kafka`).
 pub(crate) const RESULTS_TOPIC: &str = "processed_metrics";
 /// Default output topic for dead letters (`--dead-letter-topic`).
@@ -245,11 +245,7 @@ pub fn produce(args: &ProduceArgs) -> anyhow::Result<()> {
         let start = args.sim_args.sim_start.unwrap_or_else(crate::time::now_ms);
         let mut readers = Vec::new();
         for (name, factory) in args.sim_args.factories(start)? {
-            let topic = args
-                .topics
-                .get(name)
-                .cloned()
-                .unwrap_or_else(|| name.to_string());
+            let topic = kafka_topic(&args.topics, name).to_string();
             let partitions = kafka::describe_topic(&settings, &topic)?.len() as i32;
             readers.push((topic, partitions, factory.open(0, 1, &[])?));
         }
@@ -291,7 +287,7 @@ pub fn produce(args: &ProduceArgs) -> anyhow::Result<()> {
                 .filter(|l| !l.trim().is_empty())
                 .collect();
             let multi_frame = input_topics().any(|(_, t)| {
-                t.multi_frame && (topic == t.name || args.topics.get(t.name) == Some(topic))
+                t.multi_frame && (topic == t.name || topic == kafka_topic(&args.topics, t.name))
             });
             let group = if multi_frame { args.group_frames } else { 1 };
             for chunk in lines.chunks(group) {

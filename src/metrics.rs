@@ -275,13 +275,12 @@ pub(crate) fn prometheus(stats: &RunStats) -> String {
         )
         .sample(&[], m as f64);
     }
-    let mut text = f.encode();
-    text.push_str(&latency_histogram(stats));
-    text
+    f.0.push(latency_histogram(stats));
+    f.encode()
 }
 
 /// The emit-latency histogram (its buckets are counted by the stats, cumulatively).
-fn latency_histogram(stats: &RunStats) -> String {
+fn latency_histogram(stats: &RunStats) -> MetricFamily {
     let h = stats.latency();
     let mut hist = Histogram::default();
     hist.set_sample_count(h.count);
@@ -305,8 +304,7 @@ fn latency_histogram(stats: &RunStats) -> String {
     f.set_help("From the watermark passing a window's end to its result being written.".into());
     f.set_field_type(MetricType::HISTOGRAM);
     f.set_metric(vec![m]);
-    // One named family with one sample: encoding cannot fail.
-    TextEncoder::new().encode_to_string(&[f]).unwrap()
+    f
 }
 
 /// Checkpoint families: parts written, bytes, write time, the latest complete epoch.

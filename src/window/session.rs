@@ -55,43 +55,6 @@ impl<A: WindowAggregate> Sessions<A> {
             gap: spec.session_gap_ms.unwrap_or(spec.size_ms),
         }
     }
-    /// Adds records stamped at `cap`'s time; those stamped at or after their session's end are
-    /// corrections, applied once the watermark reaches it.
-    fn add_records(&mut self, cap: &Capability<EventTime>, records: Vec<Timed<A::Record>>) {
-        let (s, gap) = (*cap.time(), self.gap);
-        for r in records {
-            if s >= r.time.saturating_add(gap) {
-                self.pending.push((cap.clone(), r));
-                continue;
-            }
-            let mut acc = A::Acc::default();
-            A::add(&mut acc, &r);
-            let list = self.keys.entry(A::key(&r.rec).to_string()).or_default();
-            // Merge every open session the record reaches into one.
-            let mut merged = Session {
-                start: r.time,
-                last: r.time,
-                acc,
-                cap: None,
-                revision: 0,
-                dirty: true,
-            };
-            let mut i = 0;
-            while i < list.len() {
-                if list[i].cap.is_some() && list[i].reaches(r.time, gap) {
-                    let other = list.swap_remove(i);
-                    merged.start = merged.start.min(other.start);
-                    merged.last = merged.last.max(other.last);
-                    A::merge(&mut merged.acc, &other.acc);
-                    merged.revision = merged.revision.max(other.revision);
-                } else {
-                    i += 1;
-                }
-            }
-            merged.cap = Some(cap.delayed(&(merged.end(gap) - 1)));
-            list.push(merged);
-        }
-    }
 
     /// Final results of sessions ending at or before `lim` (the watermark), corrections of
     /// final sessions, and the end of state past the allowed lateness.
@@ -168,49 +131,6 @@ impl<A: WindowAggregate> Sessions<A> {
         });
         out
     }
-
-    /// Per key, its sessions: start, last event, accumulator, revision, still open.
-    fn encode(&self) -> Vec<u8> {
-        type Row<'a, Acc> = (&'a String, Vec<(EventTime, EventTime, &'a Acc, u32, bool)>);
-        let snap: Vec<Row<'_, A::Acc>> = self
-            .keys
-            .iter()
-            .map(|(k, list)| {
-                let l = list
-                    .iter()
-                    .map(|x| (x.start, x.last, &x.acc, x.revision, x.cap.is_some()))
-                    .collect();
-                (k, l)
-            })
-            .collect();
-        crate::checkpoint::encode(&snap)
-    }
-
-    /// Rebuilds the sessions saved at `epoch`; those ending at or before it were final there.
-    fn rebuild(&mut self, snap: Snapshot<A::Acc>, epoch: EventTime, cap: &Capability<EventTime>) {
-        let (gap, spec) = (self.gap, self.spec);
-        for (key, list) in snap {
-            let mut sessions = Vec::new();
-            for (start, last, acc, revision, open) in list {
-                let end = last.saturating_add(gap);
-                let is_final = !open || end <= epoch;
-                if is_final && end.saturating_add(spec.allowed_ms) <= epoch {
-                    continue;
-                }
-                sessions.push(Session {
-                    start,
-                    last,
-                    acc,
-                    cap: (!is_final).then(|| cap.delayed(&(end - 1))),
-                    revision: revision + u32::from(open && end <= epoch),
-                    dirty: false,
-                });
-            }
-            if !sessions.is_empty() {
-                self.keys.insert(key, sessions);
-            }
-        }
-    }
 }
 
 /// A sessions operator's checkpointed state (see [`State::snapshot`]).
@@ -225,8 +145,42 @@ impl<A: WindowAggregate> WindowState for Sessions<A> {
         key_hash(A::key(&r.rec))
     }
 
-    fn apply(&mut self, cap: &Capability<EventTime>, items: Vec<Timed<A::Record>>) {
-        self.add_records(cap, items);
+    /// Adds records stamped at `cap`'s time; those stamped at or after their session's end are
+    /// corrections, applied once the watermark reaches it.
+    fn apply(&mut self, cap: &Capability<EventTime>, records: Vec<Timed<A::Record>>) {
+        let (s, gap) = (*cap.time(), self.gap);
+        for r in records {
+            if s >= r.time.saturating_add(gap) {
+                self.pending.push((cap.clone(), r));
+                continue;
+            }
+            let mut acc = A::Acc::default();
+            A::add(&mut acc, &r);
+            let list = self.keys.entry(A::key(&r.rec).to_string()).or_default();
+            // Merge every open session the record reaches into one.
+            let mut merged = Session {
+                start: r.time,
+                last: r.time,
+                acc,
+                cap: None,
+                revision: 0,
+                dirty: true,
+            };
+            let mut i = 0;
+            while i < list.len() {
+                if list[i].cap.is_some() && list[i].reaches(r.time, gap) {
+                    let other = list.swap_remove(i);
+                    merged.start = merged.start.min(other.start);
+                    merged.last = merged.last.max(other.last);
+                    A::merge(&mut merged.acc, &other.acc);
+                    merged.revision = merged.revision.max(other.revision);
+                } else {
+                    i += 1;
+                }
+            }
+            merged.cap = Some(cap.delayed(&(merged.end(gap) - 1)));
+            list.push(merged);
+        }
     }
 
     /// Records cannot be merged before their sessions are known.
@@ -256,12 +210,47 @@ impl<A: WindowAggregate> WindowState for Sessions<A> {
         }
     }
 
+    /// Per key, its sessions: start, last event, accumulator, revision, still open.
     fn snapshot(&self) -> Vec<u8> {
-        self.encode()
+        type Row<'a, Acc> = (&'a String, Vec<(EventTime, EventTime, &'a Acc, u32, bool)>);
+        let snap: Vec<Row<'_, A::Acc>> = self
+            .keys
+            .iter()
+            .map(|(k, list)| {
+                let l = list
+                    .iter()
+                    .map(|x| (x.start, x.last, &x.acc, x.revision, x.cap.is_some()))
+                    .collect();
+                (k, l)
+            })
+            .collect();
+        crate::checkpoint::encode(&snap)
     }
 
+    /// Rebuilds the sessions saved at `epoch`; those ending at or before it were final there.
     fn restore(&mut self, snap: Snapshot<A::Acc>, epoch: EventTime, cap: &Capability<EventTime>) {
-        self.rebuild(snap, epoch, cap);
+        let (gap, spec) = (self.gap, self.spec);
+        for (key, list) in snap {
+            let mut sessions = Vec::new();
+            for (start, last, acc, revision, open) in list {
+                let end = last.saturating_add(gap);
+                let is_final = !open || end <= epoch;
+                if is_final && end.saturating_add(spec.allowed_ms) <= epoch {
+                    continue;
+                }
+                sessions.push(Session {
+                    start,
+                    last,
+                    acc,
+                    cap: (!is_final).then(|| cap.delayed(&(end - 1))),
+                    revision: revision + u32::from(open && end <= epoch),
+                    dirty: false,
+                });
+            }
+            if !sessions.is_empty() {
+                self.keys.insert(key, sessions);
+            }
+        }
     }
 
     fn next_correction(&self) -> Option<EventTime> {
