@@ -55,6 +55,8 @@ pub struct RunArgs {
     pub cluster: ClusterArgs,
     #[command(flatten)]
     pub sim: SimArgs,
+    #[command(flatten)]
+    pub market: super::MarketArgs,
     /// Serve /metrics (Prometheus), /status (JSON) and a status page at `/` on HOST:PORT (a bare port binds 127.0.0.1).
     #[arg(long, value_name = "HOST:PORT")]
     pub metrics_addr: Option<String>,
@@ -394,13 +396,14 @@ fn build<'s>(
     scope: Scope<'s, EventTime>,
     inputs: &Inputs,
     specs: &[WindowSpec],
+    settings: &super::MarketArgs,
     sinks: SinkFactory,
     ctx: &JobContext,
 ) {
     let mut results = Vec::new();
     let mut dead = Vec::new();
     for (m, (market, spec)) in MARKETS.iter().zip(specs).enumerate() {
-        let out = market.build(scope, inputs.of_market(m), *spec, ctx);
+        let out = market.build(scope, inputs.of_market(m), *spec, settings, ctx);
         results.extend(out.results);
         dead.push(out.dead);
     }
@@ -481,10 +484,11 @@ pub fn run(args: RunArgs) -> anyhow::Result<()> {
         checkpoints: ckpt.clone(),
         emission: emission(&args),
     };
+    let settings = args.market.clone();
     let guards = crate::runtime::execute(config, move |worker| {
         let (inputs, sinks) = (Arc::clone(&inputs), Arc::clone(&sinks));
         worker.dataflow::<EventTime, _, _>(|scope| {
-            build(scope, &inputs, &specs, sinks, &ctx);
+            build(scope, &inputs, &specs, &settings, sinks, &ctx);
         });
     })?;
     let failures: Vec<String> = guards.join().into_iter().filter_map(Result::err).collect();

@@ -26,6 +26,15 @@ use crate::time::{EventTime, WindowSpec};
 
 pub use job::{run, RunArgs};
 
+/// Settings of the market dataflows (`speed-layer run`).
+#[derive(clap::Args, Clone, Debug)]
+pub struct MarketArgs {
+    /// The book of an outcome token with no event for this long (event time) is dropped; its
+    /// next event starts a new one.
+    #[arg(long, default_value = "1h", value_parser = crate::time::parse_duration, value_name = "DURATION")]
+    pub book_ttl: std::time::Duration,
+}
+
 /// One input topic of a market.
 pub struct TopicSpec {
     /// Its name: the default Kafka topic, the `TOPIC` of `--input TOPIC=PATH`, the file names
@@ -78,6 +87,7 @@ pub(crate) trait Market: Sync {
         scope: Scope<'s, EventTime>,
         inputs: &[Input],
         spec: WindowSpec,
+        settings: &MarketArgs,
         ctx: &JobContext,
     ) -> Outputs<'s>;
 }

@@ -138,6 +138,7 @@ fn produce_run_and_kafka_sink_equal_the_file_run() {
         let stream = headers.get("stream").expect("stream header").clone();
         let id = row
             .get("symbol")
+            .or_else(|| row.get("asset_id"))
             .or_else(|| row.get("market_id"))
             .and_then(|v| v.as_str())
             .unwrap()
@@ -146,6 +147,7 @@ fn produce_run_and_kafka_sink_equal_the_file_run() {
         let kind = match stream.as_str() {
             "binance" => "BIN",
             "polymarket_books" => "PB",
+            "polymarket_tokens" => "PO",
             _ => "PT",
         };
         let short: String = id

@@ -11,6 +11,7 @@ use speed_layer::dataflows::binance::{KlineAcc, KlineDecoder, KlineMetrics};
 use speed_layer::dataflows::polymarket::{
     Book, BookAcc, BookMetrics, Event, FrameDecoder, Trade, TradeAcc, TradeMetrics,
 };
+use speed_layer::dataflows::polymarket::tokens::{Op, TokenEvent};
 use speed_layer::result::ResultLine;
 use speed_layer::sink::{ConsoleSink, JsonlSink, ResultSink};
 use speed_layer::source::{Decoded, Decoder};
@@ -166,24 +167,52 @@ fn check_frames(value: &[u8]) {
     for d in &out {
         match d {
             Decoded::Record {
-                rec: Event::Book(b),
+                rec: Event::Book(b, tok),
                 ..
             } => {
                 assert!(!b.market.is_empty());
                 assert!(finite(b.mid) && finite(b.spread) && finite(b.imbalance));
+                tok.iter().for_each(check_token);
             }
             Decoded::Record {
-                rec: Event::Trade(t),
+                rec: Event::Trade(t, tok),
                 ..
             } => {
                 assert!(!t.market.is_empty());
                 assert!(finite(t.size));
+                tok.iter().for_each(check_token);
+            }
+            Decoded::Record {
+                rec: Event::Changes(list),
+                ..
+            } => {
+                assert!(!list.is_empty());
+                list.iter().for_each(check_token);
             }
             Decoded::Ignored { kind, .. } => {
                 assert!(kind.chars().all(|c| !c.is_control()), "{kind:?}");
             }
             Decoded::Malformed { .. } => {}
         }
+    }
+}
+
+/// A token event holds a key and only finite numbers; book levels have positive sizes.
+fn check_token(t: &TokenEvent) {
+    assert!(!t.asset.is_empty() && !t.market.is_empty());
+    match &t.op {
+        Op::Book { bids, asks } => {
+            for (p, s) in bids.iter().chain(asks) {
+                assert!(p.is_finite() && s.is_finite() && *s > 0.0);
+            }
+        }
+        Op::Changes(changes) => {
+            for c in changes {
+                assert!(c.price.is_finite() && c.size.is_finite() && c.size >= 0.0);
+                assert!(finite(c.reported.0) && finite(c.reported.1));
+            }
+        }
+        Op::Trade { price, size, .. } => assert!(finite(*price) && finite(*size)),
     }
 }
 

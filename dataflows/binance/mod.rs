@@ -18,7 +18,7 @@ use crate::source::{source, Decoded, Decoder};
 use crate::time::{EventTime, Timed, WindowSpec};
 use crate::window::{windowed, WindowAggregate};
 
-use super::{json, Input, Market, Outputs, TopicSpec};
+use super::{json, Input, Market, MarketArgs, Outputs, TopicSpec};
 
 /// The Binance market.
 pub(crate) struct Binance;
@@ -49,6 +49,7 @@ impl Market for Binance {
         scope: timely::dataflow::Scope<'s, EventTime>,
         inputs: &[Input],
         spec: WindowSpec,
+        _settings: &MarketArgs,
         ctx: &JobContext,
     ) -> Outputs<'s> {
         let input = &inputs[0];

@@ -6,13 +6,14 @@
 //! only the first line). Definitions: `formats.md`. Its simulator is in `sim.rs`.
 
 pub mod sim;
+pub mod tokens;
 
 use std::borrow::Cow;
 
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 
-use timely::dataflow::operators::core::OkErr;
+use timely::dataflow::operators::core::{Map, Partition};
 use timely::dataflow::StreamVec;
 
 use crate::aggregate::{Latest, NumStats};
@@ -20,9 +21,10 @@ use crate::context::{JobContext, Role};
 use crate::result::ResultLine;
 use crate::source::{source, Decoded, Decoder};
 use crate::time::{EventTime, Timed, WindowSpec};
-use crate::window::{windowed, WindowAggregate};
+use crate::window::{ordered_windowed, windowed, WindowAggregate};
 
-use super::{json, Input, Market, Outputs, TopicSpec};
+use super::{json, Input, Market, MarketArgs, Outputs, TopicSpec};
+use tokens::{Op, TokenEvent, TokenMetrics};
 
 /// The Polymarket market.
 pub struct Polymarket;
@@ -45,7 +47,7 @@ impl Market for Polymarket {
     }
 
     fn streams(&self) -> &'static [&'static str] {
-        &[BookMetrics::STREAM, TradeMetrics::STREAM]
+        &[BookMetrics::STREAM, TradeMetrics::STREAM, tokens::STREAM]
     }
 
     /// The frames, and the Gamma metadata snapshots (`formats.md`) that producers may already
@@ -59,6 +61,7 @@ impl Market for Polymarket {
         scope: timely::dataflow::Scope<'s, EventTime>,
         inputs: &[Input],
         spec: WindowSpec,
+        settings: &MarketArgs,
         ctx: &JobContext,
     ) -> Outputs<'s> {
         let input = &inputs[0];
@@ -70,14 +73,9 @@ impl Market for Polymarket {
             spec,
             ctx.operator(Role::Source, self.name()),
         );
-        let (books, trades): (
-            StreamVec<'s, EventTime, Timed<Book>>,
-            StreamVec<'s, EventTime, Timed<Trade>>,
-        ) = events.ok_err(|t: Timed<Event>| match t.take() {
-            (t, Event::Book(b)) => Ok(t.map(|()| b)),
-            (t, Event::Trade(tr)) => Err(t.map(|()| tr)),
-        });
+        let (books, trades, tokens) = split(events);
         let window = |stream| ctx.operator(Role::Window, stream);
+        let ttl = settings.book_ttl.as_millis().min(u128::from(crate::time::MAX_SPAN_MS)) as u64;
         Outputs {
             results: vec![
                 (
@@ -88,10 +86,65 @@ impl Market for Polymarket {
                     TradeMetrics::STREAM,
                     windowed::<TradeMetrics>(trades, spec, window(TradeMetrics::STREAM)),
                 ),
+                (
+                    tokens::STREAM,
+                    ordered_windowed::<TokenMetrics>(tokens, spec, ttl, window(tokens::STREAM)),
+                ),
             ],
             dead,
         }
     }
+}
+
+/// Where each part of an event goes: the seed's book and trade streams, the token stream.
+enum Part {
+    Book(Book),
+    Trade(Trade),
+    Token(TokenEvent),
+}
+
+type Split<'s> = (
+    StreamVec<'s, EventTime, Timed<Book>>,
+    StreamVec<'s, EventTime, Timed<Trade>>,
+    StreamVec<'s, EventTime, Timed<TokenEvent>>,
+);
+
+/// Splits events into the seed's books and trades and the token events (a book or trade with
+/// an `asset_id` goes both ways).
+fn split<'s>(events: StreamVec<'s, EventTime, Timed<Event>>) -> Split<'s> {
+    let parts: StreamVec<'s, EventTime, (u64, Timed<Part>)> =
+        events.flat_map(|t: Timed<Event>| {
+            let (t, event) = t.take();
+            let parts: Vec<(u64, Part)> = match event {
+                Event::Book(b, tok) => std::iter::once((0, Part::Book(b)))
+                    .chain(tok.map(|x| (2, Part::Token(x))))
+                    .collect(),
+                Event::Trade(tr, tok) => std::iter::once((1, Part::Trade(tr)))
+                    .chain(tok.map(|x| (2, Part::Token(x))))
+                    .collect(),
+                Event::Changes(list) => list.into_iter().map(|e| (2, Part::Token(e))).collect(),
+            };
+            parts.into_iter().map(move |(n, p)| (n, t.clone().map(|()| p)))
+        });
+    let outs: Vec<StreamVec<'s, EventTime, Timed<Part>>> = parts.partition::<timely::container::CapacityContainerBuilder<Vec<Timed<Part>>>, _, _>(3, |(n, p)| (n, p));
+    let mut outs = outs.into_iter();
+    // `partition(3, …)` gives exactly three streams.
+    let mut next = || outs.next().unwrap();
+    let (b, tr, tok) = (next(), next(), next());
+    (
+        b.flat_map(|p: Timed<Part>| match p.take() {
+            (t, Part::Book(b)) => Some(t.map(|()| b)),
+            _ => None,
+        }),
+        tr.flat_map(|p: Timed<Part>| match p.take() {
+            (t, Part::Trade(x)) => Some(t.map(|()| x)),
+            _ => None,
+        }),
+        tok.flat_map(|p: Timed<Part>| match p.take() {
+            (t, Part::Token(x)) => Some(t.map(|()| x)),
+            _ => None,
+        }),
+    )
 }
 
 /// One order-book update, reduced to its derived values.
@@ -116,13 +169,16 @@ pub struct Trade {
     pub size: Option<f64>,
 }
 
-/// A Polymarket event the metrics use.
+/// A Polymarket event the metrics use: what the seed streams read of it, and what the token
+/// stream reads (absent when the event names no `asset_id`).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub enum Event {
     /// A `book` event.
-    Book(Book),
+    Book(Book, Option<TokenEvent>),
     /// A `last_trade_price` event.
-    Trade(Trade),
+    Trade(Trade, Option<TokenEvent>),
+    /// A `price_change` event: its entries, one event per token.
+    Changes(Vec<TokenEvent>),
 }
 
 /// The fields read from every event; the others stay unparsed.
@@ -140,6 +196,16 @@ struct Head<'a> {
     asks: Option<&'a RawValue>,
     #[serde(borrow)]
     size: Option<&'a RawValue>,
+    #[serde(borrow)]
+    asset_id: Option<Cow<'a, str>>,
+    #[serde(borrow)]
+    price: Option<&'a RawValue>,
+    #[serde(borrow)]
+    side: Option<Cow<'a, str>>,
+    #[serde(borrow)]
+    price_changes: Option<&'a RawValue>,
+    #[serde(borrow)]
+    changes: Option<&'a RawValue>,
 }
 
 #[derive(Deserialize)]
@@ -150,29 +216,40 @@ struct Level<'a> {
     size: Option<&'a RawValue>,
 }
 
-/// Best price and the size of the first level at that price; `better(a, b)` says a beats b.
-fn best_level(
-    side: Option<&RawValue>,
-    name: &str,
-    better: fn(f64, f64) -> bool,
-) -> Result<(Option<f64>, Option<f64>), String> {
+/// The levels of a book side as `(price, size)`: an unparseable number is an error, a missing
+/// price too; a missing size is `None`.
+type Levels = Vec<(Option<f64>, Option<f64>)>;
+
+fn parse_levels(side: Option<&RawValue>, name: &str) -> Result<Levels, String> {
     let Some(raw) = side.filter(|r| r.get().trim() != "null") else {
-        return Ok((None, None));
+        return Ok(Vec::new());
     };
     let levels: Vec<Level> = serde_json::from_str(raw.get())
         .map_err(|e| format!("{name}: expected an array of {{price, size}} levels ({e})"))?;
+    levels
+        .iter()
+        .enumerate()
+        .map(|(i, l)| {
+            let price = json::lenient_f64(l.price).map_err(|e| format!("{name}[{i}].price: {e}"))?;
+            let size = json::lenient_f64(l.size).map_err(|e| format!("{name}[{i}].size: {e}"))?;
+            if price.is_none() {
+                return Err(format!("{name}[{i}] has no price"));
+            }
+            Ok((price, size))
+        })
+        .collect()
+}
+
+/// Best price and the size of the first level at that price; `better(a, b)` says a beats b.
+fn best_level(levels: &Levels, better: fn(f64, f64) -> bool) -> (Option<f64>, Option<f64>) {
     let mut best: Option<(f64, Option<f64>)> = None;
-    for (i, l) in levels.iter().enumerate() {
-        let price = json::lenient_f64(l.price).map_err(|e| format!("{name}[{i}].price: {e}"))?;
-        let size = json::lenient_f64(l.size).map_err(|e| format!("{name}[{i}].size: {e}"))?;
-        let Some(price) = price else {
-            return Err(format!("{name}[{i}] has no price"));
-        };
+    for &(price, size) in levels {
+        let Some(price) = price else { continue };
         if best.is_none_or(|(b, _)| better(price, b)) {
             best = Some((price, size));
         }
     }
-    Ok(best.map_or((None, None), |(p, s)| (Some(p), s)))
+    best.map_or((None, None), |(p, s)| (Some(p), s))
 }
 
 impl Book {
@@ -303,7 +380,7 @@ fn from_head(index: u32, head: Head<'_>, raw: &str, excerpt_needed: bool) -> Dec
         return Decoded::malformed(index, "missing event_type", String::new(), excerpt());
     };
     let time = head.timestamp.map(json::lenient_ms);
-    let used = matches!(kind.as_ref(), "book" | "last_trade_price");
+    let used = matches!(kind.as_ref(), "book" | "last_trade_price" | "price_change");
     if !used {
         let time = match (&head.market, time) {
             (Some(m), Some(Ok(t))) if !m.is_empty() => Some(t),
@@ -326,35 +403,88 @@ fn from_head(index: u32, head: Head<'_>, raw: &str, excerpt_needed: bool) -> Dec
         Some(Err(e)) => return Decoded::malformed(index, "invalid timestamp", e, excerpt()),
         Some(Ok(t)) => t,
     };
-    let market = market.into_owned();
-    let rec = if kind == "book" {
-        let bid = best_level(head.bids, "bids", |a, b| a > b);
-        let ask = best_level(head.asks, "asks", |a, b| a < b);
-        match (bid, ask) {
-            (Ok(bid), Ok(ask)) => {
-                let book = Book::new(market, bid, ask);
-                // Finite prices and sizes can still overflow a sum or a ratio.
-                if [book.mid, book.spread, book.imbalance]
-                    .iter()
-                    .any(|x| x.is_some_and(|x| !x.is_finite()))
-                {
-                    return Decoded::malformed(
-                        index,
-                        "value out of range",
-                        "mid, spread or imbalance of this book is not a finite number".into(),
-                        excerpt(),
-                    );
-                }
-                Event::Book(book)
+    // The token stream's key; an event without one still counts for the seed streams.
+    let asset = head.asset_id.as_deref().filter(|a| !a.is_empty());
+    let token = |op| {
+        asset.map(|a| TokenEvent {
+            asset: a.to_string(),
+            market: market.to_string(),
+            op,
+        })
+    };
+    let rec = match kind.as_ref() {
+        "book" => {
+            let levels = parse_levels(head.bids, "bids")
+                .and_then(|b| Ok((b, parse_levels(head.asks, "asks")?)));
+            let (bids, asks) = match levels {
+                Ok(levels) => levels,
+                Err(e) => return Decoded::malformed(index, "invalid book level", e, excerpt()),
+            };
+            let book = Book::new(
+                market.to_string(),
+                best_level(&bids, |a, b| a > b),
+                best_level(&asks, |a, b| a < b),
+            );
+            // Finite prices and sizes can still overflow a sum or a ratio.
+            if [book.mid, book.spread, book.imbalance]
+                .iter()
+                .any(|x| x.is_some_and(|x| !x.is_finite()))
+            {
+                return Decoded::malformed(
+                    index,
+                    "value out of range",
+                    "mid, spread or imbalance of this book is not a finite number".into(),
+                    excerpt(),
+                );
             }
-            (Err(e), _) | (_, Err(e)) => {
-                return Decoded::malformed(index, "invalid book level", e, excerpt())
-            }
+            let op = Op::Book {
+                bids: tokens::usable_levels(&bids),
+                asks: tokens::usable_levels(&asks),
+            };
+            Event::Book(book, token(op))
         }
-    } else {
-        match json::lenient_f64(head.size) {
-            Ok(size) => Event::Trade(Trade { market, size }),
+        "last_trade_price" => match json::lenient_f64(head.size) {
+            Ok(size) => {
+                // The token view never rejects what the seed streams accept: an unusable
+                // price or side reads as missing.
+                let op = Op::Trade {
+                    price: json::lenient_f64(head.price).ok().flatten(),
+                    size,
+                    buy: match head.side.as_deref() {
+                        Some("BUY") => Some(true),
+                        Some("SELL") => Some(false),
+                        _ => None,
+                    },
+                };
+                let token = token(op);
+                Event::Trade(
+                    Trade {
+                        market: market.into_owned(),
+                        size,
+                    },
+                    token,
+                )
+            }
             Err(e) => return Decoded::malformed(index, "invalid trade size", e, excerpt()),
+        },
+        _ => {
+            let changes = tokens::price_changes(
+                &market,
+                head.price_changes,
+                head.asset_id.as_deref(),
+                head.changes,
+            );
+            match changes {
+                Ok(list) if list.is_empty() => {
+                    return Decoded::Ignored {
+                        index,
+                        kind: Cow::Borrowed("price_change"),
+                        time: Some(time),
+                    }
+                }
+                Ok(list) => Event::Changes(list),
+                Err(e) => return Decoded::malformed(index, "invalid price change", e, excerpt()),
+            }
         }
     };
     Decoded::Record { index, time, rec }
@@ -503,7 +633,7 @@ mod tests {
         );
         match &decode(&msg)[0] {
             Decoded::Record {
-                rec: Event::Book(b),
+                rec: Event::Book(b, _),
                 time,
                 ..
             } => {
@@ -548,7 +678,7 @@ mod tests {
             r#"{{"event_type":"book","market":"{M}","timestamp":"5","asks":[{{"price":"0.6","size":"7"}}]}}"#
         );
         assert!(
-            matches!(&decode(&msg)[0], Decoded::Record { rec: Event::Book(b), .. } if b.mid.is_none())
+            matches!(&decode(&msg)[0], Decoded::Record { rec: Event::Book(b, _), .. } if b.mid.is_none())
         );
         let zero = book(
             r#"[{"price":"0.4","size":"0"}]"#,
@@ -591,7 +721,7 @@ mod tests {
             .collect();
         assert_eq!(idx, [0, 1, 2, 3, 4, 5]);
         assert!(
-            matches!(&out[2], Decoded::Record { time: 9, rec: Event::Trade(t), .. } if t.size == Some(12.5))
+            matches!(&out[2], Decoded::Record { time: 9, rec: Event::Trade(t, _), .. } if t.size == Some(12.5))
         );
         assert!(
             matches!(&out[3], Decoded::Ignored { kind, time: Some(8), .. } if kind == "price_change")

@@ -7,10 +7,12 @@
 //! settles windows when the frontier (the watermark) reaches their end, emits early updates on
 //! a timer and reports open windows. What differs between kinds is a [`WindowState`]: fixed
 //! windows — tumbling and hopping — in `fixed.rs` (pre-aggregated before the exchange),
-//! sessions in `session.rs`. A window's state is dropped once it is final (or, with allowed
+//! sessions in `session.rs`, windows over per-key state changed in event-time order (order
+//! books) in `ordered.rs`. A window's state is dropped once it is final (or, with allowed
 //! lateness, once that has passed), so memory is bounded by the open windows.
 
 mod fixed;
+mod ordered;
 mod session;
 
 use std::collections::BTreeMap;
@@ -23,6 +25,7 @@ use timely::dataflow::StreamVec;
 use timely::ExchangeData;
 
 pub use crate::context::Emission;
+pub use ordered::OrderedAggregate;
 use crate::context::OperatorContext;
 use crate::result::ResultLine;
 use crate::time::{EventTime, Timed, WindowSpec};
@@ -70,6 +73,18 @@ pub(crate) fn windowed<'s, A: WindowAggregate>(
         let partials = fixed::pre_aggregate::<A>(records, spec);
         operate(partials, A::STREAM, fixed::Windows::<A>::new(spec), ctx)
     }
+}
+
+/// Aggregates observations of per-key state that `records` change in event-time order (see
+/// `ordered.rs`), in the fixed windows of `spec`; a key's state resets after `ttl_ms` of event
+/// time without records.
+pub(crate) fn ordered_windowed<'s, A: OrderedAggregate>(
+    records: StreamVec<'s, EventTime, Timed<A::Record>>,
+    spec: WindowSpec,
+    ttl_ms: EventTime,
+    ctx: OperatorContext,
+) -> StreamVec<'s, EventTime, ResultLine> {
+    operate(records, A::STREAM, ordered::Ordered::<A>::new(spec, ttl_ms), ctx)
 }
 
 /// What differs between kinds of windows: the state of one window operator on one worker.

@@ -9,7 +9,12 @@ use std::time::{Duration, Instant};
 
 pub mod kafka;
 
-pub const STREAMS: [&str; 3] = ["binance", "polymarket_books", "polymarket_trades"];
+pub const STREAMS: [&str; 4] = [
+    "binance",
+    "polymarket_books",
+    "polymarket_trades",
+    "polymarket_tokens",
+];
 
 /// The `speed-layer` binary under test.
 pub fn bin() -> PathBuf {
@@ -301,6 +306,7 @@ pub fn read_results(dir: &Path) -> Results {
                 .unwrap_or_else(|e| panic!("bad line in {name}: {e}: {line}"));
             let key = row
                 .get("symbol")
+                .or_else(|| row.get("asset_id"))
                 .or_else(|| row.get("market_id"))
                 .and_then(|v| v.as_str())
                 .unwrap()
@@ -364,8 +370,10 @@ pub fn assert_same_results(got: &Results, want: &Results, what: &str) {
         assert_eq!(gf, wf, "{what}: columns of {k:?}");
         for (field, wv) in w {
             let gv = &g[field];
-            let approx =
-                field.starts_with("avg_") || field.starts_with("total_") || field == "volatility";
+            let approx = field.starts_with("avg_")
+                || field.starts_with("total_")
+                || field.ends_with("_shares")
+                || ["volatility", "shares_traded", "vwap"].contains(&field.as_str());
             let ok = match (gv.as_f64(), wv.as_f64()) {
                 (Some(a), Some(b)) if approx => {
                     a == b

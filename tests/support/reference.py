@@ -5,11 +5,11 @@ Written from the contract alone (not from the Rust code): reads the same input f
 `speed-layer run --input ...` (one message value per line; each file is one partition, in the
 order given), applies the per-partition lateness rule (the watermark before each message decides for all of
 its records), the event-time bounds (--max-future against the wall clock) and computes every final window of the
-three output streams with exact arithmetic where it matters (math.fsum, statistics.stdev).
+output streams (the seed's three and polymarket_tokens) with exact arithmetic where it matters (math.fsum, statistics.stdev).
 
 usage: reference.py --window-ms 60000 --lateness-ms 120000 --out DIR \
            [--binance FILE]... [--polymarket FILE]...
-Writes DIR/{binance,polymarket_books,polymarket_trades}.jsonl and DIR/summary.json
+Writes DIR/{binance,polymarket_books,polymarket_trades,polymarket_tokens}.jsonl and DIR/summary.json
 (counts of records, late and malformed per topic).
 """
 import argparse
@@ -150,7 +150,8 @@ def best(levels, pick):
 
 
 def poly_records(value):
-    """Yields ('rec', time, rec) / ('bad', reason) / ('ignored', time-or-None) per event."""
+    """Yields ('rec', time, rec, tokens) / ('bad', reason) / ('ignored', time-or-None) per event;
+    `rec` is the seed record (or None for a price_change), `tokens` the outcome-token events."""
     for line in value.split("\n"):
         line = line.rstrip("\r")
         if not line.strip(RUST_WS):
@@ -164,6 +165,56 @@ def poly_records(value):
             yield poly_event(ev)
 
 
+def token_num(v):
+    """A token-only number (trade price, reported best price): unusable reads as missing."""
+    try:
+        return lenient_num(v, "x")
+    except Malformed:
+        return None
+
+
+def token_levels(levels):
+    """A book side as the token view keeps it: usable levels, size > 0, first per price."""
+    out = {}
+    for lv in levels or []:
+        p, s = lenient_num(lv.get("price"), "x"), lenient_num(lv.get("size"), "x")
+        if p is not None and s is not None and s > 0 and (p + 0.0) not in out:
+            out[p + 0.0] = s
+    return out
+
+
+def price_change_tokens(ev, market):
+    """formats.md "Outcome tokens": the entries of a price_change, per token, in order."""
+    if ev.get("price_changes") is not None:
+        entries, shared = ev["price_changes"], None
+    elif ev.get("changes") is not None:
+        entries, shared = ev["changes"], ev.get("asset_id")
+        if not isinstance(shared, str) or shared == "":
+            raise Malformed("invalid price change")
+    else:
+        raise Malformed("invalid price change")
+    if not isinstance(entries, list):
+        raise Malformed("invalid price change")
+    per_token = {}
+    for e in entries:
+        if not isinstance(e, dict):
+            raise Malformed("invalid price change")
+        asset = shared if shared is not None else e.get("asset_id")
+        if not isinstance(asset, str) or asset == "":
+            raise Malformed("invalid price change")
+        try:
+            price = lenient_num(e.get("price"), "invalid price change")
+            size = lenient_num(e.get("size"), "invalid price change")
+        except Malformed:
+            raise Malformed("invalid price change")
+        if price is None or size is None or size < 0 or e.get("side") not in ("BUY", "SELL"):
+            raise Malformed("invalid price change")
+        change = ("change", e["side"] == "BUY", price + 0.0, size,
+                  token_num(e.get("best_bid")), token_num(e.get("best_ask")))
+        per_token.setdefault(asset, []).append(change)
+    return [(asset, market, ("changes", changes)) for asset, changes in per_token.items()]
+
+
 def poly_event(ev):
     if not isinstance(ev, dict):
         return ("bad", "event is not an object")
@@ -173,7 +224,7 @@ def poly_event(ev):
     if kind is None:
         return ("bad", "missing event_type")
     ts = parse_ms(ev["timestamp"]) if "timestamp" in ev and ev["timestamp"] is not None else None
-    if kind not in ("book", "last_trade_price"):
+    if kind not in ("book", "last_trade_price", "price_change"):
         return ("ignored", ts if market else None)
     if market is None:
         return ("bad", "missing market")
@@ -183,7 +234,14 @@ def poly_event(ev):
         return ("bad", "missing timestamp")
     if ts is None:
         return ("bad", "invalid timestamp")
+    asset = ev.get("asset_id")
+    asset = asset if isinstance(asset, str) and asset != "" else None
     try:
+        if kind == "price_change":
+            tokens = price_change_tokens(ev, market)
+            if not tokens:
+                return ("ignored", ts)
+            return ("rec", ts, None, tokens)
         if kind == "book":
             bid, bid_depth = best(ev.get("bids"), lambda a, b: a > b)
             ask, ask_depth = best(ev.get("asks"), lambda a, b: a < b)
@@ -194,11 +252,91 @@ def poly_event(ev):
                 imb = (bid_depth - ask_depth) / (bid_depth + ask_depth)
             if any(x is not None and not finite(x) for x in (mid, spread, imb)):
                 return ("bad", "value out of range")
-            return ("rec", ts, ("polymarket_books", market, {"mid": mid, "spread": spread, "imbalance": imb}))
+            tokens = [(asset, market, ("book", token_levels(ev.get("bids")), token_levels(ev.get("asks"))))] if asset else []
+            return ("rec", ts, ("polymarket_books", market, {"mid": mid, "spread": spread, "imbalance": imb}), tokens)
         size = lenient_num(ev.get("size"), "invalid trade size")
-        return ("rec", ts, ("polymarket_trades", market, {"size": size}))
+        side = ev.get("side")
+        tokens = [(asset, market, ("trade", token_num(ev.get("price")), size,
+                                   True if side == "BUY" else False if side == "SELL" else None))] if asset else []
+        return ("rec", ts, ("polymarket_trades", market, {"size": size}), tokens)
     except Malformed as e:
         return ("bad", str(e))
+
+
+def quote(bids, asks):
+    """prob, spread, imbalance, microprice of a token book ({price: size} per side)."""
+    if not bids or not asks:
+        return (None, None, None, None)
+    bb, ba = max(bids), min(asks)
+    bs, az = bids[bb], asks[ba]
+    fin = lambda x: x if finite(x) else None
+    try:
+        return (fin((bb + ba) / 2), fin(abs(ba - bb)), fin((bs - az) / (bs + az)), fin((ba * bs + bb * az) / (bs + az)))
+    except OverflowError:
+        return (None, None, None, None)
+
+
+def token_windows(events, W, ttl):
+    """events: [(time, order, asset, market, op)] on time; the polymarket_tokens rows."""
+    rows = []
+    by_asset = defaultdict(list)
+    for ev in events:
+        by_asset[ev[2]].append(ev)
+    for asset, evs in by_asset.items():
+        evs.sort(key=lambda e: (e[0], e[1]))
+        bids, asks, last = {}, {}, None
+        windows = defaultdict(list)  # end -> [(time, order, kind, values)]
+        for t, order, _, market, op in evs:
+            if last is not None and last + ttl <= t:
+                bids, asks = {}, {}
+            last = t if last is None else max(last, t)
+            obs = []
+            if op[0] == "book":
+                bids, asks = dict(op[1]), dict(op[2])
+                obs.append((quote(bids, asks), False))
+            elif op[0] == "changes":
+                for _, is_bid, price, size, rep_bid, rep_ask in op[1]:
+                    side = bids if is_bid else asks
+                    if size == 0:
+                        side.pop(price, None)
+                    else:
+                        side[price] = size
+                    mismatch = (rep_bid is not None and (max(bids) if bids else None) != rep_bid) or \
+                               (rep_ask is not None and (min(asks) if asks else None) != rep_ask)
+                    obs.append((quote(bids, asks), mismatch))
+            end = (t // W + 1) * W
+            windows[end].append((t, order, market, op, obs))
+        for end, items in windows.items():
+            rows.append(token_row(asset, end - W, end, items))
+    return rows
+
+
+def token_row(asset, start, end, items):
+    quotes = [(t, order, i, q, mm) for t, order, _, _, obs in items for i, (q, mm) in enumerate(obs)]
+    trades = [(t, order, op) for t, order, _, op, _ in items if op[0] == "trade"]
+    probs = nn([q[0] for _, _, _, q, _ in quotes])
+    cur = max(quotes, key=lambda x: (x[0], x[1], x[2]))[3] if quotes else (None,) * 4
+
+    def side_sum(sel):
+        picked = [op for _, _, op in trades if sel(op)]
+        return 0.0 if not picked else total([op[2] for op in picked])
+
+    priced = [(op[1], op[2]) for _, _, op in trades if op[1] is not None and op[2] is not None]
+    notional = total([p * s if finite(p * s) else None for p, s in priced]) if priced else None
+    volume = total([s for _, s in priced]) if priced else None
+    vwap = notional / volume if notional is not None and volume is not None and volume > 0 else None
+    last_price = max(trades, key=lambda x: (x[0], x[1]))[2][1] if trades else None
+    return {"window_start": start, "window_end": end, "asset_id": asset, "market_id": items[0][2],
+            "current_prob": cur[0], "avg_prob": avg(probs), "min_prob": min(probs) if probs else None,
+            "max_prob": max(probs) if probs else None,
+            "current_spread": cur[1], "avg_spread": avg([q[1] for _, _, _, q, _ in quotes]),
+            "current_imbalance": cur[2], "avg_imbalance": avg([q[2] for _, _, _, q, _ in quotes]),
+            "current_microprice": cur[3], "updates": len(quotes),
+            "book_mismatches": sum(1 for *_, mm in quotes if mm),
+            "num_trades": len(trades), "shares_traded": side_sum(lambda op: True),
+            "buy_shares": side_sum(lambda op: op[3] is True), "sell_shares": side_sum(lambda op: op[3] is False),
+            "vwap": vwap, "last_trade_price": last_price,
+            "outcome": None, "slug": None, "title": None, "kind": "final", "revision": 1}
 
 
 def nn(xs):
@@ -274,6 +412,7 @@ def main():
     ap.add_argument("--window-ms", type=int, default=60000)
     ap.add_argument("--lateness-ms", type=int, default=120000)
     ap.add_argument("--max-future-ms", type=int, default=3600000)
+    ap.add_argument("--book-ttl-ms", type=int, default=3600000)
     ap.add_argument("--binance", action="append", default=[])
     ap.add_argument("--polymarket", action="append", default=[])
     ap.add_argument("--out", required=True)
@@ -282,6 +421,7 @@ def main():
     now = int(time.time() * 1000)
     horizon = min(now + a.max_future_ms, MAX_EVENT_TIME)
     windows = defaultdict(list)  # (stream, key, end) -> [(time, order, values)]
+    token_events = []  # (time, order, asset, market, op)
     summary = {}
     for topic, files, decode in (("binance", a.binance, binance_records), ("polymarket_trade", a.polymarket, poly_records)):
         counts = {"records": 0, "late": 0, "malformed": 0, "ignored": 0}
@@ -313,21 +453,28 @@ def main():
                             if t is not None:
                                 newest = t if newest is None else max(newest, t)
                             continue
-                        _, t, (stream, key, vals) = item
+                        t, rec = item[1], item[2]
                         end = (t // W + 1) * W
                         if closed is not None and end <= closed:
                             counts["late"] += 1
                             continue
                         newest = t if newest is None else max(newest, t)
                         counts["records"] += 1
-                        windows[(stream, key, end)].append((t, (part, lineno, index), vals))
+                        order = (part, lineno, index)
+                        if rec is not None:
+                            stream, key, vals = rec
+                            windows[(stream, key, end)].append((t, order, vals))
+                        for asset, market, op in (item[3] if len(item) > 3 else []):
+                            token_events.append((t, order, asset, market, op))
                     if newest is not None:
                         max_seen = newest if max_seen is None else max(max_seen, newest)
         summary[topic] = counts
     os.makedirs(a.out, exist_ok=True)
-    outs = {s: open(os.path.join(a.out, s + ".jsonl"), "w") for s in ("binance", "polymarket_books", "polymarket_trades")}
+    outs = {s: open(os.path.join(a.out, s + ".jsonl"), "w") for s in ("binance", "polymarket_books", "polymarket_trades", "polymarket_tokens")}
     for (stream, key, end) in sorted(windows):
         outs[stream].write(json.dumps(window_row(stream, key, end - W, end, windows[(stream, key, end)])) + "\n")
+    for row in sorted(token_windows(token_events, W, a.book_ttl_ms), key=lambda r: (r["window_end"], r["asset_id"])):
+        outs["polymarket_tokens"].write(json.dumps(row) + "\n")
     for f in outs.values():
         f.close()
     with open(os.path.join(a.out, "summary.json"), "w") as f:

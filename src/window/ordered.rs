@@ -1,0 +1,332 @@
+//! Windows over per-key state that spans windows (an order book), as a [`WindowState`] of the
+//! window operator.
+//!
+//! A record changes its key's state (a book delta) and what the state looks like afterwards is
+//! the observation the window aggregates, so records of a key must be applied in event-time
+//! order, ties in input order, whatever order they arrive in. Records are therefore held until
+//! the frontier proves that nothing earlier can still come: a record on time for a window is
+//! stamped before that window's end, so once the frontier reaches the window boundary `B`, every
+//! on-time record with a time before `B` has arrived. Those are applied in `(time, position)`
+//! order and the windows ending at or before the frontier are final at once: no window waits
+//! longer than it would without state. A key's state is reset when its previous record lies
+//! `ttl` or more before the next one, and dropped from memory once the watermark is that far
+//! past it (so the two give the same results: dropping is only a memory matter).
+//!
+//! Records within `--allowed-lateness` (stamped after a window they belong to was final) are
+//! applied with the next release, after the records already applied, and correct that window.
+
+use std::collections::{BTreeMap, HashMap};
+
+use serde::{Deserialize, Serialize};
+use timely::dataflow::operators::Capability;
+use timely::ExchangeData;
+
+use super::{now_us, WindowState};
+use crate::hash::key_hash;
+use crate::result::{Kind, ResultLine};
+use crate::time::{EventTime, Timed, WindowSpec};
+
+/// A window metric over records applied in order to per-key state.
+pub trait OrderedAggregate: 'static {
+    /// Input record.
+    type Record: ExchangeData;
+    /// Per-key state carried across windows (saved in checkpoints).
+    type State: ExchangeData + Default;
+    /// What one record observes in the state after applying it.
+    type Obs;
+    /// Window accumulator of observations.
+    type Acc: ExchangeData + Default;
+    /// Output stream name.
+    const STREAM: &'static str;
+    /// The grouping key of a record.
+    fn key(rec: &Self::Record) -> &str;
+    /// Applies a record to its key's state and returns what it observes.
+    fn step(state: &mut Self::State, rec: &Timed<Self::Record>) -> Self::Obs;
+    /// Adds an observation to a window's accumulator.
+    fn add(acc: &mut Self::Acc, rec: &Timed<Self::Record>, obs: &Self::Obs);
+    /// Renders a result.
+    fn finish(
+        key: &str,
+        window_start: EventTime,
+        window_end: EventTime,
+        acc: &Self::Acc,
+    ) -> ResultLine;
+}
+
+/// One key's state with the event time of its last record.
+#[derive(Clone, Serialize, Deserialize)]
+pub(super) struct Keyed<S> {
+    last: EventTime,
+    state: S,
+}
+
+/// Per key and window: the accumulator and the last revision emitted.
+#[derive(Clone, Serialize, Deserialize)]
+pub(super) struct KeyAcc<Acc> {
+    acc: Acc,
+    revision: u32,
+}
+
+/// One window: `cap` (at `end - 1`) is held until its final result.
+struct Window<Acc> {
+    cap: Option<Capability<EventTime>>,
+    keys: HashMap<String, KeyAcc<Acc>>,
+}
+
+/// The checkpointed state: key states, records not yet applied (with their stamps), and
+/// windows (end, still open, keys).
+type Snapshot<A> = (
+    Vec<(String, Keyed<<A as OrderedAggregate>::State>)>,
+    Vec<(EventTime, Timed<<A as OrderedAggregate>::Record>)>,
+    Vec<(
+        EventTime,
+        bool,
+        Vec<(String, KeyAcc<<A as OrderedAggregate>::Acc>)>,
+    )>,
+);
+
+/// The state of one ordered window operator on one worker.
+pub(super) struct Ordered<A: OrderedAggregate> {
+    spec: WindowSpec,
+    ttl: EventTime,
+    states: HashMap<String, Keyed<A::State>>,
+    /// Records not applied yet, with the time they were stamped at.
+    pending: Vec<(EventTime, Timed<A::Record>)>,
+    /// One capability per stamp of a pending record.
+    caps: BTreeMap<EventTime, Capability<EventTime>>,
+    windows: BTreeMap<EventTime, Window<A::Acc>>,
+}
+
+impl<A: OrderedAggregate> Ordered<A> {
+    /// State for fixed windows of `spec` (session windows are read as tumbling windows of the
+    /// same size), key states reset after `ttl` ms of event time without a record.
+    pub(super) fn new(spec: WindowSpec, ttl: EventTime) -> Self {
+        let spec = WindowSpec {
+            session_gap_ms: None,
+            ..spec
+        };
+        Self {
+            spec,
+            ttl: ttl.max(1),
+            states: HashMap::new(),
+            pending: Vec::new(),
+            caps: BTreeMap::new(),
+            windows: BTreeMap::new(),
+        }
+    }
+
+    /// The window boundary at or before `lim`: every on-time record earlier than it has arrived.
+    fn boundary(&self, lim: EventTime) -> EventTime {
+        if lim == EventTime::MAX {
+            return lim;
+        }
+        lim / self.spec.slide_ms * self.spec.slide_ms
+    }
+
+    /// The earliest frontier at which a record at `t` is applied.
+    fn release_at(&self, t: EventTime) -> EventTime {
+        (t / self.spec.slide_ms)
+            .saturating_add(1)
+            .saturating_mul(self.spec.slide_ms)
+    }
+
+    /// A capability at `t` (at or after the earliest held one).
+    fn cap_at(&self, t: EventTime) -> Option<Capability<EventTime>> {
+        self.caps
+            .values()
+            .next()
+            .map(|c| c.delayed(&t.max(*c.time())))
+    }
+}
+
+impl<A: OrderedAggregate> WindowState for Ordered<A> {
+    type Input = Timed<A::Record>;
+    type Snapshot = Snapshot<A>;
+    const NAME: &'static str = "OrderedWindow";
+
+    fn route(r: &Timed<A::Record>) -> u64 {
+        key_hash(A::key(&r.rec))
+    }
+
+    fn apply(&mut self, cap: &Capability<EventTime>, items: Vec<Timed<A::Record>>) {
+        let t = *cap.time();
+        self.caps.entry(t).or_insert_with(|| cap.clone());
+        self.pending.extend(items.into_iter().map(|r| (t, r)));
+    }
+
+    fn compact(_t: EventTime, _items: &mut Vec<Timed<A::Record>>) {
+        // Records change state one by one: nothing merges.
+    }
+
+    fn settle(&mut self, lim: EventTime) -> Vec<(Capability<EventTime>, Vec<ResultLine>)> {
+        let mut out = Vec::new();
+        let bound = self.boundary(lim);
+        let (mut ready, waiting): (Vec<_>, Vec<_>) =
+            std::mem::take(&mut self.pending)
+                .into_iter()
+                .partition(|(_, r)| r.time < bound);
+        self.pending = waiting;
+        ready.sort_by(|a, b| (a.1.time, a.1.pos).cmp(&(b.1.time, b.1.pos)));
+
+        // Apply in order; corrections (a window already final at the record's stamp) are
+        // emitted at the stamp, one per record.
+        let mut corrections: BTreeMap<EventTime, Vec<ResultLine>> = BTreeMap::new();
+        for (stamp, r) in &ready {
+            let key = A::key(&r.rec);
+            let keyed = match self.states.get_mut(key) {
+                Some(k) => k,
+                None => self.states.entry(key.to_string()).or_insert(Keyed {
+                    last: r.time,
+                    state: A::State::default(),
+                }),
+            };
+            if keyed.last.saturating_add(self.ttl) <= r.time {
+                keyed.state = A::State::default();
+            }
+            keyed.last = keyed.last.max(r.time);
+            let obs = A::step(&mut keyed.state, r);
+            for end in self.spec.window_ends(r.time).filter(|e| *e >= r.min_end) {
+                // A correction when the window's final result is out (or it never had one and
+                // the record was stamped after it).
+                let is_correction = match self.windows.get(&end) {
+                    Some(w) => w.cap.is_none(),
+                    None => *stamp >= end,
+                };
+                if !self.windows.contains_key(&end) {
+                    let cap = if is_correction {
+                        None
+                    } else {
+                        self.cap_at(end - 1)
+                    };
+                    self.windows.insert(
+                        end,
+                        Window {
+                            cap,
+                            keys: HashMap::new(),
+                        },
+                    );
+                }
+                // Inserted just above when missing.
+                let w = self.windows.get_mut(&end).unwrap();
+                let k = w.keys.entry(key.to_string()).or_insert_with(|| KeyAcc {
+                    acc: A::Acc::default(),
+                    revision: 0,
+                });
+                A::add(&mut k.acc, r, &obs);
+                if is_correction {
+                    let replaces = (k.revision > 0).then_some(k.revision);
+                    k.revision += 1;
+                    let start = self.spec.window_start(end);
+                    let line = A::finish(key, start, end, &k.acc).tagged(
+                        Kind::Correction,
+                        k.revision,
+                        replaces,
+                    );
+                    corrections.entry(*stamp).or_default().push(line);
+                }
+            }
+        }
+
+        // Final results of the windows the frontier reached.
+        for (&end, w) in self.windows.iter_mut() {
+            if lim < end {
+                break;
+            }
+            let Some(cap) = w.cap.take() else { continue };
+            let final_at_us = now_us();
+            let start = self.spec.window_start(end);
+            let mut keys: Vec<(&String, &mut KeyAcc<A::Acc>)> = w.keys.iter_mut().collect();
+            keys.sort_unstable_by(|a, b| a.0.cmp(b.0));
+            let lines = keys
+                .into_iter()
+                .map(|(k, st)| {
+                    st.revision += 1;
+                    let mut line =
+                        A::finish(k, start, end, &st.acc).tagged(Kind::Final, st.revision, None);
+                    line.final_at_us = final_at_us;
+                    line
+                })
+                .collect();
+            out.push((cap, lines));
+        }
+        for (stamp, lines) in corrections {
+            if let Some(cap) = self.cap_at(stamp) {
+                out.push((cap, lines));
+            }
+        }
+
+        // Windows past the allowed lateness and silent keys can no longer change anything.
+        let allowed = self.spec.allowed_ms;
+        self.windows
+            .retain(|&end, w| w.cap.is_some() || lim < end.saturating_add(allowed));
+        let ttl = self.ttl;
+        self.states
+            .retain(|_, k| k.last.saturating_add(ttl) > bound);
+
+        // Records still waiting belong to windows ending after `lim`: their stamps move up to it.
+        let floor = lim.min(EventTime::MAX - 1);
+        let mut caps = BTreeMap::new();
+        let old = std::mem::take(&mut self.caps);
+        if let Some(first) = old.values().next() {
+            for (stamp, _) in self.pending.iter_mut() {
+                *stamp = (*stamp).max(floor);
+                caps.entry(*stamp)
+                    .or_insert_with(|| first.delayed(&(*stamp).max(*first.time())));
+            }
+        }
+        self.caps = caps;
+        out
+    }
+
+    fn updates(&mut self, _emit: &mut dyn FnMut(&Capability<EventTime>, Vec<ResultLine>)) {
+        // A window's records are applied only once they are complete: no early results.
+    }
+
+    fn snapshot(&self) -> Vec<u8> {
+        let states: Vec<(&String, &Keyed<A::State>)> = self.states.iter().collect();
+        let windows: Vec<(EventTime, bool, Vec<(&String, &KeyAcc<A::Acc>)>)> = self
+            .windows
+            .iter()
+            .map(|(end, w)| (*end, w.cap.is_some(), w.keys.iter().collect()))
+            .collect();
+        crate::checkpoint::encode(&(states, &self.pending, windows))
+    }
+
+    fn restore(&mut self, snap: Snapshot<A>, epoch: EventTime, cap: &Capability<EventTime>) {
+        let (states, pending, windows) = snap;
+        self.states = states.into_iter().collect();
+        for (stamp, r) in pending {
+            let stamp = stamp.max(epoch);
+            self.caps
+                .entry(stamp)
+                .or_insert_with(|| cap.delayed(&stamp));
+            self.pending.push((stamp, r));
+        }
+        for (end, open, keys) in windows {
+            let is_final = !open || end <= epoch;
+            if is_final && end.saturating_add(self.spec.allowed_ms) <= epoch {
+                continue;
+            }
+            let settled_here = open && end <= epoch;
+            let keys = keys
+                .into_iter()
+                .map(|(k, mut st)| {
+                    st.revision += u32::from(settled_here);
+                    (k, st)
+                })
+                .collect();
+            let cap = (!is_final).then(|| cap.delayed(&(end - 1)));
+            self.windows.insert(end, Window { cap, keys });
+        }
+    }
+
+    fn next_correction(&self) -> Option<EventTime> {
+        let first = self.pending.iter().map(|(_, r)| r.time).min()?;
+        Some(self.release_at(first))
+    }
+
+    fn counts(&self) -> (u64, u64) {
+        let open = self.windows.values().filter(|w| w.cap.is_some()).count() as u64;
+        (open, self.states.len() as u64)
+    }
+}
