@@ -33,6 +33,10 @@ pub struct MarketArgs {
     /// next event starts a new one.
     #[arg(long, default_value = "1h", value_parser = crate::time::parse_duration, value_name = "DURATION")]
     pub book_ttl: std::time::Duration,
+    /// A market metadata version applies to windows ending at most this long after it (a
+    /// market not republished for longer loses its title).
+    #[arg(long, default_value = "1d", value_parser = crate::time::parse_duration, value_name = "DURATION")]
+    pub metadata_ttl: std::time::Duration,
 }
 
 /// One input topic of a market.

@@ -254,7 +254,7 @@ pub fn produce(args: &ProduceArgs) -> anyhow::Result<()> {
             let mut idle = Duration::from_millis(200);
             for (topic, n, reader) in readers.iter_mut() {
                 let mut err = None;
-                let status = reader.read(256, &mut |slot, _, value| {
+                let status = reader.read(256, &mut |slot, _, value, _| {
                     if err.is_none() {
                         let text = String::from_utf8_lossy(value);
                         err = send(topic, Some(slot as i32 % *n), &text).err();

@@ -51,6 +51,41 @@ impl SimArgs {
     }
 }
 
+/// Underlyings the simulators share (Binance symbols; Polymarket up/down markets on them), with
+/// a starting price and the slug prefix of their up/down markets.
+pub(crate) const UNDERLYINGS: [(&str, f64, &str, &str); 4] = [
+    ("BTCUSDT", 96_000.0, "btc", "Bitcoin"),
+    ("ETHUSDT", 3_400.0, "eth", "Ethereum"),
+    ("SOLUSDT", 180.0, "sol", "Solana"),
+    ("XRPUSDT", 2.3, "xrp", "XRP"),
+];
+
+/// The simulated spot price of underlying `u` at `t`: one deterministic path per seed, so the
+/// Binance simulator trades it and the Polymarket simulator's up/down markets price it (their
+/// Up tokens follow the spot against its price at the market's start). Cycles from minutes to
+/// days give per-minute moves of about 0.1 %, plus a little noise every 10 s.
+pub(crate) fn spot(u: usize, seed: u64, t: EventTime) -> f64 {
+    let mut rng = fastrand::Rng::with_seed(seed ^ (0x5107 + u as u64 * 0x9E37_79B9));
+    let p0 = UNDERLYINGS[u].1 * (0.95 + 0.1 * rng.f64());
+    let tau = std::f64::consts::TAU;
+    let mut x = 0.0;
+    for (period_min, amp) in [
+        (9.0, 0.0012),
+        (27.0, 0.003),
+        (83.0, 0.006),
+        (300.0, 0.012),
+        (1900.0, 0.03),
+    ] {
+        let phase = rng.f64() * tau;
+        x += amp * (tau * t as f64 / (period_min * 60_000.0) + phase).sin();
+    }
+    let bucket = t / 10_000;
+    let noise =
+        fastrand::Rng::with_seed(seed ^ bucket.wrapping_mul(0x2545_F491_4F6C_DD1D) ^ u as u64)
+            .f64();
+    p0 * (x + (noise - 0.5) * 0.0006).exp()
+}
+
 /// Arguments of `speed-layer generate`.
 #[derive(clap::Args, Clone, Debug)]
 pub struct GenerateArgs {
@@ -88,7 +123,7 @@ pub fn generate(args: &GenerateArgs) -> anyhow::Result<()> {
             files.push(std::io::BufWriter::new(f));
         }
         let mut err = None;
-        while reader.read(4096, &mut |slot, _, value| {
+        while reader.read(4096, &mut |slot, _, value, _| {
             if err.is_none() {
                 err = files[slot]
                     .write_all(value)

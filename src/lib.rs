@@ -11,6 +11,7 @@ pub mod aggregate;
 pub mod checkpoint;
 pub mod cli;
 pub mod context;
+pub mod enrich;
 pub mod hash;
 pub mod kafka;
 pub mod metrics;

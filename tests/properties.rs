@@ -8,10 +8,10 @@ use proptest::prelude::*;
 use serde_json::{json, Map, Value};
 
 use speed_layer::dataflows::binance::{KlineAcc, KlineDecoder, KlineMetrics};
+use speed_layer::dataflows::polymarket::tokens::{Op, TokenEvent};
 use speed_layer::dataflows::polymarket::{
     Book, BookAcc, BookMetrics, Event, FrameDecoder, Trade, TradeAcc, TradeMetrics,
 };
-use speed_layer::dataflows::polymarket::tokens::{Op, TokenEvent};
 use speed_layer::result::ResultLine;
 use speed_layer::sink::{ConsoleSink, JsonlSink, ResultSink};
 use speed_layer::source::{Decoded, Decoder};

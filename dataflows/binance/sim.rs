@@ -4,27 +4,20 @@
 
 use std::fmt::Write as _;
 
+use crate::dataflows::sim::{spot, UNDERLYINGS};
 use crate::source::generated::{GeneratedTopic, Generator};
 use crate::time::EventTime;
 
 /// The simulated `binance` topic.
 pub const TOPIC: GeneratedTopic = GeneratedTopic {
-    partitions: SYMBOLS.len(),
-    make: |p, _seed, rng| {
+    partitions: UNDERLYINGS.len(),
+    make: |p, seed, _rng| {
         (
-            SYMBOLS[p].0.to_string(),
-            Box::new(KlineGen::new(p, rng)) as Box<dyn Generator>,
+            UNDERLYINGS[p].0.to_string(),
+            Box::new(KlineGen::new(p, seed)) as Box<dyn Generator>,
         )
     },
 };
-
-/// Symbols simulated on `binance`, with a starting price; each is one partition.
-const SYMBOLS: [(&str, f64); 4] = [
-    ("BTCUSDT", 96_000.0),
-    ("ETHUSDT", 3_400.0),
-    ("SOLUSDT", 180.0),
-    ("XRPUSDT", 2.3),
-];
 /// Formats a double the way Java prints it: always a fraction, exponent form at ≥1e7 or <1e-3.
 pub(crate) fn java_double(x: f64) -> String {
     let a = x.abs();
@@ -53,6 +46,8 @@ pub(crate) fn java_double(x: f64) -> String {
 /// last 20–30 klines, as the real collector does.
 struct KlineGen {
     symbol: &'static str,
+    /// The path's index and seed: prices follow [`spot`].
+    path: (usize, u64),
     price: f64,
     klines: Vec<Kline>,
 }
@@ -72,11 +67,11 @@ struct Kline {
 }
 
 impl KlineGen {
-    fn new(p: usize, rng: &mut fastrand::Rng) -> Self {
-        let (symbol, price) = SYMBOLS[p];
+    fn new(p: usize, seed: u64) -> Self {
         Self {
-            symbol,
-            price: price * (0.95 + 0.1 * rng.f64()),
+            symbol: UNDERLYINGS[p].0,
+            path: (p, seed),
+            price: spot(p, seed, 0),
             klines: Vec::new(),
         }
     }
@@ -88,11 +83,14 @@ impl Generator for KlineGen {
         if self.klines.is_empty() {
             // History before the first snapshot, so messages carry 20–30 rows from the start.
             for m in (1..30u64).rev() {
-                let mut k = Kline::fresh(minute - m * 60_000, self.price);
+                let open = minute - m * 60_000;
+                self.price = spot(self.path.0, self.path.1, open);
+                let mut k = Kline::fresh(open, self.price);
                 k.trade(rng, &mut self.price, 40);
                 self.klines.push(k);
             }
         }
+        self.price = spot(self.path.0, self.path.1, now);
         if self.klines.last().is_none_or(|k| k.open_ms != minute) {
             self.klines.push(Kline::fresh(minute, self.price));
             if self.klines.len() > 40 {
@@ -160,8 +158,9 @@ impl Kline {
 
     fn trade(&mut self, rng: &mut fastrand::Rng, price: &mut f64, n: u64) {
         for _ in 0..n {
-            *price *= 1.0 + (rng.f64() - 0.5) * 0.0008;
-            let p = (*price * 100.0).round() / 100.0;
+            // Trades scatter around the spot path.
+            let p = *price * (1.0 + (rng.f64() - 0.5) * 0.0004);
+            let p = (p * 1e4).round() / 1e4;
             let qty = (rng.f64() * 2.0 * 1e5 / p.max(1.0)).max(1e-4);
             let qty = (qty * 1e5).round() / 1e5;
             self.high = self.high.max(p);

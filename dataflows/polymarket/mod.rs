@@ -5,6 +5,7 @@
 //! array of events. Every line and every array element is processed (the original Spark job read
 //! only the first line). Definitions: `formats.md`. Its simulator is in `sim.rs`.
 
+pub mod metadata;
 pub mod sim;
 pub mod tokens;
 
@@ -13,11 +14,12 @@ use std::borrow::Cow;
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 
-use timely::dataflow::operators::core::{Map, Partition};
+use timely::dataflow::operators::core::{Concat, Map, Partition};
 use timely::dataflow::StreamVec;
 
 use crate::aggregate::{Latest, NumStats};
 use crate::context::{JobContext, Role};
+use crate::enrich::as_of;
 use crate::result::ResultLine;
 use crate::source::{source, Decoded, Decoder};
 use crate::time::{EventTime, Timed, WindowSpec};
@@ -29,13 +31,22 @@ use tokens::{Op, TokenEvent, TokenMetrics};
 /// The Polymarket market.
 pub struct Polymarket;
 
-const TOPICS: &[TopicSpec] = &[TopicSpec {
-    name: "polymarket_trade",
-    option: "topic-polymarket",
-    about: "Polymarket websocket frames",
-    multi_frame: true,
-    simulated: sim::TOPIC,
-}];
+const TOPICS: &[TopicSpec] = &[
+    TopicSpec {
+        name: "polymarket_trade",
+        option: "topic-polymarket",
+        about: "Polymarket websocket frames",
+        multi_frame: true,
+        simulated: sim::TOPIC,
+    },
+    TopicSpec {
+        name: "polymarket_metadata",
+        option: "topic-metadata",
+        about: "Polymarket market metadata (Gamma snapshots)",
+        multi_frame: false,
+        simulated: sim::METADATA,
+    },
+];
 
 impl Market for Polymarket {
     fn name(&self) -> &'static str {
@@ -50,12 +61,6 @@ impl Market for Polymarket {
         &[BookMetrics::STREAM, TradeMetrics::STREAM, tokens::STREAM]
     }
 
-    /// The frames, and the Gamma metadata snapshots (`formats.md`) that producers may already
-    /// publish.
-    fn kafka_topics(&self) -> Vec<&'static str> {
-        vec!["polymarket_trade", "polymarket_metadata"]
-    }
-
     fn build<'s>(
         &self,
         scope: timely::dataflow::Scope<'s, EventTime>,
@@ -64,7 +69,16 @@ impl Market for Polymarket {
         settings: &MarketArgs,
         ctx: &JobContext,
     ) -> Outputs<'s> {
-        let input = &inputs[0];
+        let (input, meta_input) = (&inputs[0], &inputs[1]);
+        let (markets, meta_dead) = source(
+            scope,
+            &meta_input.topic,
+            std::sync::Arc::clone(&meta_input.factory),
+            metadata::MetadataDecoder,
+            spec,
+            ctx.operator(Role::Source, "polymarket_metadata"),
+        );
+        let versions = markets.flat_map(metadata::versions);
         let (events, dead) = source(
             scope,
             &input.topic,
@@ -75,7 +89,9 @@ impl Market for Polymarket {
         );
         let (books, trades, tokens) = split(events);
         let window = |stream| ctx.operator(Role::Window, stream);
-        let ttl = settings.book_ttl.as_millis().min(u128::from(crate::time::MAX_SPAN_MS)) as u64;
+        let ms =
+            |d: std::time::Duration| d.as_millis().min(u128::from(crate::time::MAX_SPAN_MS)) as u64;
+        let (ttl, metadata_ttl) = (ms(settings.book_ttl), ms(settings.metadata_ttl));
         Outputs {
             results: vec![
                 (
@@ -88,10 +104,15 @@ impl Market for Polymarket {
                 ),
                 (
                     tokens::STREAM,
-                    ordered_windowed::<TokenMetrics>(tokens, spec, ttl, window(tokens::STREAM)),
+                    as_of(
+                        ordered_windowed::<TokenMetrics>(tokens, spec, ttl, window(tokens::STREAM)),
+                        versions,
+                        ttl,
+                        metadata_ttl,
+                    ),
                 ),
             ],
-            dead,
+            dead: dead.concat(meta_dead),
         }
     }
 }
@@ -112,21 +133,26 @@ type Split<'s> = (
 /// Splits events into the seed's books and trades and the token events (a book or trade with
 /// an `asset_id` goes both ways).
 fn split<'s>(events: StreamVec<'s, EventTime, Timed<Event>>) -> Split<'s> {
-    let parts: StreamVec<'s, EventTime, (u64, Timed<Part>)> =
-        events.flat_map(|t: Timed<Event>| {
-            let (t, event) = t.take();
-            let parts: Vec<(u64, Part)> = match event {
-                Event::Book(b, tok) => std::iter::once((0, Part::Book(b)))
-                    .chain(tok.map(|x| (2, Part::Token(x))))
-                    .collect(),
-                Event::Trade(tr, tok) => std::iter::once((1, Part::Trade(tr)))
-                    .chain(tok.map(|x| (2, Part::Token(x))))
-                    .collect(),
-                Event::Changes(list) => list.into_iter().map(|e| (2, Part::Token(e))).collect(),
-            };
-            parts.into_iter().map(move |(n, p)| (n, t.clone().map(|()| p)))
-        });
-    let outs: Vec<StreamVec<'s, EventTime, Timed<Part>>> = parts.partition::<timely::container::CapacityContainerBuilder<Vec<Timed<Part>>>, _, _>(3, |(n, p)| (n, p));
+    let parts: StreamVec<'s, EventTime, (u64, Timed<Part>)> = events.flat_map(|t: Timed<Event>| {
+        let (t, event) = t.take();
+        let parts: Vec<(u64, Part)> = match event {
+            Event::Book(b, tok) => std::iter::once((0, Part::Book(b)))
+                .chain(tok.map(|x| (2, Part::Token(x))))
+                .collect(),
+            Event::Trade(tr, tok) => std::iter::once((1, Part::Trade(tr)))
+                .chain(tok.map(|x| (2, Part::Token(x))))
+                .collect(),
+            Event::Changes(list) => list.into_iter().map(|e| (2, Part::Token(e))).collect(),
+        };
+        parts
+            .into_iter()
+            .map(move |(n, p)| (n, t.clone().map(|()| p)))
+    });
+    let outs: Vec<StreamVec<'s, EventTime, Timed<Part>>> =
+        parts.partition::<timely::container::CapacityContainerBuilder<Vec<Timed<Part>>>, _, _>(
+            3,
+            |(n, p)| (n, p),
+        );
     let mut outs = outs.into_iter();
     // `partition(3, …)` gives exactly three streams.
     let mut next = || outs.next().unwrap();
@@ -230,7 +256,8 @@ fn parse_levels(side: Option<&RawValue>, name: &str) -> Result<Levels, String> {
         .iter()
         .enumerate()
         .map(|(i, l)| {
-            let price = json::lenient_f64(l.price).map_err(|e| format!("{name}[{i}].price: {e}"))?;
+            let price =
+                json::lenient_f64(l.price).map_err(|e| format!("{name}[{i}].price: {e}"))?;
             let size = json::lenient_f64(l.size).map_err(|e| format!("{name}[{i}].size: {e}"))?;
             if price.is_none() {
                 return Err(format!("{name}[{i}] has no price"));

@@ -503,7 +503,10 @@ mod tests {
         assert_eq!(seen.len(), 2, "one observation per entry");
         assert_eq!(seen[0].0, Quote::default(), "one side empty: all null");
         assert!((seen[1].0.prob.unwrap() - 0.5).abs() < 1e-12);
-        assert_eq!((book.best_bid(), book.best_ask()), (Some((0.3, 7.0)), Some((0.7, 2.0))));
+        assert_eq!(
+            (book.best_bid(), book.best_ask()),
+            (Some((0.3, 7.0)), Some((0.7, 2.0)))
+        );
     }
 
     #[test]
@@ -555,12 +558,21 @@ mod tests {
         let v = TokenMetrics::finish("A", 0, 60_000, &acc).to_json_value();
         assert_eq!(v["num_trades"], 3);
         assert_eq!(v["shares_traded"], 45.0);
-        assert_eq!((v["buy_shares"].as_f64(), v["sell_shares"].as_f64()), (Some(15.0), Some(30.0)));
+        assert_eq!(
+            (v["buy_shares"].as_f64(), v["sell_shares"].as_f64()),
+            (Some(15.0), Some(30.0))
+        );
         assert!((v["vwap"].as_f64().unwrap() - (5.0 + 18.0) / 40.0).abs() < 1e-12);
         assert_eq!(v["last_trade_price"], 0.6, "latest by event time");
-        assert_eq!((v["updates"].as_u64(), v["current_prob"].is_null()), (Some(0), true));
+        assert_eq!(
+            (v["updates"].as_u64(), v["current_prob"].is_null()),
+            (Some(0), true)
+        );
         let empty = TokenMetrics::finish("A", 0, 60_000, &TokenAcc::default()).to_json_value();
-        assert_eq!((empty["shares_traded"].as_f64(), empty["vwap"].is_null()), (Some(0.0), true));
+        assert_eq!(
+            (empty["shares_traded"].as_f64(), empty["vwap"].is_null()),
+            (Some(0.0), true)
+        );
     }
 
     #[test]
@@ -570,6 +582,12 @@ mod tests {
         );
         let mut out = Vec::new();
         FrameDecoder.decode(e.as_bytes(), &mut out);
-        assert!(matches!(&out[0], Decoded::Record { rec: Event::Book(_, None), .. }));
+        assert!(matches!(
+            &out[0],
+            Decoded::Record {
+                rec: Event::Book(_, None),
+                ..
+            }
+        ));
     }
 }

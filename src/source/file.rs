@@ -179,7 +179,7 @@ impl Reader for FileReader {
     fn read(
         &mut self,
         budget: usize,
-        out: &mut dyn FnMut(usize, u64, &[u8]),
+        out: &mut dyn FnMut(usize, u64, &[u8], Option<crate::time::EventTime>),
     ) -> anyhow::Result<ReadStatus> {
         let live = self.inputs.iter().filter(|i| i.is_some()).count();
         if live == 0 {
@@ -220,7 +220,7 @@ impl Reader for FileReader {
                 if line.iter().all(u8::is_ascii_whitespace) {
                     continue;
                 }
-                out(slot, li.line, line);
+                out(slot, li.line, line, None);
             }
         }
         Ok(if self.inputs.iter().all(Option::is_none) {
@@ -272,7 +272,7 @@ mod tests {
         let mut r = f.open(0, 1, &[]).unwrap();
         let mut got = Vec::new();
         while r
-            .read(2, &mut |s, o, v| {
+            .read(2, &mut |s, o, v, _| {
                 got.push((s, o, String::from_utf8(v.to_vec()).unwrap()))
             })
             .unwrap()
@@ -299,7 +299,7 @@ mod tests {
         };
         let mut r = f.open(0, 1, &[at]).unwrap();
         let mut again = Vec::new();
-        r.read(10, &mut |s, o, v| again.push((s, o, v.to_vec())))
+        r.read(10, &mut |s, o, v, _| again.push((s, o, v.to_vec())))
             .unwrap();
         assert_eq!(again[0], (0, 4, b"a4".to_vec()));
         assert_eq!(r.position(0).offset, 11);

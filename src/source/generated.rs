@@ -161,7 +161,7 @@ impl Reader for GeneratedReader {
     fn read(
         &mut self,
         budget: usize,
-        out: &mut dyn FnMut(usize, u64, &[u8]),
+        out: &mut dyn FnMut(usize, u64, &[u8], Option<EventTime>),
     ) -> anyhow::Result<ReadStatus> {
         let horizon = self.horizon();
         let mut sent = 0;
@@ -177,7 +177,7 @@ impl Reader for GeneratedReader {
                 let step = s.gen.message(&mut s.rng, s.next, &mut self.buf);
                 s.seq += 1;
                 s.next += step;
-                out(slot, s.seq, self.buf.as_bytes());
+                out(slot, s.seq, self.buf.as_bytes(), None);
                 sent += 1;
                 progress = true;
             }
@@ -214,5 +214,19 @@ impl Reader for GeneratedReader {
 
     fn is_done(&self, slot: usize) -> bool {
         self.done(&self.streams[slot])
+    }
+
+    /// Caught up with the simulation's clock: nothing comes before its next message, so a
+    /// sparse generated topic (metadata every 15 minutes) does not hold the watermark back.
+    fn is_idle(&self, slot: usize) -> bool {
+        self.speed > 0.0 && self.streams[slot].next > self.horizon()
+    }
+
+    fn now(&self) -> EventTime {
+        if self.speed > 0.0 {
+            self.horizon()
+        } else {
+            crate::time::now_ms()
+        }
     }
 }

@@ -414,7 +414,7 @@ impl Reader for KafkaReader {
     fn read(
         &mut self,
         budget: usize,
-        out: &mut dyn FnMut(usize, u64, &[u8]),
+        out: &mut dyn FnMut(usize, u64, &[u8], Option<crate::time::EventTime>),
     ) -> anyhow::Result<ReadStatus> {
         if !self.options.commit_interval.is_zero()
             && self.last_commit.elapsed() >= self.options.commit_interval
@@ -455,7 +455,16 @@ impl Reader for KafkaReader {
                     st.next = m.offset() + 1;
                     st.dirty = true;
                     st.last_message = Instant::now();
-                    out(slot, m.offset() as u64, m.payload().unwrap_or(b""));
+                    let timestamp = m
+                        .timestamp()
+                        .to_millis()
+                        .and_then(|t| u64::try_from(t).ok());
+                    out(
+                        slot,
+                        m.offset() as u64,
+                        m.payload().unwrap_or(b""),
+                        timestamp,
+                    );
                     let st = &mut self.state[slot];
                     if end.is_some_and(|e| st.next >= e) {
                         st.done = true;

@@ -64,11 +64,12 @@ pub enum ReadStatus {
 pub trait Reader {
     /// The partitions this reader owns, indexed by slot.
     fn partitions(&self) -> &[PartitionInfo];
-    /// Reads up to `budget` messages, giving each as `(slot, offset, value)`.
+    /// Reads up to `budget` messages, giving each as `(slot, offset, value, timestamp)` (the
+    /// Kafka message timestamp, ms, when there is one).
     fn read(
         &mut self,
         budget: usize,
-        out: &mut dyn FnMut(usize, u64, &[u8]),
+        out: &mut dyn FnMut(usize, u64, &[u8], Option<EventTime>),
     ) -> anyhow::Result<ReadStatus>;
     /// Whether the partition in `slot` has ended (it no longer holds the watermark back).
     fn is_done(&self, slot: usize) -> bool;
@@ -81,6 +82,11 @@ pub trait Reader {
     /// does not hold the watermark back until it receives data again.
     fn is_idle(&self, _slot: usize) -> bool {
         false
+    }
+    /// The reader's clock, which event time follows when every partition is idle: the wall
+    /// clock, or a simulation's own clock.
+    fn now(&self) -> EventTime {
+        crate::time::now_ms()
     }
     /// Messages behind the end of the partition, when the reader knows.
     fn lag(&self, _slot: usize) -> Option<i64> {
@@ -200,8 +206,21 @@ impl<R> Decoded<R> {
 pub trait Decoder: 'static {
     /// The record type produced.
     type Record: ExchangeData + Clone;
+    /// Records of this topic are never late: each one counts whenever it arrives, stamped at
+    /// the watermark (reference data such as metadata, which a late arrival must still correct).
+    const NEVER_LATE: bool = false;
     /// Decodes `value`, appending outcomes to `out` in input order.
     fn decode(&mut self, value: &[u8], out: &mut Vec<Decoded<Self::Record>>);
+    /// Decodes `value` of a message with Kafka timestamp `timestamp` (ms), for decoders that
+    /// use it.
+    fn decode_at(
+        &mut self,
+        value: &[u8],
+        _timestamp: Option<EventTime>,
+        out: &mut Vec<Decoded<Self::Record>>,
+    ) {
+        self.decode(value, out)
+    }
 }
 
 /// Cuts `s` to at most `max` bytes on a character boundary, marking the cut.
@@ -400,13 +419,13 @@ where
             let status = {
                 let budget = (READ_BYTES / mean_len.max(1)).clamp(16, READ_BUDGET);
                 let now = crate::time::now_ms();
-                let mut on_message = |slot: usize, offset: u64, value: &[u8]| {
+                let mut on_message = |slot: usize, offset: u64, value: &[u8], timestamp: Option<EventTime>| {
                     mean_len = (mean_len * 15 + value.len()) / 16;
                     tally.messages += 1;
                     decoded.clear();
                     // A decoder that panics (a bug: no input should make one) costs the
                     // message, dead-lettered, not the job: a restart would read it again.
-                    if let Err(why) = crate::runtime::contain(|| decoder.decode(value, &mut decoded)) {
+                    if let Err(why) = crate::runtime::contain(|| decoder.decode_at(value, timestamp, &mut decoded)) {
                         decoded.clear();
                         decoded.push(Decoded::malformed(0, "decoder failed", why, None));
                     }
@@ -441,7 +460,11 @@ where
                                     continue;
                                 }
                                 let pos = Position { partition: part.id, offset, index };
-                                match spec.classify(closed, time) {
+                                let timeliness = match spec.classify(closed, time) {
+                                    _ if D::NEVER_LATE => Timeliness::OnTime { min_end: 0 },
+                                    t => t,
+                                };
+                                match timeliness {
                                     Timeliness::Late { end, closed } => {
                                         tally.late += 1;
                                         let detail = format!(
@@ -540,7 +563,7 @@ where
                     idle: r.is_idle(slot),
                 })
                 .collect();
-            let target = source_watermark(&parts_now, crate::time::now_ms(), spec.lateness_ms);
+            let target = source_watermark(&parts_now, r.now(), spec.lateness_ms);
             // Partition facts go out with every batch read (so per-partition and per-topic counts
             // agree), and at least every STATUS_EVERY for lag and idleness.
             if read_any || last_status.elapsed() >= STATUS_EVERY || status == ReadStatus::Done || target.is_none() {

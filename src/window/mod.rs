@@ -25,10 +25,10 @@ use timely::dataflow::StreamVec;
 use timely::ExchangeData;
 
 pub use crate::context::Emission;
-pub use ordered::OrderedAggregate;
 use crate::context::OperatorContext;
 use crate::result::ResultLine;
 use crate::time::{EventTime, Timed, WindowSpec};
+pub use ordered::OrderedAggregate;
 
 /// Wall-clock microseconds since the epoch.
 pub(crate) fn now_us() -> u64 {
@@ -84,7 +84,12 @@ pub(crate) fn ordered_windowed<'s, A: OrderedAggregate>(
     ttl_ms: EventTime,
     ctx: OperatorContext,
 ) -> StreamVec<'s, EventTime, ResultLine> {
-    operate(records, A::STREAM, ordered::Ordered::<A>::new(spec, ttl_ms), ctx)
+    operate(
+        records,
+        A::STREAM,
+        ordered::Ordered::<A>::new(spec, ttl_ms),
+        ctx,
+    )
 }
 
 /// What differs between kinds of windows: the state of one window operator on one worker.

@@ -161,10 +161,9 @@ impl<A: OrderedAggregate> WindowState for Ordered<A> {
     fn settle(&mut self, lim: EventTime) -> Vec<(Capability<EventTime>, Vec<ResultLine>)> {
         let mut out = Vec::new();
         let bound = self.boundary(lim);
-        let (mut ready, waiting): (Vec<_>, Vec<_>) =
-            std::mem::take(&mut self.pending)
-                .into_iter()
-                .partition(|(_, r)| r.time < bound);
+        let (mut ready, waiting): (Vec<_>, Vec<_>) = std::mem::take(&mut self.pending)
+            .into_iter()
+            .partition(|(_, r)| r.time < bound);
         self.pending = waiting;
         ready.sort_by(|a, b| (a.1.time, a.1.pos).cmp(&(b.1.time, b.1.pos)));
 

@@ -59,6 +59,7 @@ pub fn python(script: &str, args: &[&str]) -> Output {
 pub struct Inputs {
     pub binance: Vec<PathBuf>,
     pub polymarket: Vec<PathBuf>,
+    pub metadata: Vec<PathBuf>,
 }
 
 impl Inputs {
@@ -72,6 +73,10 @@ impl Inputs {
         for p in &self.polymarket {
             a.push("--input".into());
             a.push(format!("polymarket_trade={}", p.display()));
+        }
+        for p in &self.metadata {
+            a.push("--input".into());
+            a.push(format!("polymarket_metadata={}", p.display()));
         }
         a
     }
@@ -149,6 +154,11 @@ fn sim_inputs_through(dir: &Path, duration: &str, command: &str) -> Inputs {
     files.sort();
     for (i, f) in files.iter().enumerate() {
         let name = f.file_name().unwrap().to_string_lossy().to_string();
+        if name.starts_with("polymarket_metadata") {
+            // Metadata goes in as generated (its bad inputs are the decoder's unit tests).
+            inputs.metadata.push(f.clone());
+            continue;
+        }
         let topic = if name.starts_with("binance") {
             "binance"
         } else {
@@ -396,6 +406,9 @@ pub fn reference(dir: &Path, inputs: &Inputs) -> (Results, serde_json::Value) {
     }
     for p in &inputs.polymarket {
         args.extend(["--polymarket".into(), p.display().to_string()]);
+    }
+    for p in &inputs.metadata {
+        args.extend(["--metadata".into(), p.display().to_string()]);
     }
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
     python("reference.py", &args);

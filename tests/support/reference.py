@@ -8,7 +8,7 @@ its records), the event-time bounds (--max-future against the wall clock) and co
 output streams (the seed's three and polymarket_tokens) with exact arithmetic where it matters (math.fsum, statistics.stdev).
 
 usage: reference.py --window-ms 60000 --lateness-ms 120000 --out DIR \
-           [--binance FILE]... [--polymarket FILE]...
+           [--binance FILE]... [--polymarket FILE]... [--metadata FILE]...
 Writes DIR/{binance,polymarket_books,polymarket_trades,polymarket_tokens}.jsonl and DIR/summary.json
 (counts of records, late and malformed per topic).
 """
@@ -339,6 +339,86 @@ def token_row(asset, start, end, items):
             "outcome": None, "slug": None, "title": None, "kind": "final", "revision": 1}
 
 
+UPDOWN = re.compile(r"^(?:.*-)?updown-([0-9]+)([mhd])-([0-9]+)$")
+
+
+def meta_list(v):
+    if isinstance(v, str):
+        try:
+            v = json.loads(v)
+        except ValueError:
+            raise Malformed("incomplete metadata")
+    if not isinstance(v, list) or not all(isinstance(x, str) and x for x in v):
+        raise Malformed("incomplete metadata")
+    return v
+
+
+def meta_event(v):
+    """formats.md "Metadata": (slug, title, [(token, outcome)]) of one Gamma event."""
+    if not isinstance(v, dict) or "error" in v or "errors" in v:
+        raise Malformed("metadata error")
+    slug, title = v.get("slug"), v.get("title")
+    if not (isinstance(slug, str) and slug and isinstance(title, str) and title):
+        raise Malformed("incomplete metadata")
+    ms = v.get("markets")
+    if not isinstance(ms, list) or not ms or not isinstance(ms[0], dict):
+        raise Malformed("incomplete metadata")
+    cond = ms[0].get("conditionId")
+    if not isinstance(cond, str) or not cond:
+        raise Malformed("incomplete metadata")
+    outcomes, ids = meta_list(ms[0].get("outcomes")), meta_list(ms[0].get("clobTokenIds"))
+    if not ids or len(ids) != len(outcomes):
+        raise Malformed("incomplete metadata")
+    return slug, title, list(zip(ids, outcomes))
+
+
+def slug_start(slug):
+    m = UPDOWN.match(slug)
+    return int(m.group(3)) * 1000 if m else None
+
+
+def read_metadata(files, horizon, counts):
+    """Versions per token: [(time, order, outcome, slug, title)]. Never late."""
+    versions = defaultdict(list)
+    for part, path in enumerate(files):
+        with open(path, "rb") as f:
+            for lineno, raw in enumerate(f, start=1):
+                raw = raw.rstrip(b"\r\n")
+                if not raw.strip():
+                    continue
+                try:
+                    obj = json.loads(raw.decode("utf-8"), parse_constant=no_constants)
+                except (ValueError, UnicodeDecodeError):
+                    counts["malformed"] += 1
+                    continue
+                if not isinstance(obj, dict) or not obj:
+                    counts["malformed"] += 1
+                    continue
+                for index, (name, v) in enumerate(obj.items()):
+                    try:
+                        slug, title, tokens = meta_event(v)
+                    except Malformed:
+                        counts["malformed"] += 1
+                        continue
+                    t = slug_start(slug)  # files carry no Kafka timestamp
+                    if t is None or t > horizon:
+                        counts["malformed"] += 1
+                        continue
+                    counts["records"] += 1
+                    for token, outcome in tokens:
+                        versions[token].append((t, (part, lineno, index), outcome, slug, title))
+    return versions
+
+
+def as_of(row, versions, ttl):
+    """The token's metadata as of the window end: the latest version with time < end."""
+    end = row["window_end"]
+    ok = [v for v in versions.get(row["asset_id"], []) if v[0] < end <= v[0] + ttl]
+    if ok:
+        _, _, row["outcome"], row["slug"], row["title"] = max(ok, key=lambda v: (v[0], v[1]))
+    return row
+
+
 def nn(xs):
     return [x for x in xs if x is not None]
 
@@ -413,6 +493,8 @@ def main():
     ap.add_argument("--lateness-ms", type=int, default=120000)
     ap.add_argument("--max-future-ms", type=int, default=3600000)
     ap.add_argument("--book-ttl-ms", type=int, default=3600000)
+    ap.add_argument("--metadata-ttl-ms", type=int, default=86400000)
+    ap.add_argument("--metadata", action="append", default=[])
     ap.add_argument("--binance", action="append", default=[])
     ap.add_argument("--polymarket", action="append", default=[])
     ap.add_argument("--out", required=True)
@@ -469,12 +551,15 @@ def main():
                     if newest is not None:
                         max_seen = newest if max_seen is None else max(max_seen, newest)
         summary[topic] = counts
+    meta_counts = {"records": 0, "late": 0, "malformed": 0, "ignored": 0}
+    versions = read_metadata(a.metadata, horizon, meta_counts)
+    summary["polymarket_metadata"] = meta_counts
     os.makedirs(a.out, exist_ok=True)
     outs = {s: open(os.path.join(a.out, s + ".jsonl"), "w") for s in ("binance", "polymarket_books", "polymarket_trades", "polymarket_tokens")}
     for (stream, key, end) in sorted(windows):
         outs[stream].write(json.dumps(window_row(stream, key, end - W, end, windows[(stream, key, end)])) + "\n")
     for row in sorted(token_windows(token_events, W, a.book_ttl_ms), key=lambda r: (r["window_end"], r["asset_id"])):
-        outs["polymarket_tokens"].write(json.dumps(row) + "\n")
+        outs["polymarket_tokens"].write(json.dumps(as_of(row, versions, a.metadata_ttl_ms)) + "\n")
     for f in outs.values():
         f.close()
     with open(os.path.join(a.out, "summary.json"), "w") as f:

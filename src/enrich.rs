@@ -1,0 +1,222 @@
+//! Results enriched "as of" their window's end with versioned reference data (market titles),
+//! on differential dataflow.
+//!
+//! Results and reference versions become two collections keyed alike. A version with event time
+//! `v` enters at `max(v, its stamp)`: on time it meets every result of a window ending after `v`
+//! the moment that result exists; a late version changes the join's output at its arrival, which
+//! is a correction of every result it enriches. The join keeps, per result, the latest version
+//! with `v < window end` (and not older than `valid`). Results stay in the join for `hold` after
+//! their stamp to take late versions; versions leave it once no held result can use them, so
+//! memory is bounded. What differential emits is turned back into result lines by one operator,
+//! which owns the revisions of each (key, window): the first line is the window's own final or
+//! correction, each later change of its enrichment a `correction` replacing the previous one.
+
+use std::collections::{BTreeMap, HashMap};
+use std::hash::Hash;
+
+use differential_dataflow::AsCollection;
+use serde::{Deserialize, Serialize};
+use timely::dataflow::channels::pact::{Exchange, Pipeline};
+use timely::dataflow::operators::generic::Operator;
+use timely::dataflow::operators::Capability;
+use timely::dataflow::StreamVec;
+
+use crate::hash::key_hash;
+use crate::result::{Kind, ResultLine};
+use crate::time::EventTime;
+
+/// One version of the reference data of a key.
+pub trait Version: differential_dataflow::ExchangeData + Hash {
+    /// Its event time: it applies to windows ending after it.
+    fn time(&self) -> EventTime;
+    /// Writes it into a result line (its columns), or, for `None`, what is unknown.
+    fn apply(version: Option<&Self>, line: &mut ResultLine);
+}
+
+/// A result as the join holds it: ordered and hashable, so its identity is its encoding.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+struct Held {
+    end: EventTime,
+    revision: u32,
+    line: Vec<u8>,
+}
+
+type Update<V> = (((String, Held), Option<V>), EventTime, isize);
+
+/// Each result of `results` with the version of its key from `versions` (key, version) known as
+/// of its window's end. Results take late versions for `hold` ms of event time after they are
+/// stamped; a version applies to windows ending at most `valid` ms after its time.
+pub(crate) fn as_of<'s, V: Version>(
+    results: StreamVec<'s, EventTime, ResultLine>,
+    versions: StreamVec<'s, EventTime, (String, V)>,
+    hold: EventTime,
+    valid: EventTime,
+) -> StreamVec<'s, EventTime, ResultLine> {
+    let held = results
+        .unary::<timely::container::CapacityContainerBuilder<Vec<((String, Held), EventTime, isize)>>, _, _, _>(
+            Pipeline,
+            "HeldResults",
+            move |_, _| {
+                move |input, output| {
+                    input.for_each_stamp(|cap, data| {
+                        let t = cap.least().copied().unwrap_or_default();
+                        let mut session = output.session(&cap);
+                        for line in data.flat_map(|d| d.drain(..)) {
+                            let h = Held {
+                                end: line.window_end,
+                                revision: line.revision,
+                                line: crate::checkpoint::encode(&line),
+                            };
+                            let k = line.key;
+                            session.give(((k.clone(), h.clone()), t.saturating_add(hold), -1));
+                            session.give(((k, h), t, 1));
+                        }
+                    });
+                }
+            },
+        )
+        .as_collection();
+    let versions = versions
+        .unary::<timely::container::CapacityContainerBuilder<Vec<((String, V), EventTime, isize)>>, _, _, _>(
+            Pipeline,
+            "Versions",
+            move |_, _| {
+                move |input, output| {
+                    input.for_each_stamp(|cap, data| {
+                        let stamp = cap.least().copied().unwrap_or_default();
+                        let mut session = output.session(&cap);
+                        for (k, v) in data.flat_map(|d| d.drain(..)) {
+                            let at = v.time().max(stamp);
+                            let gone = at.saturating_add(valid).saturating_add(hold);
+                            session.give(((k.clone(), v.clone()), gone, -1));
+                            session.give(((k, v), at, 1));
+                        }
+                    });
+                }
+            },
+        )
+        .as_collection();
+
+    let matched = held
+        .clone()
+        .join_map(versions, |k, h, v| ((k.clone(), h.clone()), v.clone()))
+        .filter(move |((_, h), v)| v.time() < h.end && h.end <= v.time().saturating_add(valid))
+        .reduce(|_, found, out| {
+            // Versions come sorted: the last is the latest.
+            if let Some((v, _)) = found.last() {
+                out.push(((*v).clone(), 1isize));
+            }
+        });
+    let unmatched = held
+        .map(|k| (k, ()))
+        .antijoin(matched.clone().map(|(k, _)| k))
+        .map(|(k, ())| (k, None));
+    let all = matched.map(|(k, v)| (k, Some(v))).concat(unmatched);
+    lines(all.inner)
+}
+
+/// Per (key, window): the last revision written, and the version each held result was written
+/// with.
+struct Written<V> {
+    revision: u32,
+    with: HashMap<u32, Option<V>>,
+}
+
+impl<V> Default for Written<V> {
+    fn default() -> Self {
+        Self {
+            revision: 0,
+            with: HashMap::new(),
+        }
+    }
+}
+
+/// Turns the joined collection's changes back into result lines, time by time once complete.
+fn lines<'s, V: Version>(
+    changes: StreamVec<'s, EventTime, Update<V>>,
+) -> StreamVec<'s, EventTime, ResultLine> {
+    changes.unary_frontier(
+        Exchange::new(|u: &Update<V>| key_hash(&(u.0).0 .0)),
+        "AsOfResults",
+        |_, _| {
+            let mut pending: BTreeMap<EventTime, (Capability<EventTime>, Vec<Update<V>>)> =
+                BTreeMap::new();
+            let mut written: HashMap<(String, EventTime), Written<V>> = HashMap::new();
+            move |(input, frontier), output| {
+                // Updates carry their own times (at or after their container's stamp): each
+                // waits, with a capability at its time, until that time is complete.
+                input.for_each_stamp(|cap, data| {
+                    for d in data {
+                        for u in d.drain(..) {
+                            pending
+                                .entry(u.1)
+                                .or_insert_with(|| (cap.delayed(&u.1, 0), Vec::new()))
+                                .1
+                                .push(u);
+                        }
+                    }
+                });
+                while let Some(e) = pending.first_entry() {
+                    if frontier.less_equal(e.key()) {
+                        break;
+                    }
+                    let (cap, mut updates) = e.remove();
+                    // Consolidated first: one change can reach here as several updates that
+                    // cancel out (the antijoin's two paths).
+                    let mut net: BTreeMap<((String, Held), Option<V>), isize> = BTreeMap::new();
+                    for (kv, _, diff) in updates.drain(..) {
+                        *net.entry(kv).or_default() += diff;
+                    }
+                    let mut added: BTreeMap<(String, Held), Option<V>> = BTreeMap::new();
+                    let mut removed: Vec<(String, Held)> = Vec::new();
+                    for ((k, v), diff) in net {
+                        if diff > 0 {
+                            added.insert(k, v);
+                        } else if diff < 0 {
+                            removed.push(k);
+                        }
+                    }
+                    // A result that left the join (held long enough) is forgotten.
+                    for (key, h) in removed {
+                        if added.contains_key(&(key.clone(), h.clone())) {
+                            continue;
+                        }
+                        if let std::collections::hash_map::Entry::Occupied(mut w) =
+                            written.entry((key, h.end))
+                        {
+                            w.get_mut().with.remove(&h.revision);
+                            if w.get().with.is_empty() {
+                                w.remove();
+                            }
+                        }
+                    }
+                    let mut out = Vec::new();
+                    for ((key, h), v) in added {
+                        let w = written.entry((key, h.end)).or_default();
+                        let before = w.with.get(&h.revision);
+                        if before == Some(&v) {
+                            continue;
+                        }
+                        let Ok(mut line) = bincode::deserialize::<ResultLine>(&h.line) else {
+                            continue;
+                        };
+                        V::apply(v.as_ref(), &mut line);
+                        let kind = if before.is_some() || line.kind == Kind::Correction {
+                            Kind::Correction
+                        } else {
+                            line.kind
+                        };
+                        let replaces =
+                            (kind == Kind::Correction && w.revision > 0).then_some(w.revision);
+                        w.revision += 1;
+                        w.with.insert(h.revision, v);
+                        out.push(line.tagged(kind, w.revision, replaces));
+                    }
+                    if !out.is_empty() {
+                        output.session(&cap).give_iterator(out.into_iter());
+                    }
+                }
+            }
+        },
+    )
+}
