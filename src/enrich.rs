@@ -220,3 +220,140 @@ fn lines<'s, V: Version>(
         },
     )
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::result::Cell;
+    use timely::dataflow::operators::capture::{Capture, Event};
+    use timely::dataflow::operators::core::Input;
+    use timely::dataflow::operators::Probe;
+
+    /// A test version: a name valid from `time`.
+    #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+    struct Name {
+        time: EventTime,
+        name: String,
+    }
+
+    impl Version for Name {
+        fn time(&self) -> EventTime {
+            self.time
+        }
+        fn apply(v: Option<&Self>, line: &mut ResultLine) {
+            line.columns[0].1 = v.map_or(Cell::Null, |v| Cell::Text(v.name.clone()));
+        }
+    }
+
+    fn line(key: &str, end: EventTime) -> ResultLine {
+        ResultLine::new(
+            "s",
+            "k",
+            key,
+            ("T", key),
+            (end - 60_000, end),
+            vec![("name", Cell::Null)],
+        )
+    }
+
+    /// Results at their window's end (`end - 1`), versions at their stamps; the frontier moves
+    /// to each step's time. Returns (name, kind, revision) per key and window end, in order.
+    /// One step: a time, the results stamped then, the versions stamped then.
+    type Step = (EventTime, Vec<ResultLine>, Vec<(String, Name)>);
+
+    fn run(steps: Vec<Step>) -> Vec<(String, EventTime, Option<String>, Kind, u32)> {
+        let rx = timely::execute_directly(move |worker| {
+            let (mut results, mut versions, probe, rx) =
+                worker.dataflow::<EventTime, _, _>(|scope| {
+                    let (ri, r) = scope.new_input::<Vec<ResultLine>>();
+                    let (vi, v) = scope.new_input::<Vec<(String, Name)>>();
+                    let (probe, out) = as_of(r, v, 3_600_000, 86_400_000).probe();
+                    (ri, vi, probe, out.capture())
+                });
+            for (t, rs, vs) in steps {
+                results.advance_to(t);
+                versions.advance_to(t);
+                for r in rs {
+                    results.send(r);
+                }
+                for v in vs {
+                    versions.send(v);
+                }
+                results.advance_to(t + 1);
+                versions.advance_to(t + 1);
+                while probe.less_than(results.time()) {
+                    worker.step();
+                }
+            }
+            drop((results, versions));
+            while worker.step() {}
+            rx
+        });
+        rx.try_iter()
+            .filter_map(|e| match e {
+                Event::Messages(_, lines) => Some(lines),
+                _ => None,
+            })
+            .flatten()
+            .map(|l| {
+                let name = match &l.columns[0].1 {
+                    Cell::Text(s) => Some(s.clone()),
+                    _ => None,
+                };
+                (l.key.clone(), l.window_end, name, l.kind, l.revision)
+            })
+            .collect()
+    }
+
+    fn v(key: &str, time: EventTime, name: &str) -> (String, Name) {
+        let name = name.to_string();
+        (key.to_string(), Name { time, name })
+    }
+
+    #[test]
+    fn a_result_carries_the_latest_version_before_its_window_end() {
+        let out = run(vec![
+            (
+                1_000,
+                vec![],
+                vec![v("a", 1_000, "old"), v("a", 120_000, "new")],
+            ),
+            (59_999, vec![line("a", 60_000)], vec![]),
+            (119_999, vec![line("a", 120_000)], vec![]),
+            (
+                179_999,
+                vec![line("a", 180_000), line("b", 180_000)],
+                vec![],
+            ),
+        ]);
+        assert_eq!(
+            out,
+            [
+                ("a".into(), 60_000, Some("old".into()), Kind::Final, 1),
+                // A version at exactly the window end belongs to the next window.
+                ("a".into(), 120_000, Some("old".into()), Kind::Final, 1),
+                ("a".into(), 180_000, Some("new".into()), Kind::Final, 1),
+                ("b".into(), 180_000, None, Kind::Final, 1),
+            ]
+        );
+    }
+
+    #[test]
+    fn late_metadata_corrects_the_results_it_enriches() {
+        let out = run(vec![
+            (59_999, vec![line("a", 60_000)], vec![]),
+            // Known only at 200 s, valid from 10 s: the final of the window ending at 60 s
+            // is corrected; the later window is final with it.
+            (200_000, vec![], vec![v("a", 10_000, "late")]),
+            (239_999, vec![line("a", 240_000)], vec![]),
+        ]);
+        assert_eq!(
+            out,
+            [
+                ("a".into(), 60_000, None, Kind::Final, 1),
+                ("a".into(), 60_000, Some("late".into()), Kind::Correction, 2),
+                ("a".into(), 240_000, Some("late".into()), Kind::Final, 1),
+            ]
+        );
+    }
+}

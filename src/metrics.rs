@@ -417,7 +417,11 @@ pub fn status(stats: &RunStats, process: usize, started: Instant) -> Value {
             .entry(stream)
             .or_insert_with(|| Value::Array(Vec::new()))
         {
-            rows.push(line.to_json_value());
+            let mut row = line.to_json_value();
+            if let (Some(label), Value::Object(o)) = (&line.label, &mut row) {
+                o.insert("label".into(), label.as_str().into());
+            }
+            rows.push(row);
         }
     }
     let h = stats.latency();

@@ -104,6 +104,9 @@ pub struct ResultLine {
     pub revision: u32,
     /// For a correction, the revision it replaces.
     pub replaces: Option<u32>,
+    /// A human name for the key (a market's title), shown by the console and the status page
+    /// in place of the key; not part of the result's columns.
+    pub label: Option<String>,
 }
 
 impl ResultLine {
@@ -132,6 +135,7 @@ impl ResultLine {
             kind: Kind::Final,
             revision: 1,
             replaces: None,
+            label: None,
         }
     }
 

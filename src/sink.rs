@@ -470,8 +470,24 @@ fn render_table(
     let corrected = lines.iter().any(|l| l.replaces.is_some());
     let mut table = comfy_table::Table::new();
     table.load_preset(TABLE_STYLE);
+    // Text columns beside the key (ids, titles) go to files and Kafka; here the key's label
+    // (a market's title) stands for them.
+    let shown: Vec<bool> = (0..first.columns.len())
+        .map(|i| {
+            let cells = || lines.iter().filter_map(|l| l.columns.get(i).map(|c| &c.1));
+            let text = cells().any(|c| matches!(c, Cell::Text(_)));
+            !(text && cells().all(|c| matches!(c, Cell::Text(_) | Cell::Null)))
+        })
+        .collect();
     let mut header: Vec<&str> = vec![&first.key_column];
-    header.extend(first.columns.iter().map(|(n, _)| n.as_ref()));
+    header.extend(
+        first
+            .columns
+            .iter()
+            .zip(&shown)
+            .filter(|(_, s)| **s)
+            .map(|((n, _), _)| n.as_ref()),
+    );
     header.extend(["kind", "revision"]);
     if corrected {
         header.push("replaces");
@@ -483,8 +499,18 @@ fn render_table(
             .map(|h| comfy_table::Cell::new(h).set_alignment(comfy_table::CellAlignment::Left)),
     );
     for l in lines {
-        let mut row = vec![crate::text::printable(&l.key, 20).into_owned()];
-        row.extend(l.columns.iter().map(|(_, c)| cell(c)));
+        let key = match &l.label {
+            Some(label) => crate::text::printable(label, 48),
+            None => crate::text::printable(&l.key, 20),
+        };
+        let mut row = vec![key.into_owned()];
+        row.extend(
+            l.columns
+                .iter()
+                .zip(&shown)
+                .filter(|(_, s)| **s)
+                .map(|((_, c), _)| cell(c)),
+        );
         row.extend([l.kind.as_str().to_string(), l.revision.to_string()]);
         if corrected {
             row.push(l.replaces.map_or(String::new(), |r| r.to_string()));

@@ -35,6 +35,18 @@ fn real_data_matches_the_reference_on_any_worker_count() {
         .map(|(_, row)| row["num_updates"].as_u64().unwrap())
         .sum();
     assert_eq!(books, 28, "every book of the subscription snapshot counts");
+    // The token stream applies every price_change entry too: 28 books and 51 price_change
+    // events of two entries each, one book per outcome token, and not one missed delta.
+    let tokens: Vec<_> = read_results(&one.dir)
+        .into_iter()
+        .filter(|(k, _)| k.0 == "polymarket_tokens")
+        .collect();
+    let sum = |f: &str| -> u64 { tokens.iter().map(|(_, r)| r[f].as_u64().unwrap()).sum() };
+    let ids: std::collections::BTreeSet<&String> = tokens.iter().map(|(k, _)| &k.1).collect();
+    assert_eq!(
+        (ids.len(), sum("updates"), sum("book_mismatches")),
+        (28, 130, 0)
+    );
     assert!(one.stderr.contains("0 late, 0 malformed"), "{}", one.stderr);
 
     let mut args = inputs.args();
@@ -52,7 +64,7 @@ fn garbled_data_matches_the_reference_and_dead_letters_every_bad_record() {
     let tmp = tempfile::tempdir().unwrap();
     let inputs = garbled_sim_inputs(tmp.path(), "40m");
     let (want, summary) = reference(&tmp.path().join("reference"), &inputs);
-    let bad: u64 = ["binance", "polymarket_trade"]
+    let bad: u64 = ["binance", "polymarket_trade", "polymarket_metadata"]
         .iter()
         .map(|t| count(&summary, t, "late") + count(&summary, t, "malformed"))
         .sum();

@@ -194,6 +194,23 @@ impl Decoder for MetadataDecoder {
     }
 }
 
+/// A title short enough for a table: an up/down market's `Bitcoin Up or Down - September 24,
+/// 12:30PM-12:45PM ET` reads `BTC Up or Down 12:30PM–12:45PM ET`; other titles stay whole.
+pub fn short_title(slug: &str, title: &str) -> String {
+    match (
+        updown_span(slug),
+        slug.split('-').next(),
+        title.rsplit_once(", "),
+    ) {
+        (Some(_), Some(prefix), Some((_, times))) => format!(
+            "{} Up or Down {}",
+            prefix.to_uppercase(),
+            times.replacen('-', "–", 1)
+        ),
+        _ => title.to_string(),
+    }
+}
+
 /// A token's metadata as of some time: what a result of that token carries.
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 pub struct TokenMeta {
@@ -244,6 +261,7 @@ impl crate::enrich::Version for TokenMeta {
             ),
             None => (Cell::Null, Cell::Null, Cell::Null),
         };
+        line.label = version.map(|v| format!("{} · {}", short_title(&v.slug, &v.title), v.outcome));
         for (name, cell) in line.columns.iter_mut() {
             match name.as_ref() {
                 "outcome" => *cell = outcome.clone(),

@@ -179,7 +179,7 @@ impl Reader for FileReader {
     fn read(
         &mut self,
         budget: usize,
-        out: &mut dyn FnMut(usize, u64, &[u8], Option<crate::time::EventTime>),
+        out: &mut super::OnMessage<'_>,
     ) -> anyhow::Result<ReadStatus> {
         let live = self.inputs.iter().filter(|i| i.is_some()).count();
         if live == 0 {

@@ -161,7 +161,7 @@ impl Reader for GeneratedReader {
     fn read(
         &mut self,
         budget: usize,
-        out: &mut dyn FnMut(usize, u64, &[u8], Option<EventTime>),
+        out: &mut super::OnMessage<'_>,
     ) -> anyhow::Result<ReadStatus> {
         let horizon = self.horizon();
         let mut sent = 0;

@@ -414,7 +414,7 @@ impl Reader for KafkaReader {
     fn read(
         &mut self,
         budget: usize,
-        out: &mut dyn FnMut(usize, u64, &[u8], Option<crate::time::EventTime>),
+        out: &mut super::OnMessage<'_>,
     ) -> anyhow::Result<ReadStatus> {
         if !self.options.commit_interval.is_zero()
             && self.last_commit.elapsed() >= self.options.commit_interval

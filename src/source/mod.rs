@@ -66,11 +66,7 @@ pub trait Reader {
     fn partitions(&self) -> &[PartitionInfo];
     /// Reads up to `budget` messages, giving each as `(slot, offset, value, timestamp)` (the
     /// Kafka message timestamp, ms, when there is one).
-    fn read(
-        &mut self,
-        budget: usize,
-        out: &mut dyn FnMut(usize, u64, &[u8], Option<EventTime>),
-    ) -> anyhow::Result<ReadStatus>;
+    fn read(&mut self, budget: usize, out: &mut OnMessage<'_>) -> anyhow::Result<ReadStatus>;
     /// Whether the partition in `slot` has ended (it no longer holds the watermark back).
     fn is_done(&self, slot: usize) -> bool;
     /// Takes over partitions that appeared since the last call (appended to `partitions()`);
@@ -98,6 +94,9 @@ pub trait Reader {
     /// Where the partition in `slot` stands: reading resumes right after the last message read.
     fn position(&self, slot: usize) -> ResumePoint;
 }
+
+/// Takes one message read: `(slot, offset, value, Kafka timestamp)`.
+pub type OnMessage<'a> = dyn FnMut(usize, u64, &[u8], Option<EventTime>) + 'a;
 
 /// A partition's reading position, saved in checkpoints.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]

@@ -165,7 +165,7 @@ impl<A: OrderedAggregate> WindowState for Ordered<A> {
             .into_iter()
             .partition(|(_, r)| r.time < bound);
         self.pending = waiting;
-        ready.sort_by(|a, b| (a.1.time, a.1.pos).cmp(&(b.1.time, b.1.pos)));
+        ready.sort_by_key(|(_, r)| (r.time, r.pos));
 
         // Apply in order; corrections (a window already final at the record's stamp) are
         // emitted at the stamp, one per record.
@@ -283,7 +283,8 @@ impl<A: OrderedAggregate> WindowState for Ordered<A> {
 
     fn snapshot(&self) -> Vec<u8> {
         let states: Vec<(&String, &Keyed<A::State>)> = self.states.iter().collect();
-        let windows: Vec<(EventTime, bool, Vec<(&String, &KeyAcc<A::Acc>)>)> = self
+        type WindowRef<'a, Acc> = (EventTime, bool, Vec<(&'a String, &'a KeyAcc<Acc>)>);
+        let windows: Vec<WindowRef<'_, A::Acc>> = self
             .windows
             .iter()
             .map(|(end, w)| (*end, w.cap.is_some(), w.keys.iter().collect()))
