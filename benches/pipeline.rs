@@ -139,11 +139,10 @@ fn input_args(files: &[PathBuf]) -> Vec<String> {
         .iter()
         .flat_map(|f| {
             let name = f.file_name().unwrap().to_string_lossy();
-            let topic = if name.starts_with("binance") {
-                "binance"
-            } else {
-                "polymarket_trade"
-            };
+            let topic = ["binance", "polymarket_metadata"]
+                .into_iter()
+                .find(|t| name.starts_with(t))
+                .unwrap_or("polymarket_trade");
             ["--input".to_string(), format!("{topic}={}", f.display())]
         })
         .collect()
@@ -270,6 +269,13 @@ fn kafka_part(files: &[PathBuf], report: &mut Value) {
         "binance",
     ]);
     ok(&["topics", "create", "--partitions", "1", "polymarket_trade"]);
+    ok(&[
+        "topics",
+        "create",
+        "--partitions",
+        "1",
+        "polymarket_metadata",
+    ]);
     for (p, f) in binance.iter().enumerate() {
         let input = format!("binance={}", f.display());
         // One record per batch: the test broker reports exact end offsets only then.

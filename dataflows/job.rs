@@ -298,13 +298,18 @@ fn emission(args: &RunArgs) -> Emission {
 
 /// The checkpointing operators, by their names in the checkpoint layout.
 fn checkpointed_operators() -> Vec<String> {
-    let mut ops: Vec<String> = market_names()
-        .iter()
-        .map(|m| operator_name(Role::Source, m))
+    let mut ops: Vec<String> = topics()
+        .map(|(_, t)| operator_name(Role::Source, t.name))
         .collect();
     ops.extend(streams().iter().map(|s| operator_name(Role::Window, s)));
     ops.extend(streams().iter().map(|s| operator_name(Role::Sink, s)));
     ops.push(operator_name(Role::Sink, "dead_letter"));
+    ops.extend(
+        MARKETS
+            .iter()
+            .flat_map(|m| m.joins())
+            .map(|s| operator_name(Role::Join, s)),
+    );
     ops
 }
 

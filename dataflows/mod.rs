@@ -85,6 +85,11 @@ pub(crate) trait Market: Sync {
     fn kafka_topics(&self) -> Vec<&'static str> {
         self.topics().iter().map(|t| t.name).collect()
     }
+    /// Output streams joined with reference data (`enrich::as_of`), whose join state is
+    /// checkpointed.
+    fn joins(&self) -> &'static [&'static str] {
+        &[]
+    }
     /// Builds the market's dataflow in `scope` from its `inputs`, in windows of `spec`.
     fn build<'s>(
         &self,

@@ -36,7 +36,7 @@ use serde::{de::DeserializeOwned, Deserialize, Serialize};
 use crate::time::EventTime;
 
 /// Version of the checkpoint layout and part format; a different version is refused.
-pub(crate) const FORMAT_VERSION: u32 = 2;
+pub(crate) const FORMAT_VERSION: u32 = 3;
 const MAGIC: &str = "speed-layer checkpoint part";
 const JOB_FORMAT: &str = "speed-layer-checkpoint";
 
@@ -45,7 +45,7 @@ const JOB_FORMAT: &str = "speed-layer-checkpoint";
 pub struct Handle {
     /// The process's checkpoint store.
     pub store: Arc<Checkpoints>,
-    /// The operator's name in the checkpoint layout (`source-<market>`, `window-<stream>`, ...,
+    /// The operator's name in the checkpoint layout (`source-<topic>`, `window-<stream>`, ...,
     /// made by `context::operator_name`).
     pub op: String,
 }

@@ -22,21 +22,24 @@ pub struct JobContext {
 /// What an operator does, the first half of its name in the checkpoint layout.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Role {
-    /// Reads one input topic of a market (named after the market).
+    /// Reads one input topic (named after the topic).
     Source,
     /// Aggregates one output stream in windows (named after the stream).
     Window,
     /// Writes one output stream, or the dead letters.
     Sink,
+    /// Joins one output stream with reference data (named after the stream).
+    Join,
 }
 
-/// The operator's stable name in the checkpoint layout: `source-<market>`, `window-<stream>`,
-/// `sink-<stream>`.
+/// The operator's stable name in the checkpoint layout: `source-<topic>`, `window-<stream>`,
+/// `sink-<stream>`, `join-<stream>`.
 pub(crate) fn operator_name(role: Role, name: &str) -> String {
     let role = match role {
         Role::Source => "source",
         Role::Window => "window",
         Role::Sink => "sink",
+        Role::Join => "join",
     };
     format!("{role}-{name}")
 }

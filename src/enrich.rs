@@ -21,6 +21,7 @@ use timely::dataflow::operators::generic::Operator;
 use timely::dataflow::operators::Capability;
 use timely::dataflow::StreamVec;
 
+use crate::context::OperatorContext;
 use crate::hash::key_hash;
 use crate::result::{Kind, ResultLine};
 use crate::time::EventTime;
@@ -43,14 +44,91 @@ struct Held {
 
 type Update<V> = (((String, Held), Option<V>), EventTime, isize);
 
+/// A version as the join holds it: its stamp, key and value.
+type Live<V> = (EventTime, String, V);
+
+/// The versions as a collection: each enters at `max(its time, its stamp)` and leaves once no
+/// held result can use it. The versions still live are saved at every checkpoint epoch and
+/// entered again on a restart (the source does not read them again).
+fn checkpointed_versions<'s, V: Version>(
+    versions: StreamVec<'s, EventTime, (String, V)>,
+    hold: EventTime,
+    valid: EventTime,
+    ctx: OperatorContext,
+) -> differential_dataflow::VecCollection<'s, EventTime, (String, V)> {
+    let ckpt = ctx.ckpt;
+    let worker = versions.scope().index();
+    let at = move |stamp: EventTime, v: &V| v.time().max(stamp);
+    let gone =
+        move |stamp: EventTime, v: &V| at(stamp, v).saturating_add(valid).saturating_add(hold);
+    versions
+        .unary_frontier::<timely::container::CapacityContainerBuilder<Vec<((String, V), EventTime, isize)>>, _, _, _>(
+            Pipeline,
+            "Versions",
+            move |init_cap, _| {
+                let epoch = ckpt.as_ref().and_then(|c| c.store.epoch()).unwrap_or(0);
+                let mut next = ckpt.as_ref().map_or(EventTime::MAX, |c| c.store.after(epoch));
+                let mut live: Vec<Live<V>> = ckpt
+                    .as_ref()
+                    .and_then(|c| c.restored::<Vec<Live<V>>>(worker))
+                    .unwrap_or_default();
+                let mut restore = (!live.is_empty()).then_some(init_cap);
+                move |(input, frontier), output| {
+                    let mut give = |cap: &Capability<EventTime>, stamp: EventTime, k: String, v: V| {
+                        let mut session = output.session(cap);
+                        session.give(((k.clone(), v.clone()), gone(stamp, &v), -1));
+                        let t = at(stamp, &v);
+                        session.give(((k, v), t, 1));
+                    };
+                    if let Some(cap) = restore.take() {
+                        for (stamp, k, v) in live.iter().cloned() {
+                            give(&cap, stamp, k, v);
+                        }
+                    }
+                    input.for_each_stamp(|cap, data| {
+                        let stamp = cap.least().copied().unwrap_or_default();
+                        let cap = cap.delayed(&stamp, 0);
+                        for (k, v) in data.flat_map(|d| d.drain(..)) {
+                            live.push((stamp, k.clone(), v.clone()));
+                            give(&cap, stamp, k, v);
+                        }
+                    });
+                    let lim = frontier.frontier().first().copied().unwrap_or(EventTime::MAX);
+                    if let Some(c) = &ckpt {
+                        // The versions stamped before each epoch and not yet gone there.
+                        let (entries, n) = c.save_epochs(lim, next, |lo| {
+                            let kept: Vec<&Live<V>> = live
+                                .iter()
+                                .filter(|(s, _, v)| *s < lo && gone(*s, v) > lo)
+                                .collect();
+                            let change = live
+                                .iter()
+                                .flat_map(|(s, _, v)| [c.store.after(*s), c.store.after(gone(*s, v).saturating_sub(1))])
+                                .filter(|e| *e > lo)
+                                .min();
+                            (crate::checkpoint::encode(&kept), change)
+                        });
+                        next = n;
+                        if !entries.is_empty() {
+                            c.write(worker, entries);
+                        }
+                        c.store.set_frontier(&c.op, worker, lim);
+                    }
+                    live.retain(|(s, _, v)| gone(*s, v) > lim);
+                }
+            },
+        )
+        .as_collection()
+}
+
 /// Each result of `results` with the version of its key from `versions` (key, version) known as
 /// of its window's end. Results take late versions for `hold` ms of event time after they are
 /// stamped; a version applies to windows ending at most `valid` ms after its time.
 pub(crate) fn as_of<'s, V: Version>(
     results: StreamVec<'s, EventTime, ResultLine>,
     versions: StreamVec<'s, EventTime, (String, V)>,
-    hold: EventTime,
-    valid: EventTime,
+    (hold, valid): (EventTime, EventTime),
+    ctx: OperatorContext,
 ) -> StreamVec<'s, EventTime, ResultLine> {
     let held = results
         .unary::<timely::container::CapacityContainerBuilder<Vec<((String, Held), EventTime, isize)>>, _, _, _>(
@@ -76,27 +154,7 @@ pub(crate) fn as_of<'s, V: Version>(
             },
         )
         .as_collection();
-    let versions = versions
-        .unary::<timely::container::CapacityContainerBuilder<Vec<((String, V), EventTime, isize)>>, _, _, _>(
-            Pipeline,
-            "Versions",
-            move |_, _| {
-                move |input, output| {
-                    input.for_each_stamp(|cap, data| {
-                        let stamp = cap.least().copied().unwrap_or_default();
-                        let mut session = output.session(&cap);
-                        for (k, v) in data.flat_map(|d| d.drain(..)) {
-                            let at = v.time().max(stamp);
-                            let gone = at.saturating_add(valid).saturating_add(hold);
-                            session.give(((k.clone(), v.clone()), gone, -1));
-                            session.give(((k, v), at, 1));
-                        }
-                    });
-                }
-            },
-        )
-        .as_collection();
-
+    let versions = checkpointed_versions(versions, hold, valid, ctx);
     let matched = held
         .clone()
         .join_map(versions, |k, h, v| ((k.clone(), h.clone()), v.clone()))
@@ -206,9 +264,16 @@ fn lines<'s, V: Version>(
                         } else {
                             line.kind
                         };
+                        // A result's own revision stands unless an enrichment came between
+                        // (after a restart this operator starts afresh; the window's numbering
+                        // still holds).
+                        w.revision = if before.is_some() {
+                            w.revision + 1
+                        } else {
+                            (w.revision + 1).max(line.revision)
+                        };
                         let replaces =
-                            (kind == Kind::Correction && w.revision > 0).then_some(w.revision);
-                        w.revision += 1;
+                            (kind == Kind::Correction && w.revision > 1).then(|| w.revision - 1);
                         w.with.insert(h.revision, v);
                         out.push(line.tagged(kind, w.revision, replaces));
                     }
@@ -267,7 +332,12 @@ mod tests {
                 worker.dataflow::<EventTime, _, _>(|scope| {
                     let (ri, r) = scope.new_input::<Vec<ResultLine>>();
                     let (vi, v) = scope.new_input::<Vec<(String, Name)>>();
-                    let (probe, out) = as_of(r, v, 3_600_000, 86_400_000).probe();
+                    let ctx = OperatorContext {
+                        stats: crate::stats::RunStats::default(),
+                        ckpt: None,
+                        emission: crate::context::Emission::default(),
+                    };
+                    let (probe, out) = as_of(r, v, (3_600_000, 86_400_000), ctx).probe();
                     (ri, vi, probe, out.capture())
                 });
             for (t, rs, vs) in steps {

@@ -64,15 +64,7 @@ fn real_broker_run_equals_file_run_on_any_worker_count() {
     let inputs = garbled_sim_inputs(tmp.path(), "20m");
     let broker = Broker::start();
     let bootstrap = broker.bootstrap();
-    create_topics(
-        &bootstrap,
-        &[
-            ("binance", inputs.binance.len() as i32),
-            ("polymarket_trade", inputs.polymarket.len() as i32),
-        ],
-    );
-    produce_files(&bootstrap, "binance", &inputs.binance, 1);
-    let values = produce_files(&bootstrap, "polymarket_trade", &inputs.polymarket, 10);
+    let values = load_inputs(&bootstrap, &inputs, 10);
     assert!(values > 100);
     kafka_runs_equal_file_run(
         &bootstrap,

@@ -98,6 +98,7 @@ fn produce_run_and_kafka_sink_equal_the_file_run() {
     for (topic, files) in [
         ("binance", &inputs.binance),
         ("polymarket_trade", &inputs.polymarket),
+        ("polymarket_metadata", &inputs.metadata),
     ] {
         for (p, f) in files.iter().enumerate() {
             let input = format!("{topic}={}", f.display());
@@ -239,7 +240,9 @@ fn a_partition_that_receives_nothing_does_not_freeze_the_watermark() {
     let mock = rdkafka::mocking::MockCluster::new(1).unwrap();
     mock.create_topic("binance", 4, 1).unwrap(); // partition 3 stays empty
     mock.create_topic("polymarket_trade", 2, 1).unwrap();
+    mock.create_topic("polymarket_metadata", 1, 1).unwrap();
     let b = mock.bootstrap_servers();
+    produce_files(&b, "polymarket_metadata", &inputs.metadata, 1);
     produce_files(&b, "binance", &inputs.binance, 1);
     produce_files(&b, "polymarket_trade", &inputs.polymarket, 5);
     let dir = tmp.path().join("kafka");

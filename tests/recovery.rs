@@ -347,15 +347,7 @@ fn kafka_runs_survive_kills_on_any_shape() {
     let inputs = garbled_sim_inputs(tmp.path(), "40m");
     let broker = Broker::start();
     let bootstrap = broker.bootstrap();
-    create_topics(
-        &bootstrap,
-        &[
-            ("binance", inputs.binance.len() as i32),
-            ("polymarket_trade", inputs.polymarket.len() as i32),
-        ],
-    );
-    produce_files(&bootstrap, "binance", &inputs.binance, 1);
-    produce_files(&bootstrap, "polymarket_trade", &inputs.polymarket, 10);
+    load_inputs(&bootstrap, &inputs, 10);
     let args: Vec<String> = [
         "--brokers",
         &bootstrap,

@@ -53,7 +53,7 @@ impl Market for Binance {
         ctx: &JobContext,
     ) -> Outputs<'s> {
         let input = &inputs[0];
-        let source_ctx = ctx.operator(Role::Source, self.name());
+        let source_ctx = ctx.operator(Role::Source, TOPICS[0].name);
         let (klines, dead) = source(
             scope,
             &input.topic,

@@ -61,6 +61,10 @@ impl Market for Polymarket {
         &[BookMetrics::STREAM, TradeMetrics::STREAM, tokens::STREAM]
     }
 
+    fn joins(&self) -> &'static [&'static str] {
+        &[tokens::STREAM]
+    }
+
     fn build<'s>(
         &self,
         scope: timely::dataflow::Scope<'s, EventTime>,
@@ -76,7 +80,7 @@ impl Market for Polymarket {
             std::sync::Arc::clone(&meta_input.factory),
             metadata::MetadataDecoder,
             spec,
-            ctx.operator(Role::Source, "polymarket_metadata"),
+            ctx.operator(Role::Source, TOPICS[1].name),
         );
         let versions = markets.flat_map(metadata::versions);
         let (events, dead) = source(
@@ -85,7 +89,7 @@ impl Market for Polymarket {
             std::sync::Arc::clone(&input.factory),
             FrameDecoder,
             spec,
-            ctx.operator(Role::Source, self.name()),
+            ctx.operator(Role::Source, TOPICS[0].name),
         );
         let (books, trades, tokens) = split(events);
         let window = |stream| ctx.operator(Role::Window, stream);
@@ -107,8 +111,8 @@ impl Market for Polymarket {
                     as_of(
                         ordered_windowed::<TokenMetrics>(tokens, spec, ttl, window(tokens::STREAM)),
                         versions,
-                        ttl,
-                        metadata_ttl,
+                        (ttl, metadata_ttl),
+                        ctx.operator(Role::Join, tokens::STREAM),
                     ),
                 ),
             ],

@@ -319,8 +319,31 @@ pub fn mock_with(
         .unwrap();
     mock.create_topic("polymarket_trade", inputs.polymarket.len() as i32, 1)
         .unwrap();
+    mock.create_topic(
+        "polymarket_metadata",
+        inputs.metadata.len().max(1) as i32,
+        1,
+    )
+    .unwrap();
     let bootstrap = mock.bootstrap_servers();
     produce_files(&bootstrap, "binance", &inputs.binance, 1);
     produce_files(&bootstrap, "polymarket_trade", &inputs.polymarket, group);
+    produce_files(&bootstrap, "polymarket_metadata", &inputs.metadata, 1);
     (mock, bootstrap)
+}
+
+/// Creates the three input topics on a real broker (a partition per input file) and produces
+/// the files into them (`group` Polymarket frames per message); returns the frame messages.
+pub fn load_inputs(bootstrap: &str, inputs: &super::Inputs, group: usize) -> usize {
+    create_topics(
+        bootstrap,
+        &[
+            ("binance", inputs.binance.len() as i32),
+            ("polymarket_trade", inputs.polymarket.len() as i32),
+            ("polymarket_metadata", inputs.metadata.len().max(1) as i32),
+        ],
+    );
+    produce_files(bootstrap, "binance", &inputs.binance, 1);
+    produce_files(bootstrap, "polymarket_metadata", &inputs.metadata, 1);
+    produce_files(bootstrap, "polymarket_trade", &inputs.polymarket, group)
 }
