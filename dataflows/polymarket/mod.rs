@@ -246,41 +246,38 @@ struct Level<'a> {
     size: Option<&'a RawValue>,
 }
 
-/// The levels of a book side as `(price, size)`: an unparseable number is an error, a missing
-/// price too; a missing size is `None`.
-type Levels = Vec<(Option<f64>, Option<f64>)>;
+/// What one book side gives: the seed's best level (price, size of the first level at that
+/// price) and, when `keep`, the token book's usable levels (`tokens::usable_levels`). An
+/// unparseable number or a level without a price is an error.
+type Side = ((Option<f64>, Option<f64>), Vec<(f64, f64)>);
 
-fn parse_levels(side: Option<&RawValue>, name: &str) -> Result<Levels, String> {
+fn book_side(
+    side: Option<&RawValue>,
+    name: &str,
+    better: fn(f64, f64) -> bool,
+    keep: bool,
+) -> Result<Side, String> {
     let Some(raw) = side.filter(|r| r.get().trim() != "null") else {
-        return Ok(Vec::new());
+        return Ok(((None, None), Vec::new()));
     };
     let levels: Vec<Level> = serde_json::from_str(raw.get())
         .map_err(|e| format!("{name}: expected an array of {{price, size}} levels ({e})"))?;
-    levels
-        .iter()
-        .enumerate()
-        .map(|(i, l)| {
-            let price =
-                json::lenient_f64(l.price).map_err(|e| format!("{name}[{i}].price: {e}"))?;
-            let size = json::lenient_f64(l.size).map_err(|e| format!("{name}[{i}].size: {e}"))?;
-            if price.is_none() {
-                return Err(format!("{name}[{i}] has no price"));
-            }
-            Ok((price, size))
-        })
-        .collect()
-}
-
-/// Best price and the size of the first level at that price; `better(a, b)` says a beats b.
-fn best_level(levels: &Levels, better: fn(f64, f64) -> bool) -> (Option<f64>, Option<f64>) {
     let mut best: Option<(f64, Option<f64>)> = None;
-    for &(price, size) in levels {
-        let Some(price) = price else { continue };
+    let mut kept = Vec::with_capacity(if keep { levels.len() } else { 0 });
+    for (i, l) in levels.iter().enumerate() {
+        let price = json::lenient_f64(l.price).map_err(|e| format!("{name}[{i}].price: {e}"))?;
+        let size = json::lenient_f64(l.size).map_err(|e| format!("{name}[{i}].size: {e}"))?;
+        let Some(price) = price else {
+            return Err(format!("{name}[{i}] has no price"));
+        };
         if best.is_none_or(|(b, _)| better(price, b)) {
             best = Some((price, size));
         }
+        if keep {
+            kept.extend(tokens::usable_level(price, size));
+        }
     }
-    best.map_or((None, None), |(p, s)| (Some(p), s))
+    Ok((best.map_or((None, None), |(p, s)| (Some(p), s)), kept))
 }
 
 impl Book {
@@ -445,17 +442,14 @@ fn from_head(index: u32, head: Head<'_>, raw: &str, excerpt_needed: bool) -> Dec
     };
     let rec = match kind.as_ref() {
         "book" => {
-            let levels = parse_levels(head.bids, "bids")
-                .and_then(|b| Ok((b, parse_levels(head.asks, "asks")?)));
-            let (bids, asks) = match levels {
-                Ok(levels) => levels,
+            let keep = asset.is_some();
+            let sides = book_side(head.bids, "bids", |a, b| a > b, keep)
+                .and_then(|b| Ok((b, book_side(head.asks, "asks", |a, b| a < b, keep)?)));
+            let ((bid, bids), (ask, asks)) = match sides {
+                Ok(sides) => sides,
                 Err(e) => return Decoded::malformed(index, "invalid book level", e, excerpt()),
             };
-            let book = Book::new(
-                market.to_string(),
-                best_level(&bids, |a, b| a > b),
-                best_level(&asks, |a, b| a < b),
-            );
+            let book = Book::new(market.to_string(), bid, ask);
             // Finite prices and sizes can still overflow a sum or a ratio.
             if [book.mid, book.spread, book.imbalance]
                 .iter()
@@ -468,10 +462,7 @@ fn from_head(index: u32, head: Head<'_>, raw: &str, excerpt_needed: bool) -> Dec
                     excerpt(),
                 );
             }
-            let op = Op::Book {
-                bids: tokens::usable_levels(&bids),
-                asks: tokens::usable_levels(&asks),
-            };
+            let op = Op::Book { bids, asks };
             Event::Book(book, token(op))
         }
         "last_trade_price" => match json::lenient_f64(head.size) {

@@ -154,15 +154,9 @@ pub(super) fn price_changes(
     Ok(out)
 }
 
-/// The levels of a book side a token book keeps: price and size usable, size positive.
-pub(super) fn usable_levels(levels: &[(Option<f64>, Option<f64>)]) -> Vec<(f64, f64)> {
-    levels
-        .iter()
-        .filter_map(|l| match *l {
-            (Some(p), Some(s)) if s > 0.0 => Some((p + 0.0, s)),
-            _ => None,
-        })
-        .collect()
+/// A level as a token book keeps it: price and size usable, size positive.
+pub(super) fn usable_level(price: f64, size: Option<f64>) -> Option<(f64, f64)> {
+    size.filter(|s| *s > 0.0).map(|s| (price + 0.0, s))
 }
 
 /// One token's book: levels sorted by price, one size per price.

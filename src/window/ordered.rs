@@ -388,8 +388,11 @@ mod tests {
         }
     }
 
-    /// Sends `batches` (stamp, records) and returns each result's (window end, steps).
-    fn run(batches: Vec<(EventTime, Vec<Timed<(String, f64)>>)>) -> Vec<(EventTime, String)> {
+    /// Records stamped at one time.
+    type Batch = (EventTime, Vec<Timed<(String, f64)>>);
+
+    /// Sends `batches` and returns each result's (window end, steps).
+    fn run(batches: Vec<Batch>) -> Vec<(EventTime, String)> {
         let rx = timely::execute_directly(move |worker| {
             let (mut input, probe, rx) = worker.dataflow::<EventTime, _, _>(|scope| {
                 let (input, stream) = scope.new_input::<Vec<Timed<(String, f64)>>>();
