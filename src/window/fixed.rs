@@ -13,7 +13,7 @@ use timely::dataflow::operators::generic::Operator;
 use timely::dataflow::operators::Capability;
 use timely::dataflow::StreamVec;
 
-use super::{now_us, WindowAggregate, WindowState};
+use super::{WindowAggregate, WindowState};
 use crate::hash::key_hash;
 use crate::result::{Kind, ResultLine};
 use crate::time::{EventTime, Timed, WindowSpec};
@@ -164,21 +164,12 @@ impl<A: WindowAggregate> WindowState for Windows<A> {
                 break;
             }
             let Some(cap) = w.cap.take() else { continue };
-            let final_at_us = now_us();
             let start = self.spec.window_start(end);
-            let mut keys: Vec<(&String, &mut KeyState<A::Acc>)> = w.keys.iter_mut().collect();
-            keys.sort_unstable_by(|a, b| a.0.cmp(b.0));
-            let lines = keys
-                .into_iter()
-                .map(|(k, st)| {
-                    st.revision += 1;
-                    st.dirty = false;
-                    let mut line =
-                        A::finish(k, start, end, &st.acc).tagged(Kind::Final, st.revision, None);
-                    line.final_at_us = final_at_us;
-                    line
-                })
-                .collect();
+            let lines = super::finals(w.keys.iter_mut(), |k, st| {
+                st.revision += 1;
+                st.dirty = false;
+                A::finish(k, start, end, &st.acc).tagged(Kind::Final, st.revision, None)
+            });
             out.push((cap, lines));
         }
 

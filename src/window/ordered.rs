@@ -21,7 +21,7 @@ use serde::{Deserialize, Serialize};
 use timely::dataflow::operators::Capability;
 use timely::ExchangeData;
 
-use super::{now_us, WindowState};
+use super::WindowState;
 use crate::hash::key_hash;
 use crate::result::{Kind, ResultLine};
 use crate::time::{EventTime, Timed, WindowSpec};
@@ -232,20 +232,11 @@ impl<A: OrderedAggregate> WindowState for Ordered<A> {
                 break;
             }
             let Some(cap) = w.cap.take() else { continue };
-            let final_at_us = now_us();
             let start = self.spec.window_start(end);
-            let mut keys: Vec<(&String, &mut KeyAcc<A::Acc>)> = w.keys.iter_mut().collect();
-            keys.sort_unstable_by(|a, b| a.0.cmp(b.0));
-            let lines = keys
-                .into_iter()
-                .map(|(k, st)| {
-                    st.revision += 1;
-                    let mut line =
-                        A::finish(k, start, end, &st.acc).tagged(Kind::Final, st.revision, None);
-                    line.final_at_us = final_at_us;
-                    line
-                })
-                .collect();
+            let lines = super::finals(w.keys.iter_mut(), |k, st| {
+                st.revision += 1;
+                A::finish(k, start, end, &st.acc).tagged(Kind::Final, st.revision, None)
+            });
             out.push((cap, lines));
         }
         for (stamp, lines) in corrections {
