@@ -242,6 +242,8 @@ fn a_partition_that_receives_nothing_does_not_freeze_the_watermark() {
     mock.create_topic("polymarket_trade", 2, 1).unwrap();
     mock.create_topic("polymarket_metadata", 1, 1).unwrap();
     let b = mock.bootstrap_servers();
+    // Metadata comes every 15 minutes: after its first message the topic is quiet for the rest
+    // of these 10 minutes, and the token results (joined with it) must not wait for the next.
     produce_files(&b, "polymarket_metadata", &inputs.metadata, 1);
     produce_files(&b, "binance", &inputs.binance, 1);
     produce_files(&b, "polymarket_trade", &inputs.polymarket, 5);

@@ -249,6 +249,24 @@ fn status_page_shows_live_charts_and_results_in_headless_chromium() {
             .as_array()
             .is_some_and(|a| !a.is_empty())
     });
+    // Outcome tokens carry their market's title and outcome once metadata is known.
+    let s = wait_for(&addr, "token results with titles", |s| {
+        s["latest"]["polymarket_tokens"]
+            .as_array()
+            .is_some_and(|a| a.iter().any(|r| r["label"].is_string()))
+    });
+    let labels: Vec<&str> = s["latest"]["polymarket_tokens"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|r| r["label"].as_str())
+        .collect();
+    assert!(
+        labels
+            .iter()
+            .all(|l| l.contains(" Up or Down ") && (l.ends_with(" · Up") || l.ends_with(" · Down"))),
+        "{labels:?}"
+    );
     let artifacts = Path::new(env!("CARGO_MANIFEST_DIR")).join("target/ci-artifacts");
     std::fs::create_dir_all(&artifacts).unwrap();
     let shot = artifacts.join("status-page.png");
@@ -269,6 +287,13 @@ fn status_page_shows_live_charts_and_results_in_headless_chromium() {
     assert!(
         facts["samples"].as_u64().unwrap() >= 4 && facts["binanceRows"].as_u64().unwrap() == 4,
         "{facts}"
+    );
+    let names = facts["tokenNames"].as_array().unwrap();
+    assert!(
+        names.iter().any(|n| n
+            .as_str()
+            .is_some_and(|n| n.contains(" Up or Down ") && n.contains(" · "))),
+        "the status page names tokens by market and outcome: {facts}"
     );
     assert!(
         std::fs::metadata(&shot).unwrap().len() > 10_000,

@@ -22,11 +22,13 @@ try {
     && ["throughput", "wmlag"].every(id => Number(document.getElementById("chart-" + id).dataset.points) >= 4)
     && document.querySelectorAll("#results-binance tbody tr").length > 0
     && document.querySelectorAll("#results-polymarket_books tbody tr").length > 0
+    && document.querySelectorAll("#results-polymarket_tokens tbody tr").length > 0
     && document.querySelectorAll("#partitions tbody tr").length > 0,
     null, { timeout: 60000 });
   const facts = await page.evaluate(() => ({
     samples: Number(document.body.dataset.samples),
     binanceRows: document.querySelectorAll("#results-binance tbody tr").length,
+    tokenNames: Array.from(document.querySelectorAll("#results-polymarket_tokens tbody tr td:first-child")).map(td => td.textContent),
     partitions: document.querySelectorAll("#partitions tbody tr").length,
     state: document.getElementById("state").textContent,
   }));
