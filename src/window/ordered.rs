@@ -12,8 +12,9 @@
 //! `ttl` or more before the next one, and dropped from memory once the watermark is that far
 //! past it (so the two give the same results: dropping is only a memory matter).
 //!
-//! Records within `--allowed-lateness` (stamped after a window they belong to was final) are
-//! applied with the next release, after the records already applied, and correct that window.
+//! Records within `--allowed-lateness` (stamped after a window they belong to was final) are not
+//! applied: they would change state that later windows already read, at a moment that depends on
+//! timing, and results must not. They correct the streams without state spanning windows.
 
 use std::collections::{BTreeMap, HashMap};
 
@@ -88,6 +89,9 @@ type Snapshot<A> = (
 /// The state of one ordered window operator on one worker.
 pub(super) struct Ordered<A: OrderedAggregate> {
     spec: WindowSpec,
+    /// The dataflow runs session windows (read here as tumbling ones): the source's `min_end`
+    /// speaks of sessions, not of these windows.
+    sessions: bool,
     ttl: EventTime,
     states: HashMap<String, Keyed<A::State>>,
     /// Records not applied yet, with the time they were stamped at.
@@ -101,12 +105,14 @@ impl<A: OrderedAggregate> Ordered<A> {
     /// State for fixed windows of `spec` (session windows are read as tumbling windows of the
     /// same size), key states reset after `ttl` ms of event time without a record.
     pub(super) fn new(spec: WindowSpec, ttl: EventTime) -> Self {
+        let sessions = spec.session_gap_ms.is_some();
         let spec = WindowSpec {
             session_gap_ms: None,
             ..spec
         };
         Self {
             spec,
+            sessions,
             ttl: ttl.max(1),
             states: HashMap::new(),
             pending: Vec::new(),
@@ -150,8 +156,21 @@ impl<A: OrderedAggregate> WindowState for Ordered<A> {
 
     fn apply(&mut self, cap: &Capability<EventTime>, items: Vec<Timed<A::Record>>) {
         let t = *cap.time();
-        self.caps.entry(t).or_insert_with(|| cap.clone());
-        self.pending.extend(items.into_iter().map(|r| (t, r)));
+        let (spec, sessions) = (self.spec, self.sessions);
+        // A record stamped after its first window was final (within --allowed-lateness) would
+        // change state that later windows already read, and when it arrives relative to their
+        // results depends on timing: state spanning windows takes on-time records only.
+        let on_time = |r: &Timed<A::Record>| {
+            spec.window_ends(r.time)
+                .find(|e| sessions || *e >= r.min_end)
+                .is_some_and(|first| t < first)
+        };
+        let items: Vec<(EventTime, Timed<A::Record>)> =
+            items.into_iter().filter(on_time).map(|r| (t, r)).collect();
+        if !items.is_empty() {
+            self.caps.entry(t).or_insert_with(|| cap.clone());
+            self.pending.extend(items);
+        }
     }
 
     fn compact(_t: EventTime, _items: &mut Vec<Timed<A::Record>>) {
@@ -184,7 +203,8 @@ impl<A: OrderedAggregate> WindowState for Ordered<A> {
             }
             keyed.last = keyed.last.max(r.time);
             let obs = A::step(&mut keyed.state, r);
-            for end in self.spec.window_ends(r.time).filter(|e| *e >= r.min_end) {
+            let min_end = if self.sessions { 0 } else { r.min_end };
+            for end in self.spec.window_ends(r.time).filter(|e| *e >= min_end) {
                 // A correction when the window's final result is out (or it never had one and
                 // the record was stamped after it).
                 let is_correction = match self.windows.get(&end) {
