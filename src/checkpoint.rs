@@ -595,7 +595,7 @@ impl Checkpoints {
     }
 
     /// The writer thread: every 100 ms at most, writes what was queued, one file per operator
-    /// instance (its queued parts are consecutive, so their entries join), which keeps the
+    /// instance and unbroken range of epochs (consecutive parts join), which keeps the
     /// number of files (and fsyncs) small when epochs pass quickly, as in a backfill.
     fn write_batches(&self, rx: &std::sync::mpsc::Receiver<Job>) {
         let every = std::time::Duration::from_millis(100);
@@ -604,7 +604,20 @@ impl Checkpoints {
             std::thread::sleep(every.saturating_sub(last.elapsed()));
             let mut groups: Vec<Job> = Vec::new();
             for (op, worker, entries, sync) in std::iter::once(first).chain(rx.try_iter()) {
-                match groups.iter_mut().find(|g| g.0 == op && g.1 == worker) {
+                // Only parts that continue each other join: an operator may skip epochs (the
+                // end of its input), and a part's entries must cover one unbroken range.
+                let joins = |g: &Job| {
+                    g.0 == op
+                        && g.1 == worker
+                        && g.2.last().map(|e| e.hi.saturating_add(self.interval))
+                            == entries.first().map(|e| e.lo)
+                };
+                match groups
+                    .iter_mut()
+                    .rev()
+                    .find(|g| g.0 == op && g.1 == worker)
+                    .filter(|g| joins(g))
+                {
                     Some(g) => {
                         g.2.extend(entries);
                         g.3 = sync.or(g.3.take());

@@ -138,6 +138,11 @@ trait WindowState: 'static {
     fn next_correction(&self) -> Option<EventTime>;
     /// Open windows (sessions) and keys held, for the metrics.
     fn counts(&self) -> (u64, u64);
+    /// A time after which the state no longer changes once every input has arrived, when the
+    /// state can tell (then the end of the input saves one final state, not one per epoch).
+    fn horizon(&self) -> Option<EventTime> {
+        None
+    }
 }
 
 /// The one window operator: everything but the [`WindowState`] (see the module documentation).
@@ -195,7 +200,18 @@ fn operate<'s, S: WindowState>(
                 // Checkpoint epochs the frontier passed: the state after exactly the inputs
                 // stamped before each, one entry per distinct state.
                 if let Some(c) = &ckpt {
-                    let (entries, next) = c.save_epochs(lim, gate.next, |lo| {
+                    // Each epoch the frontier passed is saved (a graceful stop settles on one
+                    // of them), except at the end of the input: then one entry holds the final
+                    // state, from where nothing changes any more (saving each epoch would
+                    // encode the waiting records once per epoch).
+                    let from = match (lim, state.horizon()) {
+                        (EventTime::MAX, Some(h)) => {
+                            let held = gate.held.keys().next_back().copied().unwrap_or(0);
+                            gate.next.max(c.store.after(h.max(held)))
+                        }
+                        _ => gate.next,
+                    };
+                    let (entries, next) = c.save_epochs(lim, from, |lo| {
                         while let Some((cap, items)) = gate.release_below(lo) {
                             state.apply(&cap, items);
                         }

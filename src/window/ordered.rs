@@ -337,6 +337,24 @@ impl<A: OrderedAggregate> WindowState for Ordered<A> {
         Some(self.release_at(first) - 1)
     }
 
+    fn horizon(&self) -> Option<EventTime> {
+        let windows = self
+            .windows
+            .keys()
+            .next_back()
+            .map(|e| e.saturating_add(self.spec.allowed_ms));
+        let pending = self
+            .pending
+            .iter()
+            .map(|(s, r)| {
+                self.release_at(r.time)
+                    .max(*s)
+                    .saturating_add(self.spec.size_ms)
+            })
+            .max();
+        Some(windows.into_iter().chain(pending).max().unwrap_or(0))
+    }
+
     fn counts(&self) -> (u64, u64) {
         let open = self.windows.values().filter(|w| w.cap.is_some()).count() as u64;
         (open, self.states.len() as u64)
