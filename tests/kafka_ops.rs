@@ -140,6 +140,7 @@ fn produce_run_and_kafka_sink_equal_the_file_run() {
         let id = row
             .get("symbol")
             .or_else(|| row.get("asset_id"))
+            .or_else(|| row.get("pair"))
             .or_else(|| row.get("market_id"))
             .and_then(|v| v.as_str())
             .unwrap()
@@ -149,11 +150,16 @@ fn produce_run_and_kafka_sink_equal_the_file_run() {
             "binance" => "BIN",
             "polymarket_books" => "PB",
             "polymarket_tokens" => "PO",
+            "correlations" => "COR",
             _ => "PT",
         };
         let short: String = id
             .chars()
-            .take(if kind == "BIN" { usize::MAX } else { 16 })
+            .take(if ["BIN", "COR"].contains(&kind) {
+                usize::MAX
+            } else {
+                16
+            })
             .collect();
         assert_eq!(
             key.as_deref(),

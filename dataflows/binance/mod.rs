@@ -3,6 +3,7 @@
 //!
 //! Wire format and metric definitions: `formats.md` (topic `binance`, output stream `binance`).
 
+pub mod correlations;
 pub mod sim;
 
 use std::borrow::Cow;
@@ -16,7 +17,7 @@ use crate::context::{JobContext, Role};
 use crate::result::ResultLine;
 use crate::source::{source, Decoded, Decoder};
 use crate::time::{EventTime, Timed, WindowSpec};
-use crate::window::{windowed, WindowAggregate};
+use crate::window::{ordered_windowed, windowed, WindowAggregate};
 
 use super::{json, Input, Market, MarketArgs, Outputs, TopicSpec};
 
@@ -41,7 +42,7 @@ impl Market for Binance {
     }
 
     fn streams(&self) -> &'static [&'static str] {
-        &[KlineMetrics::STREAM]
+        &[KlineMetrics::STREAM, correlations::STREAM]
     }
 
     fn build<'s>(
@@ -63,9 +64,21 @@ impl Market for Binance {
             source_ctx,
         );
         let window_ctx = ctx.operator(Role::Window, KlineMetrics::STREAM);
-        let results = windowed::<KlineMetrics>(klines, spec, window_ctx);
+        let results = windowed::<KlineMetrics>(klines.clone(), spec, window_ctx);
+        // A pair's state is only its recent minutes (pruned as it goes): it never expires, so the
+        // close before a quiet stretch of any length still counts.
+        let history = EventTime::MAX;
+        let correlations = ordered_windowed::<correlations::PairCorrelation>(
+            correlations::minute_closes(klines, spec),
+            spec,
+            history,
+            ctx.operator(Role::Window, correlations::STREAM),
+        );
         Outputs {
-            results: vec![(KlineMetrics::STREAM, results)],
+            results: vec![
+                (KlineMetrics::STREAM, results),
+                (correlations::STREAM, correlations),
+            ],
             dead,
         }
     }

@@ -344,7 +344,7 @@ impl OrderedAggregate for TokenMetrics {
         }
     }
 
-    fn finish(key: &str, start: EventTime, end: EventTime, a: &TokenAcc) -> ResultLine {
+    fn finish(key: &str, start: EventTime, end: EventTime, a: &TokenAcc) -> Option<ResultLine> {
         let current = a.current.get().copied().unwrap_or_default();
         // A sum over no trades is 0; over trades whose sizes are all null, null.
         let sum = |n: u64, s: &NumStats| -> Cell {
@@ -358,7 +358,7 @@ impl OrderedAggregate for TokenMetrics {
             (Some(v), Some(s)) if s > 0.0 => Some(v / s),
             _ => None,
         };
-        ResultLine::new(
+        Some(ResultLine::new(
             STREAM,
             "asset_id",
             key,
@@ -390,7 +390,7 @@ impl OrderedAggregate for TokenMetrics {
                 ("slug", Cell::Null),
                 ("title", Cell::Null),
             ],
-        )
+        ))
     }
 }
 
@@ -549,7 +549,9 @@ mod tests {
             let obs = TokenMetrics::step(&mut book, &r);
             TokenMetrics::add(&mut acc, &r, &obs);
         }
-        let v = TokenMetrics::finish("A", 0, 60_000, &acc).to_json_value();
+        let v = TokenMetrics::finish("A", 0, 60_000, &acc)
+            .unwrap()
+            .to_json_value();
         assert_eq!(v["num_trades"], 3);
         assert_eq!(v["shares_traded"], 45.0);
         assert_eq!(
@@ -562,7 +564,9 @@ mod tests {
             (v["updates"].as_u64(), v["current_prob"].is_null()),
             (Some(0), true)
         );
-        let empty = TokenMetrics::finish("A", 0, 60_000, &TokenAcc::default()).to_json_value();
+        let empty = TokenMetrics::finish("A", 0, 60_000, &TokenAcc::default())
+            .unwrap()
+            .to_json_value();
         assert_eq!(
             (empty["shares_traded"].as_f64(), empty["vwap"].is_null()),
             (Some(0.0), true)

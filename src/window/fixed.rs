@@ -168,7 +168,7 @@ impl<A: WindowAggregate> WindowState for Windows<A> {
             let lines = super::finals(w.keys.iter_mut(), |k, st| {
                 st.revision += 1;
                 st.dirty = false;
-                A::finish(k, start, end, &st.acc).tagged(Kind::Final, st.revision, None)
+                Some(A::finish(k, start, end, &st.acc).tagged(Kind::Final, st.revision, None))
             });
             out.push((cap, lines));
         }

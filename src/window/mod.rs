@@ -60,20 +60,20 @@ pub trait WindowAggregate: 'static {
     ) -> ResultLine;
 }
 
-/// A window's final results: one per key, in key order, rendered by `render` (which counts the
-/// revision), stamped with the moment the watermark passed the window's end.
+/// A window's final results: one per key (that `render` does not skip), in key order, rendered
+/// by `render` (which counts the revision), stamped with the moment the watermark passed the window's end.
 fn finals<'a, T: 'a>(
     keys: impl Iterator<Item = (&'a String, &'a mut T)>,
-    mut render: impl FnMut(&str, &mut T) -> ResultLine,
+    mut render: impl FnMut(&str, &mut T) -> Option<ResultLine>,
 ) -> Vec<ResultLine> {
     let final_at_us = now_us();
     let mut keys: Vec<(&String, &mut T)> = keys.collect();
     keys.sort_unstable_by(|a, b| a.0.cmp(b.0));
     keys.into_iter()
-        .map(|(k, st)| {
-            let mut line = render(k, st);
+        .filter_map(|(k, st)| {
+            let mut line = render(k, st)?;
             line.final_at_us = final_at_us;
-            line
+            Some(line)
         })
         .collect()
 }

@@ -45,13 +45,13 @@ pub trait OrderedAggregate: 'static {
     fn step(state: &mut Self::State, rec: &Timed<Self::Record>) -> Self::Obs;
     /// Adds an observation to a window's accumulator.
     fn add(acc: &mut Self::Acc, rec: &Timed<Self::Record>, obs: &Self::Obs);
-    /// Renders a result.
+    /// Renders a result, or none for this key and window.
     fn finish(
         key: &str,
         window_start: EventTime,
         window_end: EventTime,
         acc: &Self::Acc,
-    ) -> ResultLine;
+    ) -> Option<ResultLine>;
 }
 
 /// One key's state with the event time of its last record.
@@ -232,15 +232,14 @@ impl<A: OrderedAggregate> WindowState for Ordered<A> {
                     revision: 0,
                 });
                 A::add(&mut k.acc, r, &obs);
-                if is_correction {
+                let start = self.spec.window_start(end);
+                if let Some(line) = is_correction
+                    .then(|| A::finish(key, start, end, &k.acc))
+                    .flatten()
+                {
                     let replaces = (k.revision > 0).then_some(k.revision);
                     k.revision += 1;
-                    let start = self.spec.window_start(end);
-                    let line = A::finish(key, start, end, &k.acc).tagged(
-                        Kind::Correction,
-                        k.revision,
-                        replaces,
-                    );
+                    let line = line.tagged(Kind::Correction, k.revision, replaces);
                     corrections.entry(*stamp).or_default().push(line);
                 }
             }
@@ -254,8 +253,9 @@ impl<A: OrderedAggregate> WindowState for Ordered<A> {
             let Some(cap) = w.cap.take() else { continue };
             let start = self.spec.window_start(end);
             let lines = super::finals(w.keys.iter_mut(), |k, st| {
+                let line = A::finish(k, start, end, &st.acc)?;
                 st.revision += 1;
-                A::finish(k, start, end, &st.acc).tagged(Kind::Final, st.revision, None)
+                Some(line.tagged(Kind::Final, st.revision, None))
             });
             out.push((cap, lines));
         }
@@ -393,14 +393,26 @@ mod tests {
         fn add(acc: &mut Vec<f64>, _r: &Timed<(String, f64)>, obs: &f64) {
             acc.push(*obs);
         }
-        fn finish(key: &str, start: EventTime, end: EventTime, acc: &Vec<f64>) -> ResultLine {
+        fn finish(
+            key: &str,
+            start: EventTime,
+            end: EventTime,
+            acc: &Vec<f64>,
+        ) -> Option<ResultLine> {
             let steps = acc
                 .iter()
                 .map(|x| x.to_string())
                 .collect::<Vec<_>>()
                 .join(",");
             let columns = vec![("steps", Cell::Text(steps))];
-            ResultLine::new(Self::STREAM, "key", key, ("T", key), (start, end), columns)
+            Some(ResultLine::new(
+                Self::STREAM,
+                "key",
+                key,
+                ("T", key),
+                (start, end),
+                columns,
+            ))
         }
     }
 

@@ -9,11 +9,12 @@ use std::time::{Duration, Instant};
 
 pub mod kafka;
 
-pub const STREAMS: [&str; 4] = [
+pub const STREAMS: [&str; 5] = [
     "binance",
     "polymarket_books",
     "polymarket_trades",
     "polymarket_tokens",
+    "correlations",
 ];
 
 /// The `speed-layer` binary under test.
@@ -317,6 +318,7 @@ pub fn read_results(dir: &Path) -> Results {
             let key = row
                 .get("symbol")
                 .or_else(|| row.get("asset_id"))
+                .or_else(|| row.get("pair"))
                 .or_else(|| row.get("market_id"))
                 .and_then(|v| v.as_str())
                 .unwrap()
@@ -383,7 +385,7 @@ pub fn assert_same_results(got: &Results, want: &Results, what: &str) {
             let approx = field.starts_with("avg_")
                 || field.starts_with("total_")
                 || field.ends_with("_shares")
-                || ["volatility", "shares_traded", "vwap"].contains(&field.as_str());
+                || ["volatility", "shares_traded", "vwap", "correlation"].contains(&field.as_str());
             let ok = match (gv.as_f64(), wv.as_f64()) {
                 (Some(a), Some(b)) if approx => {
                     a == b

@@ -13,6 +13,7 @@ Writes DIR/{binance,polymarket_books,polymarket_trades,polymarket_tokens}.jsonl 
 (counts of records, late and malformed per topic).
 """
 import argparse
+import bisect
 import json
 import math
 import os
@@ -487,6 +488,56 @@ def window_metrics(stream, key, start, end, recs):
             "total_shares_traded": total(col("size")), "num_trades": len(recs)}
 
 
+UNDERLYINGS = ("BTCUSDT", "ETHUSDT", "SOLUSDT", "XRPUSDT")
+
+
+def correlation_rows(rows, W):
+    """formats.md "Cross-market", correlations. rows: {symbol: [(time, order, close)]} on time."""
+    latest = {}  # symbol -> {minute: (time, order, close)}
+    for sym, rs in rows.items():
+        per_minute = {}
+        for t, order, close in rs:
+            m = t - t % 60000
+            if m not in per_minute or (t, order) > per_minute[m][:2]:
+                per_minute[m] = (t, order, close)
+        latest[sym] = (sorted(per_minute), per_minute)
+
+    def close_before(sym, x):
+        minutes, per_minute = latest[sym]
+        i = bisect.bisect_left(minutes, x)  # minutes < x
+        return per_minute[minutes[i - 1]][2] if i > 0 else None
+
+    def ret(sym, x):
+        a, b = close_before(sym, x), close_before(sym, x - 60000)
+        if a is None or b is None or b == 0 or a / b <= 0:
+            return None
+        return math.log(a / b)
+
+    ends = defaultdict(set)
+    for sym, rs in rows.items():
+        for t, _, _ in rs:
+            ends[sym].add((t // W + 1) * W)
+    out = []
+    syms = sorted(s for s in rows if s in UNDERLYINGS)
+    for i, a in enumerate(syms):
+        for b in syms[i + 1:]:
+            for e in sorted(ends[a] & ends[b]):
+                pairs = [(ret(a, x), ret(b, x)) for x in (e - k * 60000 for k in range(60))]
+                pairs = [p for p in pairs if p[0] is not None and p[1] is not None]
+                n, r = len(pairs), None
+                if n >= 10:
+                    ma = sum(p[0] for p in pairs) / n
+                    mb = sum(p[1] for p in pairs) / n
+                    cov = sum((p[0] - ma) * (p[1] - mb) for p in pairs)
+                    va = sum((p[0] - ma) ** 2 for p in pairs)
+                    vb = sum((p[1] - mb) ** 2 for p in pairs)
+                    if va > 0 and vb > 0:
+                        r = max(-1.0, min(1.0, cov / math.sqrt(va * vb)))
+                out.append({"window_start": e - W, "window_end": e, "pair": f"{a}/{b}",
+                            "correlation": r, "n": n, "kind": "final", "revision": 1})
+    return out
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--window-ms", type=int, default=60000)
@@ -504,6 +555,7 @@ def main():
     horizon = min(now + a.max_future_ms, MAX_EVENT_TIME)
     windows = defaultdict(list)  # (stream, key, end) -> [(time, order, values)]
     token_events = []  # (time, order, asset, market, op)
+    kline_rows = defaultdict(list)  # symbol -> [(time, order, close)] on time
     summary = {}
     for topic, files, decode in (("binance", a.binance, binance_records), ("polymarket_trade", a.polymarket, poly_records)):
         counts = {"records": 0, "late": 0, "malformed": 0, "ignored": 0}
@@ -546,6 +598,8 @@ def main():
                         if rec is not None:
                             stream, key, vals = rec
                             windows[(stream, key, end)].append((t, order, vals))
+                            if stream == "binance":
+                                kline_rows[key].append((t, order, vals["price"]))
                         for asset, market, op in (item[3] if len(item) > 3 else []):
                             token_events.append((t, order, asset, market, op))
                     if newest is not None:
@@ -555,7 +609,9 @@ def main():
     versions = read_metadata(a.metadata, horizon, meta_counts)
     summary["polymarket_metadata"] = meta_counts
     os.makedirs(a.out, exist_ok=True)
-    outs = {s: open(os.path.join(a.out, s + ".jsonl"), "w") for s in ("binance", "polymarket_books", "polymarket_trades", "polymarket_tokens")}
+    outs = {s: open(os.path.join(a.out, s + ".jsonl"), "w") for s in ("binance", "polymarket_books", "polymarket_trades", "polymarket_tokens", "correlations")}
+    for row in correlation_rows(kline_rows, W):
+        outs["correlations"].write(json.dumps(row) + "\n")
     for (stream, key, end) in sorted(windows):
         outs[stream].write(json.dumps(window_row(stream, key, end - W, end, windows[(stream, key, end)])) + "\n")
     for row in sorted(token_windows(token_events, W, a.book_ttl_ms), key=lambda r: (r["window_end"], r["asset_id"])):
