@@ -221,6 +221,8 @@ fn same_revisions(got: &Path, want: &Path, what: &str) {
                     serde_json::from_str(line).unwrap();
                 let key = row
                     .get("symbol")
+                    .or_else(|| row.get("asset_id"))
+                    .or_else(|| row.get("pair"))
                     .or_else(|| row.get("market_id"))
                     .and_then(|v| v.as_str())
                     .unwrap()
