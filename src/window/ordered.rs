@@ -186,10 +186,9 @@ impl<A: OrderedAggregate> WindowState for Ordered<A> {
         self.pending = waiting;
         ready.sort_by_key(|(_, r)| (r.time, r.pos));
 
-        // Apply in order; corrections (a window already final at the record's stamp) are
-        // emitted at the stamp, one per record.
-        let mut corrections: BTreeMap<EventTime, Vec<ResultLine>> = BTreeMap::new();
-        for (stamp, r) in &ready {
+        // Apply in order. Only on-time records get here (see `apply`), so every window they
+        // count in is still open.
+        for (_, r) in &ready {
             let key = A::key(&r.rec);
             let keyed = match self.states.get_mut(key) {
                 Some(k) => k,
@@ -205,18 +204,8 @@ impl<A: OrderedAggregate> WindowState for Ordered<A> {
             let obs = A::step(&mut keyed.state, r);
             let min_end = if self.sessions { 0 } else { r.min_end };
             for end in self.spec.window_ends(r.time).filter(|e| *e >= min_end) {
-                // A correction when the window's final result is out (or it never had one and
-                // the record was stamped after it).
-                let is_correction = match self.windows.get(&end) {
-                    Some(w) => w.cap.is_none(),
-                    None => *stamp >= end,
-                };
                 if !self.windows.contains_key(&end) {
-                    let cap = if is_correction {
-                        None
-                    } else {
-                        self.cap_at(end - 1)
-                    };
+                    let cap = self.cap_at(end - 1);
                     self.windows.insert(
                         end,
                         Window {
@@ -232,16 +221,6 @@ impl<A: OrderedAggregate> WindowState for Ordered<A> {
                     revision: 0,
                 });
                 A::add(&mut k.acc, r, &obs);
-                let start = self.spec.window_start(end);
-                if let Some(line) = is_correction
-                    .then(|| A::finish(key, start, end, &k.acc))
-                    .flatten()
-                {
-                    let replaces = (k.revision > 0).then_some(k.revision);
-                    k.revision += 1;
-                    let line = line.tagged(Kind::Correction, k.revision, replaces);
-                    corrections.entry(*stamp).or_default().push(line);
-                }
             }
         }
 
@@ -258,11 +237,6 @@ impl<A: OrderedAggregate> WindowState for Ordered<A> {
                 Some(line.tagged(Kind::Final, st.revision, None))
             });
             out.push((cap, lines));
-        }
-        for (stamp, lines) in corrections {
-            if let Some(cap) = self.cap_at(stamp) {
-                out.push((cap, lines));
-            }
         }
 
         // Windows past the allowed lateness and silent keys can no longer change anything.
