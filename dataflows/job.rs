@@ -236,6 +236,7 @@ fn sinks(
     args: &OutputArgs,
     kafka: Option<KafkaSettings>,
     resume: Option<std::collections::BTreeMap<String, u64>>,
+    stream_topics: std::collections::BTreeMap<String, String>,
 ) -> anyhow::Result<SinkFactory> {
     let dir = args.output.clone();
     let (emit_files, emit_kafka, emit_console) = (
@@ -243,13 +244,14 @@ fn sinks(
         args.emit_kafka.unwrap_or(args.emit),
         args.emit_console.unwrap_or(args.emit),
     );
-    let console = args.console || (dir.is_none() && args.sink_kafka.is_none());
+    let console =
+        args.console || (dir.is_none() && args.sink_kafka.is_none() && stream_topics.is_empty());
     let (results_topic, dead_topic) = (args.sink_kafka.clone(), args.dead_letter_topic.clone());
-    let kafka = match (&results_topic, &dead_topic, kafka) {
-        (None, None, _) => None,
-        (_, _, Some(k)) => Some(k),
-        (_, _, None) => {
-            bail!("--sink-kafka and --dead-letter-topic need --brokers (or KAFKA_BROKERS)")
+    let kafka = match (&results_topic, &dead_topic, stream_topics.is_empty(), kafka) {
+        (None, None, true, _) => None,
+        (_, _, _, Some(k)) => Some(k),
+        (_, _, _, None) => {
+            bail!("--sink-kafka, --dead-letter-topic and --alerts-topic need --brokers (or KAFKA_BROKERS)")
         }
     };
     let streams = streams();
@@ -268,6 +270,7 @@ fn sinks(
                     k,
                     results_topic.clone(),
                     dead_topic.clone(),
+                    stream_topics.clone(),
                 )?),
                 emit_kafka,
             ));
@@ -282,10 +285,11 @@ fn sinks(
 /// Early `update` results are computed only when some active sink asks for them.
 fn emission(args: &RunArgs) -> Emission {
     let o = &args.output;
-    let console = o.console || (o.output.is_none() && o.sink_kafka.is_none());
+    let kafka = o.sink_kafka.is_some() || args.market.alerts_topic.is_some();
+    let console = o.console || (o.output.is_none() && !kafka);
     let active = [
         (o.output.is_some(), o.emit_files),
-        (o.sink_kafka.is_some(), o.emit_kafka),
+        (kafka, o.emit_kafka),
         (console, o.emit_console),
     ];
     let updates = active
@@ -407,8 +411,16 @@ fn build<'s>(
 ) {
     let mut results = Vec::new();
     let mut dead = Vec::new();
+    let mut exports = super::Exports::default();
     for (m, (market, spec)) in MARKETS.iter().zip(specs).enumerate() {
-        let out = market.build(scope, inputs.of_market(m), *spec, settings, ctx);
+        let out = market.build(
+            scope,
+            inputs.of_market(m),
+            *spec,
+            settings,
+            &mut exports,
+            ctx,
+        );
         results.extend(out.results);
         dead.push(out.dead);
     }
@@ -483,7 +495,13 @@ pub fn run(args: RunArgs) -> anyhow::Result<()> {
         }
         _ => None,
     };
-    let sinks = sinks(&args.output, args.kafka.settings(), resume)?;
+    let stream_topics = args
+        .market
+        .alerts_topic
+        .iter()
+        .map(|t| (super::cross::alerts::STREAM.to_string(), t.clone()))
+        .collect();
+    let sinks = sinks(&args.output, args.kafka.settings(), resume, stream_topics)?;
     let ctx = JobContext {
         stats: stats.clone(),
         checkpoints: ckpt.clone(),

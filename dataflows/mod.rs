@@ -7,6 +7,7 @@
 //! does not change.
 
 pub mod binance;
+pub mod cross;
 pub mod job;
 mod json;
 pub mod ops;
@@ -37,6 +38,13 @@ pub struct MarketArgs {
     /// market not republished for longer loses its title).
     #[arg(long, default_value = "1d", value_parser = crate::time::parse_duration, value_name = "DURATION")]
     pub metadata_ttl: std::time::Duration,
+    /// Alert rules: thresholds and cooldowns (TOML or YAML; see the README). Default: the
+    /// contract's rules.
+    #[arg(long = "alerts", value_name = "FILE", value_parser = cross::alerts::Rules::from_file)]
+    pub alerts: Option<cross::alerts::Rules>,
+    /// Also write alerts to this Kafka topic (instead of the results topic).
+    #[arg(long, value_name = "TOPIC")]
+    pub alerts_topic: Option<String>,
 }
 
 /// One input topic of a market.
@@ -62,6 +70,18 @@ pub(crate) struct Input {
     pub topic: String,
     /// Opens the reader of each worker.
     pub factory: Arc<dyn ReaderFactory>,
+}
+
+/// Streams one market's dataflow offers the markets built after it (the cross-market
+/// dataflows): filled in by `build`, in registry order.
+#[derive(Default)]
+pub(crate) struct Exports<'s> {
+    /// Kline rows (`binance`).
+    pub klines: Option<StreamVec<'s, EventTime, crate::time::Timed<binance::Kline>>>,
+    /// Outcome-token window results, before metadata (`polymarket`).
+    pub tokens: Option<StreamVec<'s, EventTime, ResultLine>>,
+    /// Market metadata versions (`polymarket`).
+    pub markets: Option<StreamVec<'s, EventTime, crate::time::Timed<polymarket::metadata::Market>>>,
 }
 
 /// What a market's dataflow produces: its result streams by name, and its dead letters.
@@ -97,13 +117,15 @@ pub(crate) trait Market: Sync {
         inputs: &[Input],
         spec: WindowSpec,
         settings: &MarketArgs,
+        exports: &mut Exports<'s>,
         ctx: &JobContext,
     ) -> Outputs<'s>;
 }
 
 /// Every market, in order: the order of topic numbers (the partition assignment rule), of
 /// result tables and of output files.
-pub(crate) static MARKETS: &[&dyn Market] = &[&binance::Binance, &polymarket::Polymarket];
+pub(crate) static MARKETS: &[&dyn Market] =
+    &[&binance::Binance, &polymarket::Polymarket, &cross::Cross];
 
 /// Every input topic of every market with its number in the job (0, 1, … in registry order),
 /// which the partition assignment rule uses.

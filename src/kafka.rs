@@ -298,14 +298,17 @@ pub(crate) struct KafkaSink {
     counter: DeliveryCounter,
     results_topic: Option<String>,
     dead_letter_topic: Option<String>,
+    stream_topics: std::collections::BTreeMap<String, String>,
 }
 
 impl KafkaSink {
-    /// A sink for the given topics (either may be absent).
+    /// A sink for the given topics (any may be absent): results go to `results_topic`, those of
+    /// a stream in `stream_topics` to its own topic instead.
     pub fn new(
         settings: &KafkaSettings,
         results_topic: Option<String>,
         dead_letter_topic: Option<String>,
+        stream_topics: std::collections::BTreeMap<String, String>,
     ) -> anyhow::Result<Self> {
         reachable(settings)?;
         let (producer, counter) = producer(
@@ -323,16 +326,21 @@ impl KafkaSink {
             counter,
             results_topic,
             dead_letter_topic,
+            stream_topics,
         })
     }
 }
 
 impl ResultSink for KafkaSink {
     fn write(&mut self, _window_end: EventTime, lines: &[ResultLine]) -> anyhow::Result<()> {
-        let Some(topic) = &self.results_topic else {
-            return Ok(());
-        };
         for l in lines {
+            let topic = match self.stream_topics.get(l.stream.as_ref()) {
+                Some(t) => t,
+                None => match &self.results_topic {
+                    Some(t) => t,
+                    None => continue,
+                },
+            };
             let headers = OwnedHeaders::new().insert(Header {
                 key: "stream",
                 value: Some(l.stream.as_ref()),

@@ -228,7 +228,8 @@ pub fn write_all<'s>(
                 let write = |_, mut lines: Vec<ResultLine>| {
                     // Stable: corrections of one key keep their revision order.
                     lines.sort_by(|a, b| {
-                        (&a.stream, &a.key, a.revision).cmp(&(&b.stream, &b.key, b.revision))
+                        (&a.stream, &a.key, &a.row_key, a.revision)
+                            .cmp(&(&b.stream, &b.key, &b.row_key, b.revision))
                     });
                     let end = lines.first().map_or(0, |l| l.window_end);
                     with_sinks(

@@ -71,6 +71,19 @@ fn garbled_data_matches_the_reference_and_dead_letters_every_bad_record() {
     assert!(count(&summary, "binance", "late") > 0 && count(&summary, "binance", "malformed") > 0);
     assert!(count(&summary, "polymarket_trade", "malformed") > 0);
     assert!(want.keys().any(|k| k.0 == "polymarket_trades"));
+    // The cross-market streams are compared with something in them: fair values, and alerts of
+    // several rules.
+    let fair = want
+        .iter()
+        .filter(|(k, v)| k.0 == "updown" && v["fair_prob"].is_number() && v["edge"].is_number())
+        .count();
+    assert!(fair > 100, "{fair} updown rows with a fair value and an edge");
+    let rules: std::collections::BTreeSet<&str> = want
+        .iter()
+        .filter(|(k, _)| k.0 == "alerts")
+        .filter_map(|(_, v)| v["rule"].as_str())
+        .collect();
+    assert!(rules.len() >= 3, "alert rules fired: {rules:?}");
 
     for (name, extra) in [("w1", vec![]), ("w2", vec!["-w".to_string(), "2".into()])] {
         let mut args = inputs.args();

@@ -157,7 +157,7 @@ impl OrderedAggregate for PairCorrelation {
         &rec.pair
     }
 
-    fn step(state: &mut PairState, r: &Timed<MinuteClose>) -> Closes {
+    fn step(&self, state: &mut PairState, r: &Timed<MinuteClose>) -> Closes {
         let side = &mut state.minutes[usize::from(r.rec.side.min(1))];
         let e = side
             .entry(r.rec.minute)
@@ -178,12 +178,18 @@ impl OrderedAggregate for PairCorrelation {
         [closes(&state.minutes[0]), closes(&state.minutes[1])]
     }
 
-    fn add(acc: &mut PairAcc, r: &Timed<MinuteClose>, obs: &Closes) {
+    fn add(&self, acc: &mut PairAcc, r: &Timed<MinuteClose>, obs: &Closes) {
         acc.rows[usize::from(r.rec.side.min(1))] += r.rec.rows;
         acc.closes.offer(r.time, r.pos, obs.clone());
     }
 
-    fn finish(key: &str, start: EventTime, end: EventTime, a: &PairAcc) -> Option<ResultLine> {
+    fn finish(
+        &self,
+        key: &str,
+        start: EventTime,
+        end: EventTime,
+        a: &PairAcc,
+    ) -> Option<ResultLine> {
         if a.rows[0] == 0 || a.rows[1] == 0 {
             return None;
         }

@@ -19,7 +19,7 @@ use crate::source::{source, Decoded, Decoder};
 use crate::time::{EventTime, Timed, WindowSpec};
 use crate::window::{ordered_windowed, windowed, WindowAggregate};
 
-use super::{json, Input, Market, MarketArgs, Outputs, TopicSpec};
+use super::{json, Exports, Input, Market, MarketArgs, Outputs, TopicSpec};
 
 /// The Binance market.
 pub(crate) struct Binance;
@@ -51,6 +51,7 @@ impl Market for Binance {
         inputs: &[Input],
         spec: WindowSpec,
         _settings: &MarketArgs,
+        exports: &mut Exports<'s>,
         ctx: &JobContext,
     ) -> Outputs<'s> {
         let input = &inputs[0];
@@ -65,10 +66,12 @@ impl Market for Binance {
         );
         let window_ctx = ctx.operator(Role::Window, KlineMetrics::STREAM);
         let results = windowed::<KlineMetrics>(klines.clone(), spec, window_ctx);
+        exports.klines = Some(klines.clone());
         // A pair's state is only its recent minutes (pruned as it goes): it never expires, so the
         // close before a quiet stretch of any length still counts.
         let history = EventTime::MAX;
-        let correlations = ordered_windowed::<correlations::PairCorrelation>(
+        let correlations = ordered_windowed(
+            correlations::PairCorrelation,
             correlations::minute_closes(klines, spec),
             spec,
             history,

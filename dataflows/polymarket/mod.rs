@@ -25,7 +25,7 @@ use crate::source::{source, Decoded, Decoder};
 use crate::time::{EventTime, Timed, WindowSpec};
 use crate::window::{ordered_windowed, windowed, WindowAggregate};
 
-use super::{json, Input, Market, MarketArgs, Outputs, TopicSpec};
+use super::{json, Exports, Input, Market, MarketArgs, Outputs, TopicSpec};
 use tokens::{Op, TokenEvent, TokenMetrics};
 
 /// The Polymarket market.
@@ -71,6 +71,7 @@ impl Market for Polymarket {
         inputs: &[Input],
         spec: WindowSpec,
         settings: &MarketArgs,
+        exports: &mut Exports<'s>,
         ctx: &JobContext,
     ) -> Outputs<'s> {
         let (input, meta_input) = (&inputs[0], &inputs[1]);
@@ -82,6 +83,7 @@ impl Market for Polymarket {
             spec,
             ctx.operator(Role::Source, TOPICS[1].name),
         );
+        exports.markets = Some(markets.clone());
         let versions = markets.flat_map(metadata::versions);
         let (events, dead) = source(
             scope,
@@ -96,6 +98,9 @@ impl Market for Polymarket {
         let ms =
             |d: std::time::Duration| d.as_millis().min(u128::from(crate::time::MAX_SPAN_MS)) as u64;
         let (ttl, metadata_ttl) = (ms(settings.book_ttl), ms(settings.metadata_ttl));
+        let token_results =
+            ordered_windowed(TokenMetrics, tokens, spec, ttl, window(tokens::STREAM));
+        exports.tokens = Some(token_results.clone());
         Outputs {
             results: vec![
                 (
@@ -109,7 +114,7 @@ impl Market for Polymarket {
                 (
                     tokens::STREAM,
                     as_of(
-                        ordered_windowed::<TokenMetrics>(tokens, spec, ttl, window(tokens::STREAM)),
+                        token_results,
                         versions,
                         (ttl, metadata_ttl),
                         ctx.operator(Role::Join, tokens::STREAM),

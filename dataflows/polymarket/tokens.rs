@@ -278,7 +278,7 @@ impl OrderedAggregate for TokenMetrics {
         &rec.asset
     }
 
-    fn step(book: &mut Book, r: &Timed<TokenEvent>) -> Observed {
+    fn step(&self, book: &mut Book, r: &Timed<TokenEvent>) -> Observed {
         let quotes = match &r.rec.op {
             Op::Book { bids, asks } => {
                 book.bids = side_of(bids);
@@ -307,7 +307,7 @@ impl OrderedAggregate for TokenMetrics {
         Observed { quotes }
     }
 
-    fn add(acc: &mut TokenAcc, r: &Timed<TokenEvent>, obs: &Observed) {
+    fn add(&self, acc: &mut TokenAcc, r: &Timed<TokenEvent>, obs: &Observed) {
         if acc.market.is_empty() {
             acc.market.clone_from(&r.rec.market);
         }
@@ -344,7 +344,13 @@ impl OrderedAggregate for TokenMetrics {
         }
     }
 
-    fn finish(key: &str, start: EventTime, end: EventTime, a: &TokenAcc) -> Option<ResultLine> {
+    fn finish(
+        &self,
+        key: &str,
+        start: EventTime,
+        end: EventTime,
+        a: &TokenAcc,
+    ) -> Option<ResultLine> {
         let current = a.current.get().copied().unwrap_or_default();
         // A sum over no trades is 0; over trades whose sizes are all null, null.
         let sum = |n: u64, s: &NumStats| -> Cell {
@@ -440,7 +446,7 @@ mod tests {
         let mut seen = Vec::new();
         for (i, e) in events.iter().enumerate() {
             for ev in decode(e) {
-                seen.extend(TokenMetrics::step(&mut book, &timed(ev, i as u64, 0)).quotes);
+                seen.extend(TokenMetrics.step(&mut book, &timed(ev, i as u64, 0)).quotes);
             }
         }
         (book, seen)
@@ -546,10 +552,11 @@ mod tests {
             trade(7, "0.6", "30", "SELL"),
             trade(6, "zz", "5", "BUY"),
         ] {
-            let obs = TokenMetrics::step(&mut book, &r);
-            TokenMetrics::add(&mut acc, &r, &obs);
+            let obs = TokenMetrics.step(&mut book, &r);
+            TokenMetrics.add(&mut acc, &r, &obs);
         }
-        let v = TokenMetrics::finish("A", 0, 60_000, &acc)
+        let v = TokenMetrics
+            .finish("A", 0, 60_000, &acc)
             .unwrap()
             .to_json_value();
         assert_eq!(v["num_trades"], 3);
@@ -564,7 +571,8 @@ mod tests {
             (v["updates"].as_u64(), v["current_prob"].is_null()),
             (Some(0), true)
         );
-        let empty = TokenMetrics::finish("A", 0, 60_000, &TokenAcc::default())
+        let empty = TokenMetrics
+            .finish("A", 0, 60_000, &TokenAcc::default())
             .unwrap()
             .to_json_value();
         assert_eq!(

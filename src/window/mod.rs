@@ -97,6 +97,7 @@ pub(crate) fn windowed<'s, A: WindowAggregate>(
 /// `ordered.rs`), in the fixed windows of `spec`; a key's state resets after `ttl_ms` of event
 /// time without records.
 pub(crate) fn ordered_windowed<'s, A: OrderedAggregate>(
+    agg: A,
     records: StreamVec<'s, EventTime, Timed<A::Record>>,
     spec: WindowSpec,
     ttl_ms: EventTime,
@@ -105,7 +106,7 @@ pub(crate) fn ordered_windowed<'s, A: OrderedAggregate>(
     operate(
         records,
         A::STREAM,
-        ordered::Ordered::<A>::new(spec, ttl_ms),
+        ordered::Ordered::new(agg, spec, ttl_ms),
         ctx,
     )
 }

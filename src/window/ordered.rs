@@ -27,7 +27,8 @@ use crate::hash::key_hash;
 use crate::result::{Kind, ResultLine};
 use crate::time::{EventTime, Timed, WindowSpec};
 
-/// A window metric over records applied in order to per-key state.
+/// A window metric over records applied in order to per-key state. Its settings (thresholds,
+/// rules) are the value's fields.
 pub trait OrderedAggregate: 'static {
     /// Input record.
     type Record: ExchangeData;
@@ -42,22 +43,39 @@ pub trait OrderedAggregate: 'static {
     /// The grouping key of a record.
     fn key(rec: &Self::Record) -> &str;
     /// Applies a record to its key's state and returns what it observes.
-    fn step(state: &mut Self::State, rec: &Timed<Self::Record>) -> Self::Obs;
+    fn step(&self, state: &mut Self::State, rec: &Timed<Self::Record>) -> Self::Obs;
     /// Adds an observation to a window's accumulator.
-    fn add(acc: &mut Self::Acc, rec: &Timed<Self::Record>, obs: &Self::Obs);
+    fn add(&self, acc: &mut Self::Acc, rec: &Timed<Self::Record>, obs: &Self::Obs);
     /// Renders a result, or none for this key and window.
     fn finish(
+        &self,
         key: &str,
         window_start: EventTime,
         window_end: EventTime,
         acc: &Self::Acc,
     ) -> Option<ResultLine>;
+    /// The first window end after `after` at which the key's state has results of its own
+    /// ([`tick`](Self::tick)), whether or not records arrive in that window. None by default:
+    /// results come from records only.
+    fn next_tick(&self, _state: &Self::State, _after: EventTime) -> Option<EventTime> {
+        None
+    }
+    /// The key's results at window end `end`, from its state with every record before `end`
+    /// applied and none after (final at once).
+    fn tick(&self, _key: &str, _state: &mut Self::State, _end: EventTime) -> Vec<ResultLine> {
+        Vec::new()
+    }
+    /// The last window end a tick of this state is due at, once no more records come.
+    fn last_tick(&self, _state: &Self::State) -> Option<EventTime> {
+        None
+    }
 }
 
-/// One key's state with the event time of its last record.
+/// One key's state with the event time of its last record and the window end of its last tick.
 #[derive(Clone, Serialize, Deserialize)]
 pub(super) struct Keyed<S> {
     last: EventTime,
+    ticked: EventTime,
     state: S,
 }
 
@@ -88,6 +106,7 @@ type Snapshot<A> = (
 
 /// The state of one ordered window operator on one worker.
 pub(super) struct Ordered<A: OrderedAggregate> {
+    agg: A,
     spec: WindowSpec,
     /// The dataflow runs session windows (read here as tumbling ones): the source's `min_end`
     /// speaks of sessions, not of these windows.
@@ -99,18 +118,21 @@ pub(super) struct Ordered<A: OrderedAggregate> {
     /// One capability per stamp of a pending record.
     caps: BTreeMap<EventTime, Capability<EventTime>>,
     windows: BTreeMap<EventTime, Window<A::Acc>>,
+    /// Held while a key's state has a tick due: at the earliest one's window end − 1.
+    tick_cap: Option<Capability<EventTime>>,
 }
 
 impl<A: OrderedAggregate> Ordered<A> {
     /// State for fixed windows of `spec` (session windows are read as tumbling windows of the
     /// same size), key states reset after `ttl` ms of event time without a record.
-    pub(super) fn new(spec: WindowSpec, ttl: EventTime) -> Self {
+    pub(super) fn new(agg: A, spec: WindowSpec, ttl: EventTime) -> Self {
         let sessions = spec.session_gap_ms.is_some();
         let spec = WindowSpec {
             session_gap_ms: None,
             ..spec
         };
         Self {
+            agg,
             spec,
             sessions,
             ttl: ttl.max(1),
@@ -118,6 +140,7 @@ impl<A: OrderedAggregate> Ordered<A> {
             pending: Vec::new(),
             caps: BTreeMap::new(),
             windows: BTreeMap::new(),
+            tick_cap: None,
         }
     }
 
@@ -138,10 +161,38 @@ impl<A: OrderedAggregate> Ordered<A> {
 
     /// A capability at `t` (at or after the earliest held one).
     fn cap_at(&self, t: EventTime) -> Option<Capability<EventTime>> {
-        self.caps
-            .values()
-            .next()
+        let first = self.caps.values().next().into_iter().chain(&self.tick_cap);
+        first
+            .min_by_key(|c| *c.time())
             .map(|c| c.delayed(&t.max(*c.time())))
+    }
+
+    /// The earliest tick due among the key states.
+    fn next_tick(&self) -> Option<EventTime> {
+        self.states
+            .values()
+            .filter_map(|k| self.agg.next_tick(&k.state, k.ticked))
+            .min()
+    }
+}
+
+/// Fires the ticks of one key's state due at window ends up to `until`, into `out` by end.
+fn tick_until<A: OrderedAggregate>(
+    agg: &A,
+    key: &str,
+    keyed: &mut Keyed<A::State>,
+    until: EventTime,
+    out: &mut BTreeMap<EventTime, Vec<ResultLine>>,
+) {
+    while let Some(end) = agg.next_tick(&keyed.state, keyed.ticked) {
+        if end > until || end <= keyed.ticked {
+            break;
+        }
+        let lines = agg.tick(key, &mut keyed.state, end);
+        keyed.ticked = end;
+        if !lines.is_empty() {
+            out.entry(end).or_default().extend(lines);
+        }
     }
 }
 
@@ -187,21 +238,24 @@ impl<A: OrderedAggregate> WindowState for Ordered<A> {
         ready.sort_by_key(|(_, r)| (r.time, r.pos));
 
         // Apply in order. Only on-time records get here (see `apply`), so every window they
-        // count in is still open.
+        // count in is still open. A key's ticks due at or before a record's time come first.
+        let mut ticks = BTreeMap::new();
         for (_, r) in &ready {
             let key = A::key(&r.rec);
             let keyed = match self.states.get_mut(key) {
                 Some(k) => k,
                 None => self.states.entry(key.to_string()).or_insert(Keyed {
                     last: r.time,
+                    ticked: 0,
                     state: A::State::default(),
                 }),
             };
+            tick_until(&self.agg, key, keyed, r.time, &mut ticks);
             if keyed.last.saturating_add(self.ttl) <= r.time {
                 keyed.state = A::State::default();
             }
             keyed.last = keyed.last.max(r.time);
-            let obs = A::step(&mut keyed.state, r);
+            let obs = self.agg.step(&mut keyed.state, r);
             let min_end = if self.sessions { 0 } else { r.min_end };
             for end in self.spec.window_ends(r.time).filter(|e| *e >= min_end) {
                 if !self.windows.contains_key(&end) {
@@ -220,7 +274,24 @@ impl<A: OrderedAggregate> WindowState for Ordered<A> {
                     acc: A::Acc::default(),
                     revision: 0,
                 });
-                A::add(&mut k.acc, r, &obs);
+                self.agg.add(&mut k.acc, r, &obs);
+            }
+        }
+        for (key, keyed) in self.states.iter_mut() {
+            tick_until(&self.agg, key, keyed, bound, &mut ticks);
+        }
+        for (end, lines) in ticks {
+            let now = super::now_us();
+            let lines = lines
+                .into_iter()
+                .map(|mut l| {
+                    l.final_at_us = now;
+                    l
+                })
+                .collect();
+            // Held at the earliest tick due (or a record stamp before it): always some.
+            if let Some(cap) = self.cap_at(end - 1) {
+                out.push((cap, lines));
             }
         }
 
@@ -231,8 +302,9 @@ impl<A: OrderedAggregate> WindowState for Ordered<A> {
             }
             let Some(cap) = w.cap.take() else { continue };
             let start = self.spec.window_start(end);
+            let agg = &self.agg;
             let lines = super::finals(w.keys.iter_mut(), |k, st| {
-                let line = A::finish(k, start, end, &st.acc)?;
+                let line = agg.finish(k, start, end, &st.acc)?;
                 st.revision += 1;
                 Some(line.tagged(Kind::Final, st.revision, None))
             });
@@ -244,8 +316,10 @@ impl<A: OrderedAggregate> WindowState for Ordered<A> {
         self.windows
             .retain(|&end, w| w.cap.is_some() || lim < end.saturating_add(allowed));
         let ttl = self.ttl;
-        self.states
-            .retain(|_, k| k.last.saturating_add(ttl) > bound);
+        let agg = &self.agg;
+        self.states.retain(|_, k| {
+            k.last.saturating_add(ttl) > bound || agg.next_tick(&k.state, k.ticked).is_some()
+        });
 
         // Records still waiting belong to windows ending after `lim`: their stamps move up to it.
         let floor = lim.min(EventTime::MAX - 1);
@@ -258,6 +332,13 @@ impl<A: OrderedAggregate> WindowState for Ordered<A> {
                     .or_insert_with(|| first.delayed(&(*stamp).max(*first.time())));
             }
         }
+        let tick_cap = self.next_tick().and_then(|t| {
+            let earliest = old.values().next().into_iter().chain(&self.tick_cap);
+            earliest
+                .min_by_key(|c| *c.time())
+                .map(|c| c.delayed(&(t - 1).max(*c.time())))
+        });
+        self.tick_cap = tick_cap;
         self.caps = caps;
         out
     }
@@ -280,6 +361,7 @@ impl<A: OrderedAggregate> WindowState for Ordered<A> {
     fn restore(&mut self, snap: Snapshot<A>, epoch: EventTime, cap: &Capability<EventTime>) {
         let (states, pending, windows) = snap;
         self.states = states.into_iter().collect();
+        self.tick_cap = self.next_tick().map(|t| cap.delayed(&(t - 1).max(epoch)));
         for (stamp, r) in pending {
             let stamp = stamp.max(epoch);
             self.caps
@@ -305,10 +387,13 @@ impl<A: OrderedAggregate> WindowState for Ordered<A> {
         }
     }
 
-    /// The state changes at the first epoch at which the earliest waiting record is applied.
+    /// The state changes at the first epoch at which the earliest waiting record is applied,
+    /// or a tick is due.
     fn next_correction(&self) -> Option<EventTime> {
-        let first = self.pending.iter().map(|(_, r)| r.time).min()?;
-        Some(self.release_at(first) - 1)
+        let first = self.pending.iter().map(|(_, r)| r.time).min();
+        let record = first.map(|t| self.release_at(t) - 1);
+        let tick = self.next_tick().map(|t| t - 1);
+        record.into_iter().chain(tick).min()
     }
 
     fn horizon(&self) -> Option<EventTime> {
@@ -326,7 +411,13 @@ impl<A: OrderedAggregate> WindowState for Ordered<A> {
                     .saturating_add(self.spec.size_ms)
             })
             .max();
-        Some(windows.into_iter().chain(pending).max().unwrap_or(0))
+        let ticks = self
+            .states
+            .values()
+            .filter_map(|k| self.agg.last_tick(&k.state))
+            .max();
+        let parts = windows.into_iter().chain(pending).chain(ticks);
+        Some(parts.max().unwrap_or(0))
     }
 
     fn counts(&self) -> (u64, u64) {
@@ -359,15 +450,16 @@ mod tests {
         fn key(r: &(String, f64)) -> &str {
             &r.0
         }
-        fn step(state: &mut f64, r: &Timed<(String, f64)>) -> f64 {
+        fn step(&self, state: &mut f64, r: &Timed<(String, f64)>) -> f64 {
             let change = r.rec.1 - *state;
             *state = r.rec.1;
             change
         }
-        fn add(acc: &mut Vec<f64>, _r: &Timed<(String, f64)>, obs: &f64) {
+        fn add(&self, acc: &mut Vec<f64>, _r: &Timed<(String, f64)>, obs: &f64) {
             acc.push(*obs);
         }
         fn finish(
+            &self,
             key: &str,
             start: EventTime,
             end: EventTime,
@@ -417,7 +509,7 @@ mod tests {
                     ckpt: None,
                     emission: Emission { trigger: None },
                 };
-                let out = super::super::ordered_windowed::<Steps>(stream, spec, 3_600_000, ctx);
+                let out = super::super::ordered_windowed(Steps, stream, spec, 3_600_000, ctx);
                 let (probe, out) = out.probe();
                 (input, probe, out.capture())
             });

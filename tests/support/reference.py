@@ -277,7 +277,7 @@ def quote(bids, asks):
         return (None, None, None, None)
 
 
-def token_windows(events, W, ttl):
+def token_windows(events, W, ttl, observed=None):
     """events: [(time, order, asset, market, op)] on time; the polymarket_tokens rows."""
     rows = []
     by_asset = defaultdict(list)
@@ -307,6 +307,9 @@ def token_windows(events, W, ttl):
                     obs.append((quote(bids, asks), mismatch))
             end = (t // W + 1) * W
             windows[end].append((t, order, market, op, obs))
+            if observed is not None:
+                for i, (q, _) in enumerate(obs):
+                    observed[asset].append((t, order, i, q[0]))
         for end, items in windows.items():
             rows.append(token_row(asset, end - W, end, items))
     return rows
@@ -398,6 +401,7 @@ def read_metadata(files, horizon, counts):
                 for index, (name, v) in enumerate(obj.items()):
                     try:
                         slug, title, tokens = meta_event(v)
+                        market_id = v["markets"][0]["conditionId"]
                     except Malformed:
                         counts["malformed"] += 1
                         continue
@@ -407,7 +411,7 @@ def read_metadata(files, horizon, counts):
                         continue
                     counts["records"] += 1
                     for token, outcome in tokens:
-                        versions[token].append((t, (part, lineno, index), outcome, slug, title))
+                        versions[token].append((t, (part, lineno, index), outcome, slug, title, market_id))
     return versions
 
 
@@ -416,7 +420,7 @@ def as_of(row, versions, ttl):
     end = row["window_end"]
     ok = [v for v in versions.get(row["asset_id"], []) if v[0] < end <= v[0] + ttl]
     if ok:
-        _, _, row["outcome"], row["slug"], row["title"] = max(ok, key=lambda v: (v[0], v[1]))
+        _, _, row["outcome"], row["slug"], row["title"], _ = max(ok, key=lambda v: (v[0], v[1]))
     return row
 
 
@@ -538,6 +542,133 @@ def correlation_rows(rows, W):
     return out
 
 
+UNIT = {"m": 60000, "h": 3600000, "d": 86400000}
+PREFIX = {"btc": "BTCUSDT", "eth": "ETHUSDT", "sol": "SOLUSDT", "xrp": "XRPUSDT"}
+RULES = {"return_zscore": 4.0, "prob_jump": 0.15, "edge": 0.2, "book_mismatch": 0.0}
+COOLDOWN = 300000
+
+
+def phi(x):
+    return 0.5 * math.erfc(-x / math.sqrt(2.0))
+
+
+class Closes:
+    """One underlying's on-time kline rows: c(x), r(x), sigma(x) of formats.md."""
+
+    def __init__(self, rows):
+        self.rows = sorted(rows, key=lambda r: (r[0], r[1]))
+        self.keys = [(t, o) for t, o, _ in self.rows]
+
+    def before(self, x):  # latest row with time < x
+        i = bisect.bisect_left(self.keys, (x,))
+        return self.rows[i - 1][2] if i > 0 else None
+
+    def at_or_before(self, x):  # latest row with time <= x
+        i = bisect.bisect_left(self.keys, (x + 1,))
+        return self.rows[i - 1][2] if i > 0 else None
+
+    def ret(self, x):
+        a, b = self.before(x), self.before(x - 60000)
+        if a is None or b is None or b == 0 or a / b <= 0:
+            return None
+        return math.log(a / b)
+
+    def sigma(self, e):
+        rs = [r for r in (self.ret(e - k * 60000) for k in range(60)) if r is not None]
+        if len(rs) < 10:
+            return None
+        m = sum(rs) / len(rs)
+        return math.sqrt(sum((r - m) ** 2 for r in rs) / (len(rs) - 1))
+
+
+def fair_up(spot, strike, sigma, tau):
+    if tau == 0:
+        return 1.0 if spot >= strike else 0.0
+    if sigma == 0:
+        return 1.0 if spot > strike else 0.0 if spot < strike else 0.5
+    return phi(math.log(spot / strike) / (sigma * math.sqrt(tau)))
+
+
+def updown_rows(kline_rows, versions, observations, W, meta_ttl):
+    """formats.md "Cross-market", updown: one row per up/down token per window end in (start, end]."""
+    if W % 60000:
+        return []
+    closes = {u: Closes(rs) for u, rs in kline_rows.items() if u in UNDERLYINGS}
+    probs = {a: sorted(obs) for a, obs in observations.items()}  # [(time, order, i, prob)]
+    out = []
+    for token, vs in versions.items():
+        ends = set()
+        for v in vs:
+            m = UPDOWN.match(v[3])
+            if m and v[3].split("-")[0] in PREFIX:
+                start = int(m.group(3)) * 1000
+                end = start + int(m.group(1)) * UNIT[m.group(2)]
+                ends.update(range((start // W + 1) * W, end + 1, W))
+        for e in sorted(ends):
+            ok = [v for v in vs if v[0] < e <= v[0] + meta_ttl]
+            if not ok:
+                continue
+            _, _, outcome, slug, title, market_id = max(ok, key=lambda v: (v[0], v[1]))
+            m = UPDOWN.match(slug)
+            if not m or slug.split("-")[0] not in PREFIX:
+                continue
+            start = int(m.group(3)) * 1000
+            end = start + int(m.group(1)) * UNIT[m.group(2)]
+            if not (start < e <= end):
+                continue
+            u = PREFIX[slug.split("-")[0]]
+            c = closes.get(u)
+            strike = c.at_or_before(start) if c else None
+            spot = c.before(e) if c else None
+            sigma = c.sigma(e) if c else None
+            tau = (end - e) / 60000
+            fair = None
+            if None not in (spot, strike, sigma):
+                up = fair_up(spot, strike, sigma, tau)
+                fair = up if outcome == "Up" else 1 - up if outcome == "Down" else None
+            seen = [o for o in probs.get(token, []) if o[0] < e]
+            market = seen[-1][3] if seen else None
+            edge = market - fair if market is not None and fair is not None else None
+            out.append({"window_start": e - W, "window_end": e, "asset_id": token, "market_id": market_id,
+                        "underlying": u, "outcome": outcome, "slug": slug, "strike": strike, "spot": spot,
+                        "sigma": sigma, "tau_min": tau, "fair_prob": fair, "market_prob": market, "edge": edge,
+                        "kind": "final", "revision": 1})
+    return out
+
+
+def alert_rows(kline_rows, updown, tokens, W):
+    """formats.md "Cross-market", alerts with the default rules and cooldown."""
+    cands = []  # (window_end, rule, key, window_start, value)
+    if W % 60000 == 0:
+        for u, rs in kline_rows.items():
+            if u not in UNDERLYINGS or not rs:
+                continue
+            c = Closes(rs)
+            first, last = min(r[0] for r in rs), max(r[0] for r in rs)
+            for e in range((first // W + 1) * W, last + max(60000, W) + 1, W):
+                r, s = c.ret(e), c.sigma(e - 60000)
+                if r is not None and s is not None and s > 0 and abs(r) / s >= RULES["return_zscore"]:
+                    cands.append((e, "return_zscore", u, e - W, abs(r) / s))
+    for row in updown:
+        if row["edge"] is not None and abs(row["edge"]) >= RULES["edge"]:
+            cands.append((row["window_end"], "edge", row["asset_id"], row["window_start"], row["edge"]))
+    for row in tokens:
+        lo, hi = row["min_prob"], row["max_prob"]
+        if lo is not None and hi is not None and hi - lo >= RULES["prob_jump"]:
+            cands.append((row["window_end"], "prob_jump", row["asset_id"], row["window_start"], hi - lo))
+        if row["book_mismatches"] > RULES["book_mismatch"]:
+            cands.append((row["window_end"], "book_mismatch", row["asset_id"], row["window_start"],
+                          row["book_mismatches"]))
+    last, out = {}, []
+    for e, rule, key, start, value in sorted(cands, key=lambda c: c[0]):
+        if (rule, key) in last and e < last[(rule, key)] + COOLDOWN:
+            continue
+        last[(rule, key)] = e
+        out.append({"window_start": start, "window_end": e, "key": key, "rule": rule, "value": value,
+                    "threshold": RULES[rule], "message": "", "kind": "final", "revision": 1})
+    return out
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--window-ms", type=int, default=60000)
@@ -609,13 +740,20 @@ def main():
     versions = read_metadata(a.metadata, horizon, meta_counts)
     summary["polymarket_metadata"] = meta_counts
     os.makedirs(a.out, exist_ok=True)
-    outs = {s: open(os.path.join(a.out, s + ".jsonl"), "w") for s in ("binance", "polymarket_books", "polymarket_trades", "polymarket_tokens", "correlations")}
+    outs = {s: open(os.path.join(a.out, s + ".jsonl"), "w") for s in ("binance", "polymarket_books", "polymarket_trades", "polymarket_tokens", "correlations", "updown", "alerts")}
     for row in correlation_rows(kline_rows, W):
         outs["correlations"].write(json.dumps(row) + "\n")
     for (stream, key, end) in sorted(windows):
         outs[stream].write(json.dumps(window_row(stream, key, end - W, end, windows[(stream, key, end)])) + "\n")
-    for row in sorted(token_windows(token_events, W, a.book_ttl_ms), key=lambda r: (r["window_end"], r["asset_id"])):
-        outs["polymarket_tokens"].write(json.dumps(as_of(row, versions, a.metadata_ttl_ms)) + "\n")
+    observed = defaultdict(list)
+    token_rows = sorted(token_windows(token_events, W, a.book_ttl_ms, observed), key=lambda r: (r["window_end"], r["asset_id"]))
+    for row in token_rows:
+        outs["polymarket_tokens"].write(json.dumps(as_of(dict(row), versions, a.metadata_ttl_ms)) + "\n")
+    updown = updown_rows(kline_rows, versions, observed, W, a.metadata_ttl_ms)
+    for row in updown:
+        outs["updown"].write(json.dumps(row) + "\n")
+    for row in alert_rows(kline_rows, updown, token_rows, W):
+        outs["alerts"].write(json.dumps(row) + "\n")
     for f in outs.values():
         f.close()
     with open(os.path.join(a.out, "summary.json"), "w") as f:
