@@ -466,7 +466,13 @@ pub fn run(args: RunArgs) -> anyhow::Result<()> {
     let stats = RunStats::default();
     let ckpt = checkpoints(&args, &specs, &inputs)?;
     if let Some(addr) = &args.metrics_addr {
-        let bound = crate::metrics::serve(addr, stats.clone(), args.cluster.process, ckpt.clone())?;
+        let bound = crate::metrics::serve(
+            addr,
+            stats.clone(),
+            args.cluster.process,
+            ckpt.clone(),
+            MARKETS.iter().flat_map(|m| m.pages()).copied().collect(),
+        )?;
         tracing::info!("status page at http://{bound}/ (metrics at /metrics, JSON at /status)");
     }
     spawn_progress_log(stats.clone(), args.log_interval);

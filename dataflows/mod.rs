@@ -110,6 +110,10 @@ pub(crate) trait Market: Sync {
     fn joins(&self) -> &'static [&'static str] {
         &[]
     }
+    /// Pages the status server adds for this market (a market view).
+    fn pages(&self) -> &'static [crate::metrics::Page] {
+        &[]
+    }
     /// Builds the market's dataflow in `scope` from its `inputs`, in windows of `spec`.
     fn build<'s>(
         &self,

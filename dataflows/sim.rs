@@ -63,7 +63,9 @@ pub(crate) const UNDERLYINGS: [(&str, f64, &str, &str); 4] = [
 /// The simulated spot price of underlying `u` at `t`: one deterministic path per seed, so the
 /// Binance simulator trades it and the Polymarket simulator's up/down markets price it (their
 /// Up tokens follow the spot against its price at the market's start). Cycles from minutes to
-/// days give per-minute moves of about 0.1 %, plus a little noise every 10 s.
+/// days give per-minute moves of about 0.1 %, plus a little noise every 10 s, and now and then
+/// (about once an hour per underlying) a sudden move of 0.4–0.9 % that fades over minutes: the
+/// anomaly the `return_zscore` alert is for, which the up/down markets follow with a lag.
 pub(crate) fn spot(u: usize, seed: u64, t: EventTime) -> f64 {
     let mut rng = fastrand::Rng::with_seed(seed ^ (0x5107 + u as u64 * 0x9E37_79B9));
     let p0 = UNDERLYINGS[u].1 * (0.95 + 0.1 * rng.f64());
@@ -83,7 +85,28 @@ pub(crate) fn spot(u: usize, seed: u64, t: EventTime) -> f64 {
     let noise =
         fastrand::Rng::with_seed(seed ^ bucket.wrapping_mul(0x2545_F491_4F6C_DD1D) ^ u as u64)
             .f64();
-    p0 * (x + (noise - 0.5) * 0.0006).exp()
+    p0 * (x + (noise - 0.5) * 0.0006 + shock(u, seed, t)).exp()
+}
+
+/// The fading sudden moves of underlying `u` at `t` (log price): in each 20-minute slot, one
+/// chance in three of a jump at a random moment, decaying with a 6-minute time constant.
+fn shock(u: usize, seed: u64, t: EventTime) -> f64 {
+    const SLOT: EventTime = 20 * 60_000;
+    let slot = t / SLOT;
+    (slot.saturating_sub(1)..=slot)
+        .map(|k| {
+            let mut rng = fastrand::Rng::with_seed(
+                seed ^ k.wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ (0xA11E + u as u64),
+            );
+            let (chance, at, size, sign) = (rng.f64(), rng.u64(0..SLOT), rng.f64(), rng.bool());
+            let at = k * SLOT + at;
+            if chance >= 1.0 / 3.0 || t < at {
+                return 0.0;
+            }
+            let jump = (0.004 + 0.005 * size) * if sign { 1.0 } else { -1.0 };
+            jump * (-((t - at) as f64) / 360_000.0).exp()
+        })
+        .sum()
 }
 
 /// Arguments of `speed-layer generate`.

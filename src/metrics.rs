@@ -32,12 +32,57 @@ pub(crate) fn bind_address(addr: &str) -> String {
     }
 }
 
+/// A page a dataflow adds to the status server (a market view): one self-contained HTML file
+/// reading `/status` and `/history`.
+#[derive(Clone, Copy, Debug)]
+pub struct Page {
+    /// Its path (`/market`).
+    pub path: &'static str,
+    /// Its title, linked from the status page.
+    pub title: &'static str,
+    /// Its HTML.
+    pub html: &'static str,
+}
+
+/// The value of query parameter `name` in `url`.
+fn query<'a>(url: &'a str, name: &str) -> Option<&'a str> {
+    let (_, q) = url.split_once('?')?;
+    q.split('&')
+        .filter_map(|kv| kv.split_once('='))
+        .find(|(k, _)| *k == name)
+        .map(|(_, v)| v)
+}
+
+/// `/history?stream=NAME&since=MS`: the stream's recent results whose window ends after `since`.
+fn history(stats: &RunStats, url: &str) -> (String, u16) {
+    let Some(stream) = query(url, "stream") else {
+        return ("missing ?stream=NAME\n".into(), 400);
+    };
+    let since = match query(url, "since").map(str::parse::<EventTime>) {
+        None => 0,
+        Some(Ok(t)) => t,
+        Some(Err(_)) => return ("since must be epoch milliseconds\n".into(), 400),
+    };
+    let rows: Vec<Value> = stats.recent(stream, since).iter().map(row_json).collect();
+    (json!({ "stream": stream, "rows": rows }).to_string(), 200)
+}
+
+/// A result as the pages read it: its JSON with its `label`.
+fn row_json(line: &crate::result::ResultLine) -> Value {
+    let mut row = line.to_json_value();
+    if let (Some(label), Value::Object(o)) = (&line.label, &mut row) {
+        o.insert("label".into(), label.as_str().into());
+    }
+    row
+}
+
 /// Starts the HTTP server on a background thread. Fails at once if the address cannot be bound.
 pub(crate) fn serve(
     addr: &str,
     stats: RunStats,
     process: usize,
     ckpt: Option<Arc<Checkpoints>>,
+    pages: Vec<Page>,
 ) -> anyhow::Result<String> {
     let addr = bind_address(addr);
     let server = tiny_http::Server::http(&addr)
@@ -50,15 +95,27 @@ pub(crate) fn serve(
     let started = Instant::now();
     std::thread::spawn(move || {
         for request in server.incoming_requests() {
-            let path = request.url().split('?').next().unwrap_or("/").to_string();
+            let url = request.url().to_string();
+            let path = url.split('?').next().unwrap_or("/").to_string();
+            let page = pages.iter().find(|p| p.path == path);
             let (body, content_type, code) = match path.as_str() {
+                _ if page.is_some() => (
+                    page.map_or_else(String::new, |p| p.html.to_string()),
+                    "text/html; charset=utf-8",
+                    200,
+                ),
+                "/history" => {
+                    let (body, code) = history(&stats, &url);
+                    (body, "application/json", code)
+                }
                 "/metrics" => (
                     prometheus(&stats) + &checkpoint_metrics(ckpt.as_deref()),
                     "text/plain; version=0.0.4; charset=utf-8",
                     200,
                 ),
                 "/status" => (
-                    with_checkpoint(status(&stats, process, started), ckpt.as_deref()).to_string(),
+                    with_checkpoint(status(&stats, process, started, &pages), ckpt.as_deref())
+                        .to_string(),
                     "application/json",
                     200,
                 ),
@@ -369,7 +426,7 @@ fn with_checkpoint(mut doc: Value, ckpt: Option<&Checkpoints>) -> Value {
 }
 
 /// The `/status` document: the same facts as `/metrics`, plus the latest final results.
-pub fn status(stats: &RunStats, process: usize, started: Instant) -> Value {
+pub fn status(stats: &RunStats, process: usize, started: Instant, pages: &[Page]) -> Value {
     let now = now_ms();
     let watermarks = stats.watermarks();
     let global = watermarks.values().flatten().min().copied();
@@ -417,11 +474,7 @@ pub fn status(stats: &RunStats, process: usize, started: Instant) -> Value {
             .entry(stream)
             .or_insert_with(|| Value::Array(Vec::new()))
         {
-            let mut row = line.to_json_value();
-            if let (Some(label), Value::Object(o)) = (&line.label, &mut row) {
-                o.insert("label".into(), label.as_str().into());
-            }
-            rows.push(row);
+            rows.push(row_json(&line));
         }
     }
     let h = stats.latency();
@@ -439,6 +492,7 @@ pub fn status(stats: &RunStats, process: usize, started: Instant) -> Value {
         "memory_bytes": crate::stats::memory_bytes(),
         "latest": latest,
         "key_columns": key_columns,
+        "pages": pages.iter().map(|p| json!({"path": p.path, "title": p.title})).collect::<Vec<_>>(),
     })
 }
 

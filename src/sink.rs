@@ -430,13 +430,17 @@ impl ConsoleSink {
                 .iter()
                 .position(|l| &l.stream != stream)
                 .map_or(lines.len(), |n| i + n);
-            render_table(
-                &mut out,
-                stream,
-                lines[i].window_start,
-                window_end,
-                &lines[i..j],
-            );
+            if lines[i].get("message").is_some() {
+                render_notices(&mut out, stream, &lines[i..j]);
+            } else {
+                render_table(
+                    &mut out,
+                    stream,
+                    lines[i].window_start,
+                    window_end,
+                    &lines[i..j],
+                );
+            }
             i = j;
         }
         out
@@ -455,6 +459,27 @@ impl ResultSink for ConsoleSink {
     fn flush(&mut self) -> anyhow::Result<()> {
         let _ = std::io::stdout().flush();
         Ok(())
+    }
+}
+
+/// Renders results that carry a `message` (alerts) as one line each, marked so they stand out
+/// between tables.
+fn render_notices(out: &mut String, stream: &str, lines: &[ResultLine]) {
+    out.push('\n');
+    for l in lines {
+        let text = |name: &str| match l.get(name) {
+            Some(Cell::Text(t)) => crate::text::printable(t, 200).into_owned(),
+            Some(c) => cell(c),
+            None => String::new(),
+        };
+        let end = format_ms(l.window_end);
+        let _ = writeln!(
+            out,
+            "▲ {stream} {} · {} · {}",
+            end.get(11..19).unwrap_or(&end),
+            text("rule"),
+            text("message"),
+        );
     }
 }
 

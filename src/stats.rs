@@ -69,6 +69,8 @@ struct StatsInner {
     latency: Histogram,
     /// The latest final result per (stream, key).
     latest: BTreeMap<(String, String), ResultLine>,
+    /// The most recent results of each stream, oldest first (`/history`).
+    recent: BTreeMap<String, std::collections::VecDeque<ResultLine>>,
 }
 
 /// Upper bounds (seconds) of the emit-latency histogram buckets.
@@ -113,6 +115,9 @@ impl Histogram {
 
 /// Most (stream, key) pairs whose latest result is kept for `/status`.
 const LATEST_MAX: usize = 2000;
+
+/// Results kept per stream for `/history`.
+const RECENT_MAX: usize = 5000;
 
 /// What a source knows about one of its partitions.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -213,6 +218,20 @@ impl RunStats {
         if inner.latest.len() < LATEST_MAX || inner.latest.contains_key(&k) {
             inner.latest.insert(k, line.clone());
         }
+        let recent = inner.recent.entry(line.stream.to_string()).or_default();
+        if recent.len() == RECENT_MAX {
+            recent.pop_front();
+        }
+        recent.push_back(line.clone());
+    }
+
+    /// The most recent results of `stream` (up to a few thousand) whose window ends after
+    /// `since`, oldest first.
+    pub fn recent(&self, stream: &str, since: crate::time::EventTime) -> Vec<ResultLine> {
+        let inner = self.lock();
+        inner.recent.get(stream).map_or_else(Vec::new, |r| {
+            r.iter().filter(|l| l.window_end > since).cloned().collect()
+        })
     }
 
     /// The emit-latency histogram.

@@ -42,7 +42,28 @@ fn bad_arguments_and_inputs_are_clear_errors() {
     );
     fails(
         &["run", "--input", "binance=/dev/null", "--sink-kafka"],
-        "--sink-kafka and --dead-letter-topic need --brokers",
+        "--sink-kafka, --dead-letter-topic and --alerts-topic need --brokers",
+    );
+    fails(
+        &[
+            "run",
+            "--alerts-topic",
+            "alerts",
+            "--input",
+            "binance=/dev/null",
+        ],
+        "need --brokers",
+    );
+    fails(
+        &["run", "--alerts", "/no/rules.toml"],
+        "cannot read /no/rules.toml",
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let rules = dir.path().join("rules.yaml");
+    std::fs::write(&rules, "edge:\n  treshold: 0.3\n").unwrap();
+    fails(
+        &["run", "--alerts", rules.to_str().unwrap()],
+        "unknown field `treshold`",
     );
     fails(
         &["produce", "--brokers", "127.0.0.1:9"],

@@ -77,7 +77,10 @@ fn garbled_data_matches_the_reference_and_dead_letters_every_bad_record() {
         .iter()
         .filter(|(k, v)| k.0 == "updown" && v["fair_prob"].is_number() && v["edge"].is_number())
         .count();
-    assert!(fair > 100, "{fair} updown rows with a fair value and an edge");
+    assert!(
+        fair > 100,
+        "{fair} updown rows with a fair value and an edge"
+    );
     let rules: std::collections::BTreeSet<&str> = want
         .iter()
         .filter(|(k, _)| k.0 == "alerts")

@@ -301,3 +301,73 @@ fn status_page_shows_live_charts_and_results_in_headless_chromium() {
     );
     println!("status page screenshot: {}", shot.display());
 }
+
+#[test]
+fn market_view_shows_spot_fair_value_edge_and_alerts_in_headless_chromium() {
+    let chromium = chromium();
+    let dir = browser_dir();
+    let addr = format!("127.0.0.1:{}", free_ports(1)[0]);
+    // 60 minutes of event time a minute: volatility needs ten minutes of returns.
+    let child = Command::new(bin())
+        .args([
+            "run",
+            "--sim-speed",
+            "60",
+            "--sim-start",
+            "1790000000000",
+            "--metrics-addr",
+            &addr,
+            "--output",
+        ])
+        .arg(tempfile::tempdir().unwrap().keep())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let _job = Job(child);
+    let s = wait_for(&addr, "the market view page listed", |s| {
+        s["pages"].as_array().is_some_and(|p| !p.is_empty())
+    });
+    assert_eq!(s["pages"][0]["path"], "/market", "{}", s["pages"]);
+    let (code, _) = http_get(&addr, "/history").unwrap();
+    assert_eq!(code, 400, "/history without a stream is a clear error");
+    let artifacts = Path::new(env!("CARGO_MANIFEST_DIR")).join("target/ci-artifacts");
+    std::fs::create_dir_all(&artifacts).unwrap();
+    let shot = artifacts.join("market-view.png");
+    let out = Command::new("node")
+        .arg(dir.join("market_page.mjs"))
+        .arg(format!("http://{addr}/market"))
+        .arg(&shot)
+        .env("CHROMIUM", &chromium)
+        .output()
+        .expect("node is needed for the browser test");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "browser check failed: {stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let facts: serde_json::Value = serde_json::from_str(stdout.trim()).unwrap();
+    let underlyings: Vec<&str> = facts["underlyings"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|u| u.as_str())
+        .collect();
+    assert_eq!(
+        underlyings,
+        ["BTCUSDT", "ETHUSDT", "SOLUSDT", "XRPUSDT"],
+        "{facts}"
+    );
+    assert!(
+        facts["markets"].as_array().unwrap().iter().all(|m| m
+            .as_str()
+            .is_some_and(|m| m.contains(" Up or Down ") && m.ends_with(" · Up"))),
+        "each underlying shows its current up/down market: {facts}"
+    );
+    assert!(
+        std::fs::metadata(&shot).unwrap().len() > 10_000,
+        "screenshot written"
+    );
+    println!("market view screenshot: {}", shot.display());
+}

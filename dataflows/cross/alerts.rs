@@ -448,7 +448,11 @@ mod tests {
             ("d.yaml", "edge: [1]\n", "edge"),
             ("e.toml", "[edge]\nthreshold = -1\n", "edge.threshold"),
             ("f.json", "{}", ".toml, .yaml or .yml"),
-            ("g.toml", "cooldown = \"soon\"\n", "\"soon\" is not a duration"),
+            (
+                "g.toml",
+                "cooldown = \"soon\"\n",
+                "\"soon\" is not a duration",
+            ),
         ] {
             let err = Rules::from_file(&write(name, text)).unwrap_err();
             assert!(err.contains(says), "{name}: {err}");

@@ -41,6 +41,14 @@ impl Market for Cross {
         &[updown::STREAM, alerts::STREAM]
     }
 
+    fn pages(&self) -> &'static [crate::metrics::Page] {
+        &[crate::metrics::Page {
+            path: "/market",
+            title: "market view",
+            html: include_str!("market.html"),
+        }]
+    }
+
     fn build<'s>(
         &self,
         scope: timely::dataflow::Scope<'s, EventTime>,
