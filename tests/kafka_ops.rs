@@ -137,30 +137,22 @@ fn produce_run_and_kafka_sink_equal_the_file_run() {
     for (key, value, headers) in &msgs {
         let row: serde_json::Map<String, serde_json::Value> = serde_json::from_str(value).unwrap();
         let stream = headers.get("stream").expect("stream header").clone();
-        let id = row
-            .get("symbol")
-            .or_else(|| row.get("asset_id"))
-            .or_else(|| row.get("pair"))
-            .or_else(|| row.get("market_id"))
-            .and_then(|v| v.as_str())
-            .unwrap()
-            .to_string();
+        let id = result_id(&row);
         let end = row["window_end"].as_u64().unwrap();
         let kind = match stream.as_str() {
             "binance" => "BIN",
             "polymarket_books" => "PB",
             "polymarket_tokens" => "PO",
             "correlations" => "COR",
+            "updown" => "UD",
+            "alerts" => "AL",
             _ => "PT",
         };
-        let short: String = id
-            .chars()
-            .take(if ["BIN", "COR"].contains(&kind) {
-                usize::MAX
-            } else {
-                16
-            })
-            .collect();
+        let short: String = match kind {
+            "BIN" | "COR" => id.clone(),
+            "AL" => id.replacen('/', "#", 1),
+            _ => id.chars().take(16).collect(),
+        };
         assert_eq!(
             key.as_deref(),
             Some(format!("{kind}#{short}#{:013}", 9_999_999_999_999u64 - end).as_str())

@@ -219,14 +219,7 @@ fn same_revisions(got: &Path, want: &Path, what: &str) {
             for line in text.lines() {
                 let row: serde_json::Map<String, serde_json::Value> =
                     serde_json::from_str(line).unwrap();
-                let key = row
-                    .get("symbol")
-                    .or_else(|| row.get("asset_id"))
-                    .or_else(|| row.get("pair"))
-                    .or_else(|| row.get("market_id"))
-                    .and_then(|v| v.as_str())
-                    .unwrap()
-                    .to_string();
+                let key = result_id(&row);
                 let k = (
                     stream.to_string(),
                     key,

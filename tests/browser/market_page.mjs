@@ -19,7 +19,7 @@ try {
   await page.goto(url);
   await page.waitForFunction(() => {
     const charts = Array.from(document.querySelectorAll("#underlyings canvas"));
-    return charts.length >= 4
+    return Number(document.body.dataset.samples) >= 2 && charts.length >= 4
       && charts.every(c => Number(c.dataset.price) >= 5 && Number(c.dataset.prob) >= 3
                            && Number(c.dataset.fair) >= 3 && Number(c.dataset.edge) >= 3)
       && document.querySelectorAll("#alerts tbody tr").length > 0;

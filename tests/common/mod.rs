@@ -302,6 +302,22 @@ pub fn run_cluster(dir: &Path, n: usize, w: usize, args: &[String]) -> Run {
 /// Window results keyed by (stream, key, window_start).
 pub type Results = BTreeMap<(String, String, u64), serde_json::Map<String, serde_json::Value>>;
 
+/// The key of a result row: its key column's value; for an alert, `rule/key`.
+pub fn result_id(row: &serde_json::Map<String, serde_json::Value>) -> String {
+    let key = row
+        .get("symbol")
+        .or_else(|| row.get("asset_id"))
+        .or_else(|| row.get("pair"))
+        .or_else(|| row.get("market_id"))
+        .or_else(|| row.get("key"))
+        .and_then(|v| v.as_str())
+        .unwrap_or_else(|| panic!("a result without a key: {row:?}"));
+    match row.get("rule").and_then(|v| v.as_str()) {
+        Some(rule) => format!("{rule}/{key}"),
+        None => key.to_string(),
+    }
+}
+
 /// Reads every `<stream>*.jsonl` file of a run folder; a window seen twice fails the test.
 pub fn read_results(dir: &Path) -> Results {
     let mut all = Results::new();
@@ -317,19 +333,7 @@ pub fn read_results(dir: &Path) -> Results {
         for line in std::fs::read_to_string(&path).unwrap().lines() {
             let row: serde_json::Map<String, serde_json::Value> = serde_json::from_str(line)
                 .unwrap_or_else(|e| panic!("bad line in {name}: {e}: {line}"));
-            let mut key = row
-                .get("symbol")
-                .or_else(|| row.get("asset_id"))
-                .or_else(|| row.get("pair"))
-                .or_else(|| row.get("market_id"))
-                .or_else(|| row.get("key"))
-                .and_then(|v| v.as_str())
-                .unwrap()
-                .to_string();
-            // Alerts: one per rule and key.
-            if let Some(rule) = row.get("rule").and_then(|v| v.as_str()) {
-                key = format!("{rule}/{key}");
-            }
+            let key = result_id(&row);
             let start = row["window_start"].as_u64().unwrap();
             let prev = all.insert((stream.to_string(), key.clone(), start), row);
             assert!(
