@@ -222,16 +222,14 @@ fn browser_dir() -> PathBuf {
     dir
 }
 
-#[test]
-fn status_page_shows_live_charts_and_results_in_headless_chromium() {
-    let chromium = chromium();
-    let dir = browser_dir();
+/// A simulator job serving its metrics at a free address, `speed` times faster than the clock.
+fn sim_job(speed: &str) -> (Job, String) {
     let addr = format!("127.0.0.1:{}", free_ports(1)[0]);
     let child = Command::new(bin())
         .args([
             "run",
             "--sim-speed",
-            "30",
+            speed,
             "--sim-start",
             "1790000000000",
             "--metrics-addr",
@@ -243,7 +241,41 @@ fn status_page_shows_live_charts_and_results_in_headless_chromium() {
         .stderr(Stdio::null())
         .spawn()
         .unwrap();
-    let _job = Job(child);
+    (Job(child), addr)
+}
+
+/// Runs `tests/browser/<script>` on the page at `url` in headless Chromium, keeps its screenshot
+/// as `target/ci-artifacts/<shot>`, and returns the facts it printed.
+fn browser_check(script: &str, url: &str, shot: &str) -> serde_json::Value {
+    let chromium = chromium();
+    let dir = browser_dir();
+    let artifacts = Path::new(env!("CARGO_MANIFEST_DIR")).join("target/ci-artifacts");
+    std::fs::create_dir_all(&artifacts).unwrap();
+    let shot = artifacts.join(shot);
+    let out = Command::new("node")
+        .arg(dir.join(script))
+        .arg(url)
+        .arg(&shot)
+        .env("CHROMIUM", &chromium)
+        .output()
+        .expect("node is needed for the browser test");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "browser check failed: {stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        std::fs::metadata(&shot).unwrap().len() > 10_000,
+        "screenshot written"
+    );
+    println!("screenshot: {}", shot.display());
+    serde_json::from_str(stdout.trim()).unwrap()
+}
+
+#[test]
+fn status_page_shows_live_charts_and_results_in_headless_chromium() {
+    let (_job, addr) = sim_job("30");
     wait_for(&addr, "first results", |s| {
         s["latest"]["binance"]
             .as_array()
@@ -267,23 +299,11 @@ fn status_page_shows_live_charts_and_results_in_headless_chromium() {
             .all(|l| l.contains(" Up or Down ") && (l.ends_with(" · Up") || l.ends_with(" · Down"))),
         "{labels:?}"
     );
-    let artifacts = Path::new(env!("CARGO_MANIFEST_DIR")).join("target/ci-artifacts");
-    std::fs::create_dir_all(&artifacts).unwrap();
-    let shot = artifacts.join("status-page.png");
-    let out = Command::new("node")
-        .arg(dir.join("status_page.mjs"))
-        .arg(format!("http://{addr}/"))
-        .arg(&shot)
-        .env("CHROMIUM", &chromium)
-        .output()
-        .expect("node is needed for the browser test");
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "browser check failed: {stdout}\n{}",
-        String::from_utf8_lossy(&out.stderr)
+    let facts = browser_check(
+        "status_page.mjs",
+        &format!("http://{addr}/"),
+        "status-page.png",
     );
-    let facts: serde_json::Value = serde_json::from_str(stdout.trim()).unwrap();
     assert!(
         facts["samples"].as_u64().unwrap() >= 4 && facts["binanceRows"].as_u64().unwrap() == 4,
         "{facts}"
@@ -295,59 +315,23 @@ fn status_page_shows_live_charts_and_results_in_headless_chromium() {
             .is_some_and(|n| n.contains(" Up or Down ") && n.contains(" · "))),
         "the status page names tokens by market and outcome: {facts}"
     );
-    assert!(
-        std::fs::metadata(&shot).unwrap().len() > 10_000,
-        "screenshot written"
-    );
-    println!("status page screenshot: {}", shot.display());
 }
 
 #[test]
 fn market_view_shows_spot_fair_value_edge_and_alerts_in_headless_chromium() {
-    let chromium = chromium();
-    let dir = browser_dir();
-    let addr = format!("127.0.0.1:{}", free_ports(1)[0]);
     // 60 minutes of event time a minute: volatility needs ten minutes of returns.
-    let child = Command::new(bin())
-        .args([
-            "run",
-            "--sim-speed",
-            "60",
-            "--sim-start",
-            "1790000000000",
-            "--metrics-addr",
-            &addr,
-            "--output",
-        ])
-        .arg(tempfile::tempdir().unwrap().keep())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let _job = Job(child);
+    let (_job, addr) = sim_job("60");
     let s = wait_for(&addr, "the market view page listed", |s| {
         s["pages"].as_array().is_some_and(|p| !p.is_empty())
     });
     assert_eq!(s["pages"][0]["path"], "/market", "{}", s["pages"]);
     let (code, _) = http_get(&addr, "/history").unwrap();
     assert_eq!(code, 400, "/history without a stream is a clear error");
-    let artifacts = Path::new(env!("CARGO_MANIFEST_DIR")).join("target/ci-artifacts");
-    std::fs::create_dir_all(&artifacts).unwrap();
-    let shot = artifacts.join("market-view.png");
-    let out = Command::new("node")
-        .arg(dir.join("market_page.mjs"))
-        .arg(format!("http://{addr}/market"))
-        .arg(&shot)
-        .env("CHROMIUM", &chromium)
-        .output()
-        .expect("node is needed for the browser test");
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "browser check failed: {stdout}\n{}",
-        String::from_utf8_lossy(&out.stderr)
+    let facts = browser_check(
+        "market_page.mjs",
+        &format!("http://{addr}/market"),
+        "market-view.png",
     );
-    let facts: serde_json::Value = serde_json::from_str(stdout.trim()).unwrap();
     let underlyings: Vec<&str> = facts["underlyings"]
         .as_array()
         .unwrap()
@@ -365,9 +349,4 @@ fn market_view_shows_spot_fair_value_edge_and_alerts_in_headless_chromium() {
             .is_some_and(|m| m.contains(" Up or Down ") && m.ends_with(" · Up"))),
         "each underlying shows its current up/down market: {facts}"
     );
-    assert!(
-        std::fs::metadata(&shot).unwrap().len() > 10_000,
-        "screenshot written"
-    );
-    println!("market view screenshot: {}", shot.display());
 }

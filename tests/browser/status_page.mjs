@@ -3,19 +3,11 @@
 // did not log errors, and saves a screenshot.
 //
 // usage: node status_page.mjs URL SCREENSHOT.png
-import { chromium } from "playwright-core";
+import { openPage } from "./launch.mjs";
 
 const [url, out] = process.argv.slice(2);
-const browser = await chromium.launch({
-  executablePath: process.env.CHROMIUM || "/usr/bin/chromium",
-  args: ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-         "--disable-background-networking", "--disable-component-update", "--disable-sync"],
-});
-const errors = [];
+const { browser, page, errors } = await openPage({ width: 1400, height: 1300 });
 try {
-  const page = await browser.newPage({ viewport: { width: 1400, height: 1300 } });
-  page.on("pageerror", e => errors.push(String(e)));
-  page.on("console", m => { if (m.type() === "error") errors.push(m.text()); });
   await page.goto(url);
   await page.waitForFunction(() =>
     Number(document.body.dataset.samples) >= 5
