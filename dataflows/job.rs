@@ -12,6 +12,7 @@ use crate::checkpoint::{self, Checkpoints};
 use crate::cli::{ClusterArgs, InputArgs, KafkaArgs, OutputArgs, WindowArgs};
 use crate::context::{operator_name, JobContext, Role};
 use crate::kafka::{KafkaSettings, KafkaSink};
+use crate::parquet::ParquetSink;
 use crate::sink::{self, ConsoleSink, Emit, JsonlSink, ResultSink, SinkFactory};
 use crate::source::file::FileFactory;
 use crate::source::kafka::{plan_topic, KafkaFactory, ReadOptions};
@@ -232,11 +233,15 @@ fn inputs(args: &RunArgs) -> anyhow::Result<Inputs> {
     Ok(Inputs { topics, describe })
 }
 
+/// The output lengths a checkpoint recorded: by sink (`files`, `parquet`), by stream.
+type Resume = std::collections::BTreeMap<String, std::collections::BTreeMap<String, u64>>;
+
 fn sinks(
     args: &OutputArgs,
     kafka: Option<KafkaSettings>,
-    resume: Option<std::collections::BTreeMap<String, u64>>,
+    resume: Option<Resume>,
     stream_topics: std::collections::BTreeMap<String, String>,
+    store: Option<Arc<Checkpoints>>,
 ) -> anyhow::Result<SinkFactory> {
     let dir = args.output.clone();
     let (emit_files, emit_kafka, emit_console) = (
@@ -244,8 +249,18 @@ fn sinks(
         args.emit_kafka.unwrap_or(args.emit),
         args.emit_console.unwrap_or(args.emit),
     );
-    let console =
-        args.console || (dir.is_none() && args.sink_kafka.is_none() && stream_topics.is_empty());
+    let parquet = args.sink_parquet.clone();
+    let emit_parquet = args.emit_parquet.unwrap_or(args.emit);
+    let roll = crate::parquet::Roll {
+        rows: args.parquet_roll_rows.max(1),
+        bytes: args.parquet_roll_bytes.max(1),
+        span_ms: (args.parquet_roll_time.as_millis() as u64).max(1),
+    };
+    let console = args.console
+        || (dir.is_none()
+            && parquet.is_none()
+            && args.sink_kafka.is_none()
+            && stream_topics.is_empty());
     let (results_topic, dead_topic) = (args.sink_kafka.clone(), args.dead_letter_topic.clone());
     let kafka = match (&results_topic, &dead_topic, stream_topics.is_empty(), kafka) {
         (None, None, true, _) => None,
@@ -257,12 +272,24 @@ fn sinks(
     let streams = streams();
     Ok(Arc::new(move || {
         let mut s: Vec<(Box<dyn ResultSink>, Emit)> = Vec::new();
+        let lengths = |sink: &str| {
+            resume
+                .as_ref()
+                .map(|r| r.get(sink).cloned().unwrap_or_default())
+        };
         if let Some(dir) = &dir {
-            let files = match &resume {
-                Some(lengths) => JsonlSink::resume(dir, &streams, lengths)?,
+            let files = match lengths("files") {
+                Some(lengths) => JsonlSink::resume(dir, &streams, &lengths)?,
                 None => JsonlSink::create(dir, &streams)?,
             };
             s.push((Box::new(files), emit_files));
+        }
+        if let Some(dir) = &parquet {
+            let files = match lengths("parquet") {
+                Some(lengths) => ParquetSink::resume(dir, &streams, &lengths, roll, store.clone())?,
+                None => ParquetSink::create(dir, &streams, roll, store.clone())?,
+            };
+            s.push((Box::new(files), emit_parquet));
         }
         if let Some(k) = &kafka {
             s.push((
@@ -286,9 +313,10 @@ fn sinks(
 fn emission(args: &RunArgs) -> Emission {
     let o = &args.output;
     let kafka = o.sink_kafka.is_some() || args.market.alerts_topic.is_some();
-    let console = o.console || (o.output.is_none() && !kafka);
+    let console = o.console || (o.output.is_none() && o.sink_parquet.is_none() && !kafka);
     let active = [
         (o.output.is_some(), o.emit_files),
+        (o.sink_parquet.is_some(), o.emit_parquet),
         (kafka, o.emit_kafka),
         (console, o.emit_console),
     ];
@@ -490,11 +518,14 @@ pub fn run(args: RunArgs) -> anyhow::Result<()> {
     // The output files' lengths at the epoch resumed from (written by worker 0's sinks).
     let resume = match &ckpt {
         Some(c) if c.epoch().is_some() && args.cluster.process == 0 => {
-            let mut lengths = std::collections::BTreeMap::new();
+            let mut lengths = Resume::new();
             for s in streams().iter().chain(&["dead_letter"]) {
                 let op = operator_name(Role::Sink, s);
-                if let Some(Some(len)) = c.restored::<Option<u64>>(&op, 0)? {
-                    lengths.insert(s.to_string(), len);
+                for (sink, len) in c
+                    .restored::<std::collections::BTreeMap<String, u64>>(&op, 0)?
+                    .unwrap_or_default()
+                {
+                    lengths.entry(sink).or_default().insert(s.to_string(), len);
                 }
             }
             Some(lengths)
@@ -507,7 +538,13 @@ pub fn run(args: RunArgs) -> anyhow::Result<()> {
         .iter()
         .map(|t| (super::cross::alerts::STREAM.to_string(), t.clone()))
         .collect();
-    let sinks = sinks(&args.output, args.kafka.settings(), resume, stream_topics)?;
+    let sinks = sinks(
+        &args.output,
+        args.kafka.settings(),
+        resume,
+        stream_topics,
+        ckpt.clone(),
+    )?;
     let ctx = JobContext {
         stats: stats.clone(),
         checkpoints: ckpt.clone(),

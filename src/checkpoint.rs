@@ -36,7 +36,7 @@ use serde::{de::DeserializeOwned, Deserialize, Serialize};
 use crate::time::EventTime;
 
 /// Version of the checkpoint layout and part format; a different version is refused.
-pub(crate) const FORMAT_VERSION: u32 = 4;
+pub(crate) const FORMAT_VERSION: u32 = 5;
 const MAGIC: &str = "speed-layer checkpoint part";
 const JOB_FORMAT: &str = "speed-layer-checkpoint";
 
@@ -98,11 +98,11 @@ impl Handle {
     /// Queues a part for writing; a failed write ends the process (a checkpoint that cannot
     /// be written must not be skipped silently).
     pub fn write(&self, worker: usize, entries: Vec<Entry>) {
-        self.store.submit(&self.op, worker, entries, None);
+        self.store.submit(&self.op, worker, entries, Vec::new());
     }
 
     /// Queues a part to be written once the file at `sync` (an output) is fsynced.
-    pub fn write_after_sync(&self, worker: usize, entries: Vec<Entry>, sync: Option<PathBuf>) {
+    pub fn write_after_sync(&self, worker: usize, entries: Vec<Entry>, sync: Vec<PathBuf>) {
         self.store.submit(&self.op, worker, entries, sync);
     }
 }
@@ -176,7 +176,7 @@ pub struct Checkpoints {
 }
 
 /// A part waiting for the writer: operator, worker, entries, an output file to fsync first.
-type Job = (String, usize, Vec<Entry>, Option<PathBuf>);
+type Job = (String, usize, Vec<Entry>, Vec<PathBuf>);
 
 /// The queue to the background writer thread, and the thread.
 type Writer = (
@@ -572,7 +572,7 @@ impl Checkpoints {
         op: &str,
         worker: usize,
         entries: Vec<Entry>,
-        sync: Option<PathBuf>,
+        sync: Vec<PathBuf>,
     ) {
         let tx = {
             let mut w = self.writer.lock().unwrap_or_else(|e| e.into_inner());
@@ -620,17 +620,20 @@ impl Checkpoints {
                 {
                     Some(g) => {
                         g.2.extend(entries);
-                        g.3 = sync.or(g.3.take());
+                        g.3.extend(sync);
                     }
                     None => groups.push((op, worker, entries, sync)),
                 }
             }
             for (op, worker, entries, sync) in groups {
                 // The output must be durable up to the lengths the part records.
-                let synced = sync.map_or(Ok(()), |p| {
-                    File::open(&p)
+                // A file gone since (a Parquet staging segment, published meanwhile: its rows
+                // are in a synced file) needs no sync.
+                let synced = sync.iter().try_for_each(|p| match File::open(p) {
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+                    f => f
                         .and_then(|f| f.sync_data())
-                        .with_context(|| format!("cannot fsync {}", p.display()))
+                        .with_context(|| format!("cannot fsync {}", p.display())),
                 });
                 if let Err(e) = synced.and_then(|()| self.write(&op, worker, &entries)) {
                     crate::runtime::fatal(&format!("cannot write a checkpoint: {e:#}"));

@@ -224,6 +224,23 @@ pub struct OutputArgs {
     /// What the Kafka sink receives (overrides --emit).
     #[arg(long, value_parser = emit_parser())]
     pub emit_kafka: Option<Emit>,
+    /// Write results and dead letters as Parquet files into this folder
+    /// (`DIR/<stream>/date=YYYY-MM-DD/part-….parquet`; exactly once with --checkpoint).
+    #[arg(long, value_name = "DIR")]
+    pub sink_parquet: Option<PathBuf>,
+    /// What the Parquet sink receives (overrides --emit).
+    #[arg(long, value_parser = emit_parser())]
+    pub emit_parquet: Option<Emit>,
+    /// A Parquet file rolls at this many rows.
+    #[arg(long, default_value_t = 100_000, value_name = "N")]
+    pub parquet_roll_rows: usize,
+    /// A Parquet file rolls at about this many bytes of rows (staged as JSON).
+    #[arg(long, default_value_t = 128 << 20, value_name = "BYTES")]
+    pub parquet_roll_bytes: u64,
+    /// A Parquet file rolls when its rows' windows span this much event time (and at a new
+    /// date).
+    #[arg(long, default_value = "1h", value_parser = crate::time::parse_duration, value_name = "DURATION")]
+    pub parquet_roll_time: std::time::Duration,
 }
 
 /// Parallelism: threads per process and the processes of a cluster.

@@ -306,7 +306,7 @@ mod tests {
             self.time
         }
         fn apply(v: Option<&Self>, line: &mut ResultLine) {
-            line.columns[0].1 = v.map_or(Cell::Null, |v| Cell::Text(v.name.clone()));
+            line.columns[0].1 = v.map_or(Cell::NoText, |v| Cell::Text(v.name.clone()));
         }
     }
 
@@ -317,7 +317,7 @@ mod tests {
             key,
             ("T", key),
             (end - 60_000, end),
-            vec![("name", Cell::Null)],
+            vec![("name", Cell::NoText)],
         )
     }
 

@@ -15,6 +15,7 @@ pub mod enrich;
 pub mod hash;
 pub mod kafka;
 pub mod metrics;
+pub mod parquet;
 pub mod result;
 pub mod runtime;
 pub mod sink;

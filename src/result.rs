@@ -24,6 +24,8 @@ pub enum Cell {
     Num(f64),
     /// A text.
     Text(String),
+    /// No value in a text column (JSON `null`; typed outputs keep the column's type).
+    NoText,
 }
 
 impl Cell {
@@ -51,7 +53,7 @@ impl From<u64> for Cell {
 
 impl From<Option<String>> for Cell {
     fn from(s: Option<String>) -> Self {
-        s.map_or(Cell::Null, Cell::Text)
+        s.map_or(Cell::NoText, Cell::Text)
     }
 }
 
@@ -178,7 +180,7 @@ impl Serialize for Json<'_> {
         m.serialize_entry(l.key_column.as_ref(), &l.key)?;
         for (name, cell) in &l.columns {
             match cell {
-                Cell::Null => m.serialize_entry(name.as_ref(), &())?,
+                Cell::Null | Cell::NoText => m.serialize_entry(name.as_ref(), &())?,
                 Cell::Int(n) => m.serialize_entry(name.as_ref(), n)?,
                 Cell::Num(x) => m.serialize_entry(name.as_ref(), x)?,
                 Cell::Text(t) => m.serialize_entry(name.as_ref(), t)?,

@@ -36,8 +36,21 @@ pub trait ResultSink {
     fn flush(&mut self) -> anyhow::Result<()>;
     /// The length written so far (handed to the OS) of the file of `stream`, and its path, for
     /// sinks whose output can be cut back to a checkpoint (files); `None` for the others.
-    fn written(&mut self, _stream: &str) -> anyhow::Result<Option<(u64, PathBuf)>> {
+    /// Called at each checkpoint `epoch`, once everything stamped before it was written.
+    fn written(
+        &mut self,
+        _stream: &str,
+        _epoch: EventTime,
+    ) -> anyhow::Result<Option<(u64, PathBuf)>> {
         Ok(None)
+    }
+    /// The sink's name in checkpoints (sinks with files have one).
+    fn name(&self) -> &'static str {
+        ""
+    }
+    /// `stream` ended (the end of the input, not a stop): nothing more comes.
+    fn finish(&mut self, _stream: &str) -> anyhow::Result<()> {
+        Ok(())
     }
 }
 
@@ -104,23 +117,28 @@ fn with_sinks(
     }
 }
 
-/// Opens the sinks on first use (on the worker that writes) and asks them for the length and
-/// path of `stream`'s file; `None` on the other workers and for sinks without files.
-fn written(shared: &SharedSinks, factory: &SinkFactory, stream: &str) -> Option<(u64, PathBuf)> {
-    let mut len = None;
+/// What each sink with files wrote of one stream at a checkpoint epoch: its length by sink
+/// name, and the files to fsync before the checkpoint records it.
+type Written = (BTreeMap<String, u64>, Vec<PathBuf>);
+
+/// Opens the sinks on first use (on the worker that writes) and asks each for the length and
+/// path of `stream`'s file at `epoch`.
+fn written(shared: &SharedSinks, factory: &SinkFactory, stream: &str, epoch: EventTime) -> Written {
+    let mut out: Written = Default::default();
     with_sinks(
         shared,
         factory,
         &[],
         |s, _| {
-            if len.is_none() {
-                len = s.written(stream)?;
+            if let Some((len, path)) = s.written(stream, epoch)? {
+                out.0.insert(s.name().to_string(), len);
+                out.1.push(path);
             }
             Ok(())
         },
         "flushing outputs",
     );
-    len
+    out
 }
 
 /// Writes what is held in `pending` (by timely time) once the frontier `lim` passes it, in time
@@ -133,7 +151,7 @@ fn write_settled<X>(
     next: &mut EventTime,
     ckpt: Option<(&Handle, usize)>,
     mut write: impl FnMut(EventTime, Vec<X>),
-    mut len: impl FnMut() -> Option<(u64, PathBuf)>,
+    mut len: impl FnMut(EventTime) -> Written,
 ) {
     let mut write_below = |pending: &mut BTreeMap<EventTime, Vec<X>>, t: EventTime| {
         while let Some(e) = pending.first_entry() {
@@ -145,12 +163,12 @@ fn write_settled<X>(
         }
     };
     if let Some((c, worker)) = ckpt {
-        let mut sync = None;
+        let mut sync = Vec::new();
         let (entries, after) = c.save_epochs(lim, *next, |lo| {
             write_below(pending, lo);
-            let written = len();
-            let body = crate::checkpoint::encode(&written.as_ref().map(|w| w.0));
-            sync = written.map(|w| w.1);
+            let (lengths, paths) = len(lo);
+            let body = crate::checkpoint::encode(&lengths);
+            sync = paths;
             (body, pending.keys().next().map(|s| c.store.after(*s)))
         });
         *next = after;
@@ -190,6 +208,7 @@ pub fn write_all<'s>(
         let mut next = first_epoch(&ckpt);
         let mut pending: BTreeMap<EventTime, Vec<ResultLine>> = BTreeMap::new();
         let mut now: Vec<ResultLine> = Vec::new();
+        let mut finished = worker != 0;
         stream.sink(
             Exchange::new(|_: &ResultLine| 0),
             "ResultSink",
@@ -248,10 +267,12 @@ pub fn write_all<'s>(
                         stats.record_result(l, latency);
                     }
                 };
-                let len = || {
-                    (worker == 0)
-                        .then(|| written(&shared, &factory, name))
-                        .flatten()
+                let len = |epoch| {
+                    if worker == 0 {
+                        written(&shared, &factory, name, epoch)
+                    } else {
+                        Written::default()
+                    }
                 };
                 write_settled(
                     &mut pending,
@@ -261,12 +282,23 @@ pub fn write_all<'s>(
                     write,
                     len,
                 );
+                if lim == EventTime::MAX && !finished && !crate::runtime::stopping() {
+                    finished = true;
+                    with_sinks(
+                        &shared,
+                        &factory,
+                        &[],
+                        |s, _| s.finish(name),
+                        "closing outputs",
+                    );
+                }
             },
         );
     }
     let ckpt = handle("dead_letter");
     let mut next = first_epoch(&ckpt);
     let mut pending: BTreeMap<EventTime, Vec<DeadLetter>> = BTreeMap::new();
+    let mut finished = worker != 0;
     dead.sink(
         Exchange::new(|_: &DeadLetter| 0),
         "DeadLetterSink",
@@ -292,10 +324,12 @@ pub fn write_all<'s>(
                     "writing dead letters",
                 );
             };
-            let len = || {
-                (worker == 0)
-                    .then(|| written(&shared, &factory, "dead_letter"))
-                    .flatten()
+            let len = |epoch| {
+                if worker == 0 {
+                    written(&shared, &factory, "dead_letter", epoch)
+                } else {
+                    Written::default()
+                }
             };
             write_settled(
                 &mut pending,
@@ -305,6 +339,16 @@ pub fn write_all<'s>(
                 write,
                 len,
             );
+            if lim == EventTime::MAX && !finished && !crate::runtime::stopping() {
+                finished = true;
+                with_sinks(
+                    &shared,
+                    &factory,
+                    &[],
+                    |s, _| s.finish("dead_letter"),
+                    "closing outputs",
+                );
+            }
         },
     );
 }
@@ -407,7 +451,15 @@ impl ResultSink for JsonlSink {
         Ok(())
     }
 
-    fn written(&mut self, stream: &str) -> anyhow::Result<Option<(u64, PathBuf)>> {
+    fn name(&self) -> &'static str {
+        "files"
+    }
+
+    fn written(
+        &mut self,
+        stream: &str,
+        _epoch: EventTime,
+    ) -> anyhow::Result<Option<(u64, PathBuf)>> {
         let path = self.dir.join(format!("{stream}.jsonl"));
         let f = self.file(stream)?;
         f.flush()?;
@@ -502,7 +554,7 @@ fn render_table(
         .map(|i| {
             let cells = || lines.iter().filter_map(|l| l.columns.get(i).map(|c| &c.1));
             let text = cells().any(|c| matches!(c, Cell::Text(_)));
-            !(text && cells().all(|c| matches!(c, Cell::Text(_) | Cell::Null)))
+            !(text && cells().all(|c| matches!(c, Cell::Text(_) | Cell::Null | Cell::NoText)))
         })
         .collect();
     let mut header: Vec<&str> = vec![&first.key_column];
@@ -563,7 +615,7 @@ const TABLE_STYLE: &str = "||--+-++|    ++++++";
 /// scientific notation for the very large and very small.
 fn cell(c: &Cell) -> String {
     match c {
-        Cell::Null => "null".into(),
+        Cell::Null | Cell::NoText => "null".into(),
         Cell::Text(s) => crate::text::printable(s, 20).into_owned(),
         Cell::Int(n) => n.to_string(),
         Cell::Num(x) => {

@@ -91,8 +91,35 @@ fn garbled_data_matches_the_reference_and_dead_letters_every_bad_record() {
     for (name, extra) in [("w1", vec![]), ("w2", vec!["-w".to_string(), "2".into()])] {
         let mut args = inputs.args();
         args.extend(extra);
+        // The Parquet sink beside the files, in small files (many rolls, dates, schemas).
+        let parquet = tmp.path().join(format!("{name}-parquet"));
+        args.extend(
+            [
+                "--sink-parquet",
+                &parquet.display().to_string(),
+                "--parquet-roll-rows",
+                "100",
+            ]
+            .map(String::from),
+        );
         let r = run(&tmp.path().join(name), &args);
         assert_same_results(&read_results(&r.dir), &want, name);
+        let back = tmp.path().join(format!("{name}-parquet-read"));
+        let summary = python(
+            "parquet_read.py",
+            &[&parquet.display().to_string(), &back.display().to_string()],
+        );
+        assert_same_results(&read_results(&back), &want, &format!("{name} Parquet"));
+        let summary: serde_json::Value = serde_json::from_slice(&summary.stdout).unwrap();
+        assert_eq!(
+            summary["dead_letter"]["rows"].as_u64(),
+            Some(bad),
+            "{name}: Parquet dead letters {summary}"
+        );
+        assert!(
+            summary["binance"]["files"].as_u64().unwrap() > 1,
+            "files roll: {summary}"
+        );
         assert_eq!(
             read_dead_letters(&r.dir).len() as u64,
             bad,

@@ -259,7 +259,7 @@ impl crate::enrich::Version for TokenMeta {
                 Cell::Text(v.slug.clone()),
                 Cell::Text(v.title.clone()),
             ),
-            None => (Cell::Null, Cell::Null, Cell::Null),
+            None => (Cell::NoText, Cell::NoText, Cell::NoText),
         };
         line.label = version.map(|v| format!("{} · {}", short_title(&v.slug, &v.title), v.outcome));
         for (name, cell) in line.columns.iter_mut() {

@@ -392,9 +392,9 @@ impl OrderedAggregate for TokenMetrics {
                     "last_trade_price",
                     a.last_price.get().copied().flatten().into(),
                 ),
-                ("outcome", Cell::Null),
-                ("slug", Cell::Null),
-                ("title", Cell::Null),
+                ("outcome", Cell::NoText),
+                ("slug", Cell::NoText),
+                ("title", Cell::NoText),
             ],
         ))
     }
