@@ -13,6 +13,7 @@ use crate::cli::{ClusterArgs, InputArgs, KafkaArgs, OutputArgs, WindowArgs};
 use crate::context::{operator_name, JobContext, Role};
 use crate::kafka::{KafkaSettings, KafkaSink};
 use crate::parquet::ParquetSink;
+use crate::postgres::PostgresSink;
 use crate::sink::{self, ConsoleSink, Emit, JsonlSink, ResultSink, SinkFactory};
 use crate::source::file::FileFactory;
 use crate::source::kafka::{plan_topic, KafkaFactory, ReadOptions};
@@ -242,6 +243,7 @@ fn sinks(
     resume: Option<Resume>,
     stream_topics: std::collections::BTreeMap<String, String>,
     store: Option<Arc<Checkpoints>>,
+    stats: RunStats,
 ) -> anyhow::Result<SinkFactory> {
     let dir = args.output.clone();
     let (emit_files, emit_kafka, emit_console) = (
@@ -250,6 +252,16 @@ fn sinks(
         args.emit_console.unwrap_or(args.emit),
     );
     let parquet = args.sink_parquet.clone();
+    let postgres = args.sink_postgres.clone();
+    let emit_postgres = args.emit_postgres.unwrap_or(args.emit);
+    let spool = match (&args.postgres_spool, &store) {
+        (Some(d), _) => Some((d.clone(), false)),
+        (None, Some(c)) => Some((c.dir().join("postgres-spool"), false)),
+        (None, None) => Some((
+            std::env::temp_dir().join(format!("speed-layer-spool-{}", std::process::id())),
+            true,
+        )),
+    };
     let emit_parquet = args.emit_parquet.unwrap_or(args.emit);
     let roll = crate::parquet::Roll {
         rows: args.parquet_roll_rows.max(1),
@@ -259,6 +271,7 @@ fn sinks(
     let console = args.console
         || (dir.is_none()
             && parquet.is_none()
+            && postgres.is_none()
             && args.sink_kafka.is_none()
             && stream_topics.is_empty());
     let (results_topic, dead_topic) = (args.sink_kafka.clone(), args.dead_letter_topic.clone());
@@ -291,6 +304,18 @@ fn sinks(
             };
             s.push((Box::new(files), emit_parquet));
         }
+        if let (Some(url), Some((dir, temporary))) = (&postgres, &spool) {
+            let lengths = lengths("postgres");
+            let db = PostgresSink::open(
+                url,
+                dir,
+                &streams,
+                lengths.as_ref(),
+                *temporary,
+                stats.clone(),
+            )?;
+            s.push((Box::new(db), emit_postgres));
+        }
         if let Some(k) = &kafka {
             s.push((
                 Box::new(KafkaSink::new(
@@ -313,8 +338,10 @@ fn sinks(
 fn emission(args: &RunArgs) -> Emission {
     let o = &args.output;
     let kafka = o.sink_kafka.is_some() || args.market.alerts_topic.is_some();
-    let console = o.console || (o.output.is_none() && o.sink_parquet.is_none() && !kafka);
+    let console = o.console
+        || (o.output.is_none() && o.sink_parquet.is_none() && o.sink_postgres.is_none() && !kafka);
     let active = [
+        (o.sink_postgres.is_some(), o.emit_postgres),
         (o.output.is_some(), o.emit_files),
         (o.sink_parquet.is_some(), o.emit_parquet),
         (kafka, o.emit_kafka),
@@ -544,6 +571,7 @@ pub fn run(args: RunArgs) -> anyhow::Result<()> {
         resume,
         stream_topics,
         ckpt.clone(),
+        stats.clone(),
     )?;
     let ctx = JobContext {
         stats: stats.clone(),

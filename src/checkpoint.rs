@@ -525,6 +525,11 @@ impl Checkpoints {
         )
     }
 
+    /// The checkpoint folder.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
     /// The epoch this run resumed from, or `None` for a fresh start.
     pub fn epoch(&self) -> Option<EventTime> {
         self.epoch

@@ -224,6 +224,22 @@ pub struct OutputArgs {
     /// What the Kafka sink receives (overrides --emit).
     #[arg(long, value_parser = emit_parser())]
     pub emit_kafka: Option<Emit>,
+    /// Upsert results and dead letters into PostgreSQL (a libpq URL or key=value string:
+    /// `postgres://user:password@host/db?sslmode=require`), a table per stream.
+    #[arg(
+        long,
+        env = "SPEED_LAYER_POSTGRES",
+        value_name = "URL",
+        hide_env_values = true
+    )]
+    pub sink_postgres: Option<String>,
+    /// What the PostgreSQL sink receives (overrides --emit).
+    #[arg(long, value_parser = emit_parser())]
+    pub emit_postgres: Option<Emit>,
+    /// Folder of the PostgreSQL sink's spool (rows waiting for the database). Default: inside
+    /// the --checkpoint folder, else a temporary folder.
+    #[arg(long, value_name = "DIR")]
+    pub postgres_spool: Option<PathBuf>,
     /// Write results and dead letters as Parquet files into this folder
     /// (`DIR/<stream>/date=YYYY-MM-DD/part-….parquet`; exactly once with --checkpoint).
     #[arg(long, value_name = "DIR")]

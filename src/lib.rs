@@ -16,6 +16,7 @@ pub mod hash;
 pub mod kafka;
 pub mod metrics;
 pub mod parquet;
+pub mod postgres;
 pub mod result;
 pub mod runtime;
 pub mod sink;

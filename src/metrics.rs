@@ -324,6 +324,33 @@ pub(crate) fn prometheus(stats: &RunStats) -> String {
     for (s, (_, k)) in &open {
         f.sample(&[("stream", s)], *k as f64);
     }
+    let sinks = stats.sinks();
+    if !sinks.is_empty() {
+        f.family(
+            "speed_layer_sink_up",
+            GAUGE,
+            "1 while a background sink's destination (PostgreSQL) takes writes.",
+        );
+        for (name, s) in &sinks {
+            f.sample(&[("sink", name)], if s.up { 1.0 } else { 0.0 });
+        }
+        f.family(
+            "speed_layer_sink_backlog_bytes",
+            GAUGE,
+            "Results waiting for a background sink's destination, spooled on disk (bytes).",
+        );
+        for (name, s) in &sinks {
+            f.sample(&[("sink", name)], s.backlog_bytes as f64);
+        }
+        f.family(
+            "speed_layer_sink_failures_total",
+            COUNTER,
+            "Failed attempts to write to a background sink's destination.",
+        );
+        for (name, s) in &sinks {
+            f.sample(&[("sink", name)], s.failures as f64);
+        }
+    }
     if let Some(m) = crate::stats::memory_bytes() {
         f.family(
             "process_resident_memory_bytes",
@@ -490,6 +517,9 @@ pub fn status(stats: &RunStats, process: usize, started: Instant, pages: &[Page]
         "outputs": outputs,
         "emit_latency": {"count": h.count, "p50_seconds": h.quantile(0.5), "p99_seconds": h.quantile(0.99)},
         "memory_bytes": crate::stats::memory_bytes(),
+        "sinks": stats.sinks().into_iter().map(|(n, s)| (n, json!({
+            "up": s.up, "backlog_bytes": s.backlog_bytes, "failures": s.failures,
+        }))).collect::<Map<String, Value>>(),
         "latest": latest,
         "key_columns": key_columns,
         "pages": pages.iter().map(|p| json!({"path": p.path, "title": p.title})).collect::<Vec<_>>(),

@@ -71,6 +71,19 @@ struct StatsInner {
     latest: BTreeMap<(String, String), ResultLine>,
     /// The most recent results of each stream, oldest first (`/history`).
     recent: BTreeMap<String, std::collections::VecDeque<ResultLine>>,
+    /// Sinks that write in the background (PostgreSQL), by name.
+    sinks: BTreeMap<String, SinkStatus>,
+}
+
+/// A sink writing in the background: whether its destination takes writes, and what waits.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct SinkStatus {
+    /// The destination answered the last attempt.
+    pub up: bool,
+    /// Bytes of results waiting (spooled on disk).
+    pub backlog_bytes: u64,
+    /// Failed attempts so far.
+    pub failures: u64,
 }
 
 /// Upper bounds (seconds) of the emit-latency histogram buckets.
@@ -232,6 +245,16 @@ impl RunStats {
         inner.recent.get(stream).map_or_else(Vec::new, |r| {
             r.iter().filter(|l| l.window_end > since).cloned().collect()
         })
+    }
+
+    /// Records the state of a background sink.
+    pub fn set_sink(&self, name: &str, status: SinkStatus) {
+        self.lock().sinks.insert(name.to_string(), status);
+    }
+
+    /// The background sinks' states.
+    pub fn sinks(&self) -> BTreeMap<String, SinkStatus> {
+        self.lock().sinks.clone()
     }
 
     /// The emit-latency histogram.

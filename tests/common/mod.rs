@@ -8,6 +8,7 @@ use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
 pub mod kafka;
+pub mod postgres;
 
 pub const STREAMS: [&str; 7] = [
     "binance",
