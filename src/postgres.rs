@@ -5,11 +5,11 @@
 //! disk (`<spool>/<stream>.jsonl`, one JSON row per line) whose length the checkpoint records,
 //! as for a JSON-lines output; a writer thread reads the spools and upserts batches (multi-row
 //! `INSERT … ON CONFLICT (row_key) DO UPDATE … WHERE revision is older`), committing with each
-//! batch the spool offset it reached (table `speed_layer_progress`) in the same transaction. A
+//! batch the rows it reached (table `speed_layer_progress`) in the same transaction. A
 //! slow or stopped database only makes the spool's backlog grow (on disk, never in memory, never
 //! holding other sinks or the sources back); the writer retries with backoff and catches up. A
-//! restart cuts the spools back to the checkpoint and replays; rows below the committed offset
-//! are skipped (the replay writes the same bytes), so each row is applied once. At the end of
+//! restart cuts the spools back to the checkpoint and replays; rows the database already
+//! committed are skipped (the replay gives the same rows), so each row is applied once. At the end of
 //! the input the job waits until the backlog is written.
 
 use std::collections::BTreeMap;
@@ -304,16 +304,22 @@ fn write_while_connected(
     client.batch_execute(
         "CREATE TABLE IF NOT EXISTS speed_layer_progress (\
            spool text NOT NULL, stream text NOT NULL, byte_offset bigint NOT NULL, \
-           PRIMARY KEY (spool, stream))",
+           PRIMARY KEY (spool, stream)); \
+         ALTER TABLE speed_layer_progress ADD COLUMN IF NOT EXISTS row_count bigint NOT NULL DEFAULT 0",
     )?;
-    let mut offsets: BTreeMap<String, u64> = BTreeMap::new();
+    // Rows committed per stream. A restart replays from the checkpoint, which may lie before
+    // them: those rows are skipped (counted: a replay gives the same rows, not always the same
+    // bytes — a label may differ).
+    let mut done: BTreeMap<String, u64> = BTreeMap::new();
     for row in client.query(
-        "SELECT stream, byte_offset FROM speed_layer_progress WHERE spool = $1",
+        "SELECT stream, row_count FROM speed_layer_progress WHERE spool = $1",
         &[&id],
     )? {
-        let (s, o): (String, i64) = (row.get(0), row.get(1));
-        offsets.insert(s, u64::try_from(o).unwrap_or(0));
+        let (s, n): (String, i64) = (row.get(0), row.get(1));
+        done.insert(s, u64::try_from(n).unwrap_or(0));
     }
+    // Where each stream's reading stands: (byte offset, rows before it), from the start.
+    let mut offsets: BTreeMap<String, (u64, u64)> = BTreeMap::new();
     if !progress.up.swap(true, Ordering::Relaxed) {
         tracing::info!(
             backlog_bytes = progress.backlog(),
@@ -328,25 +334,44 @@ fn write_while_connected(
         };
         let mut moved = false;
         for (stream, spooled) in &streams {
-            let from = offsets.get(stream).copied().unwrap_or(0);
-            set_committed(progress, stream, from);
+            let (from, before) = offsets.get(stream).copied().unwrap_or((0, 0));
+            let committed = done.get(stream).copied().unwrap_or(0);
+            if before >= committed {
+                set_committed(progress, stream, from);
+            }
             if *spooled <= from {
                 continue;
             }
-            let (rows, to) = read_rows(&spool.join(format!("{stream}.jsonl")), from, *spooled)?;
+            let (mut rows, to) = read_rows(&spool.join(format!("{stream}.jsonl")), from, *spooled)?;
             if rows.is_empty() {
                 continue;
             }
-            let mut tx = client.transaction()?;
-            upsert(&mut tx, stream, &rows, &mut tables)?;
-            tx.execute(
-                "INSERT INTO speed_layer_progress (spool, stream, byte_offset) VALUES ($1, $2, $3) \
-                 ON CONFLICT (spool, stream) DO UPDATE SET byte_offset = EXCLUDED.byte_offset",
-                &[&id, stream, &(to as i64)],
-            )?;
-            tx.commit()?;
-            offsets.insert(stream.clone(), to);
-            set_committed(progress, stream, to);
+            let n = rows.len() as u64;
+            // Rows the database already has (a replay after a restart). Dead letters are not
+            // replayed in the same order (their stamps follow reading); their unique key makes
+            // a second insert a no-op instead.
+            let skip = if stream == DEAD {
+                0
+            } else {
+                committed.saturating_sub(before).min(n) as usize
+            };
+            rows.drain(..skip);
+            if !rows.is_empty() {
+                let mut tx = client.transaction()?;
+                upsert(&mut tx, stream, &rows, &mut tables)?;
+                tx.execute(
+                    "INSERT INTO speed_layer_progress (spool, stream, byte_offset, row_count) \
+                     VALUES ($1, $2, $3, $4) ON CONFLICT (spool, stream) DO UPDATE \
+                     SET byte_offset = EXCLUDED.byte_offset, row_count = EXCLUDED.row_count",
+                    &[&id, stream, &(to as i64), &((before + n) as i64)],
+                )?;
+                tx.commit()?;
+                done.insert(stream.clone(), before + n);
+            }
+            offsets.insert(stream.clone(), (to, before + n));
+            if before + n >= committed {
+                set_committed(progress, stream, to);
+            }
             moved = true;
         }
         report(stats, progress);

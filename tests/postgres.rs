@@ -47,10 +47,10 @@ fn rows_equal_the_json_lines_output_and_corrections_replace_their_finals() {
         want.values().any(|r| r["kind"] == "correction"),
         "the data has corrections to test"
     );
-    let got = ordered_like(db_results(&pg, &STREAMS), &want);
+    let got = ordered_like(db_results(&pg.url(), &STREAMS), &want);
     assert_same_results(&got, &want, "PostgreSQL");
     assert_eq!(
-        pg.count("dead_letter") as usize,
+        Postgres::count(&pg.url(), "dead_letter") as usize,
         read_dead_letters(&r.dir).len(),
         "every dead letter in its table"
     );
@@ -58,7 +58,7 @@ fn rows_equal_the_json_lines_output_and_corrections_replace_their_finals() {
     let again = run(&tmp.path().join("again"), &args);
     assert!(again.stderr.contains("finished"));
     assert_same_results(
-        &ordered_like(db_results(&pg, &STREAMS), &want),
+        &ordered_like(db_results(&pg.url(), &STREAMS), &want),
         &want,
         "PostgreSQL after a rerun",
     );
@@ -105,6 +105,6 @@ fn a_database_outage_loses_nothing() {
     assert!(down.elapsed() >= Duration::from_secs(20));
     let want = read_results(&out);
     assert!(want.len() > 500, "too few results to test");
-    let got = ordered_like(db_results(&pg, &STREAMS), &want);
+    let got = ordered_like(db_results(&pg.url(), &STREAMS), &want);
     assert_same_results(&got, &want, "after the outage");
 }

@@ -699,3 +699,41 @@ fn parquet_files_survive_kills_exactly_once() {
         "staging is cleared at the end of the input"
     );
 }
+
+#[test]
+fn postgres_rows_survive_kills_exactly_once() {
+    use common::postgres::{db_results, ordered_like, Postgres};
+    let pg = Postgres::start();
+    let tmp = tempfile::tempdir().unwrap();
+    let inputs = garbled_sim_inputs(tmp.path(), "2h");
+    let seed = seed();
+    eprintln!("postgres: kill points from CRASH_SEED={seed}");
+    let mut rng = fastrand::Rng::with_seed(seed);
+    for shape in [SHAPES[0], SHAPES[2]] {
+        let name = format!("pg_w{}_n{}", shape.workers, shape.processes);
+        let (want_dir, span) = uninterrupted(shape, &tmp.path().join(&name), &inputs.args());
+        let want = read_results(&want_dir);
+        // A database per job: rows of another job cannot stand in for missing ones.
+        let url = pg.database(&name);
+        let mut args = inputs.args();
+        args.extend(["--sink-postgres".to_string(), url.clone()]);
+        let (out, ckpt) = (
+            tmp.path().join(format!("{name}-out")),
+            tmp.path().join(format!("{name}-ckpt")),
+        );
+        let (landed, resumed) = killed_and_resumed(shape, &out, &ckpt, &args, span, 3, &mut rng);
+        eprintln!("{name}: {landed} kills, {resumed} restarts resumed from a checkpoint");
+        assert!(landed >= 1, "{name}: no kill landed");
+        let got = ordered_like(db_results(&url, &STREAMS), &want);
+        assert_same_results(
+            &got,
+            &want,
+            &format!("{name}: PostgreSQL after {landed} kills"),
+        );
+        assert_eq!(
+            Postgres::count(&url, "dead_letter") as usize,
+            read_dead_letters(&want_dir).len(),
+            "{name}: every dead letter once"
+        );
+    }
+}

@@ -130,16 +130,28 @@ impl Postgres {
 
     /// The connection string the job gets.
     pub fn url(&self) -> String {
+        self.url_of("postgres")
+    }
+
+    /// The connection string of database `db`.
+    pub fn url_of(&self, db: &str) -> String {
         format!(
-            "host=127.0.0.1 port={} user=postgres dbname=postgres",
+            "host=127.0.0.1 port={} user=postgres dbname={db}",
             self.port
         )
     }
 
+    /// Creates database `db` and returns its connection string.
+    pub fn database(&self, db: &str) -> String {
+        let mut c = postgres::Client::connect(&self.url(), postgres::NoTls).unwrap();
+        c.batch_execute(&format!("CREATE DATABASE {db}")).unwrap();
+        self.url_of(db)
+    }
+
     /// Each row of `table` as a JSON object shaped like the JSON-lines output (window bounds
     /// in epoch ms, no `row_key`, `replaces` only when set).
-    pub fn rows(&self, table: &str) -> Vec<serde_json::Map<String, serde_json::Value>> {
-        let mut c = postgres::Client::connect(&self.url(), postgres::NoTls).unwrap();
+    pub fn rows(url: &str, table: &str) -> Vec<serde_json::Map<String, serde_json::Value>> {
+        let mut c = postgres::Client::connect(url, postgres::NoTls).unwrap();
         let sql = format!(
             "SELECT (to_jsonb(t) - 'row_key' - 'window_start' - 'window_end') || jsonb_build_object(\
                'window_start', (extract(epoch FROM window_start) * 1000)::bigint, \
@@ -163,8 +175,8 @@ impl Postgres {
     }
 
     /// `SELECT count(*)` of a table.
-    pub fn count(&self, table: &str) -> i64 {
-        let mut c = postgres::Client::connect(&self.url(), postgres::NoTls).unwrap();
+    pub fn count(url: &str, table: &str) -> i64 {
+        let mut c = postgres::Client::connect(url, postgres::NoTls).unwrap();
         c.query_one(format!("SELECT count(*) FROM \"{table}\"").as_str(), &[])
             .unwrap()
             .get(0)
@@ -182,10 +194,10 @@ impl Drop for Postgres {
 }
 
 /// The database's rows of every stream, keyed as `read_results` keys a run folder's.
-pub fn db_results(pg: &Postgres, streams: &[&str]) -> super::Results {
+pub fn db_results(url: &str, streams: &[&str]) -> super::Results {
     let mut all = super::Results::new();
     for s in streams {
-        for row in pg.rows(s) {
+        for row in Postgres::rows(url, s) {
             let key = super::result_id(&row);
             let start = row["window_start"].as_u64().unwrap();
             let prev = all.insert((s.to_string(), key.clone(), start), row);
