@@ -126,11 +126,21 @@ fn garbled_data_matches_the_reference_and_dead_letters_every_bad_record() {
             "{name}: one dead letter per bad record"
         );
     }
-    let cluster = run_cluster(&tmp.path().join("n2"), 2, 2, &inputs.args());
+    // In a cluster process 0 writes the Parquet files too.
+    let parquet = tmp.path().join("n2-parquet");
+    let mut args = inputs.args();
+    args.extend(["--sink-parquet".to_string(), parquet.display().to_string()]);
+    let cluster = run_cluster(&tmp.path().join("n2"), 2, 2, &args);
     assert_same_results(
         &read_results(&cluster.dir),
         &want,
         "2 processes x 2 workers",
     );
+    let back = tmp.path().join("n2-parquet-read");
+    python(
+        "parquet_read.py",
+        &[&parquet.display().to_string(), &back.display().to_string()],
+    );
+    assert_same_results(&read_results(&back), &want, "2 x 2 Parquet");
     assert_eq!(read_dead_letters(&cluster.dir).len() as u64, bad);
 }
