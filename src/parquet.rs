@@ -30,7 +30,7 @@ use arrow_schema::{DataType, Field, Schema, TimeUnit};
 use serde::{Deserialize, Serialize};
 
 use crate::checkpoint::Checkpoints;
-use crate::result::{Cell, DeadLetter, ResultLine};
+use crate::result::{Cell, ColumnKind, DeadLetter, ResultLine};
 use crate::sink::ResultSink;
 use crate::time::EventTime;
 
@@ -508,18 +508,12 @@ impl Drop for ParquetSink {
     }
 }
 
-/// The Arrow type of one result column: text wherever a value is text, int64 for counts,
-/// doubles otherwise (a column of nulls only is a double).
+/// The Arrow type of one result column.
 fn column_type(cells: &[&Cell]) -> DataType {
-    if cells
-        .iter()
-        .any(|c| matches!(c, Cell::Text(_) | Cell::NoText))
-    {
-        DataType::Utf8
-    } else if cells.iter().any(|c| matches!(c, Cell::Int(_))) {
-        DataType::Int64
-    } else {
-        DataType::Float64
+    match ColumnKind::of(cells.iter().copied()) {
+        ColumnKind::Text => DataType::Utf8,
+        ColumnKind::Int => DataType::Int64,
+        ColumnKind::Float => DataType::Float64,
     }
 }
 
@@ -611,19 +605,7 @@ fn batch(rows: &[Staged]) -> anyhow::Result<RecordBatch> {
                     Staged::Result(_) => None,
                 })
                 .collect();
-            let places: Vec<String> = dead
-                .iter()
-                .map(|d| {
-                    let mut v: serde_json::Value =
-                        serde_json::from_str(&d.to_json()).unwrap_or_default();
-                    for k in ["topic", "index", "reason", "detail", "event_time", "raw"] {
-                        if let serde_json::Value::Object(o) = &mut v {
-                            o.remove(k);
-                        }
-                    }
-                    v.to_string()
-                })
-                .collect();
+            let places: Vec<String> = dead.iter().map(|d| d.position_json()).collect();
             fields.push(Field::new("topic", DataType::Utf8, false));
             arrays.push(text(dead.iter().map(|d| Some(d.topic.as_str())).collect()));
             fields.push(Field::new("position", DataType::Utf8, false));

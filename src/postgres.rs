@@ -24,7 +24,7 @@ use anyhow::Context;
 use postgres::types::ToSql;
 use serde::{Deserialize, Serialize};
 
-use crate::result::{Cell, DeadLetter, ResultLine};
+use crate::result::{Cell, ColumnKind, DeadLetter, ResultLine};
 use crate::sink::ResultSink;
 use crate::stats::RunStats;
 use crate::time::EventTime;
@@ -440,15 +440,10 @@ fn read_rows(path: &Path, from: u64, until: u64) -> anyhow::Result<(Vec<Row>, u6
 
 /// A column's SQL type.
 fn sql_type(cells: &[&Cell]) -> &'static str {
-    if cells
-        .iter()
-        .any(|c| matches!(c, Cell::Text(_) | Cell::NoText))
-    {
-        "text"
-    } else if cells.iter().any(|c| matches!(c, Cell::Int(_))) {
-        "bigint"
-    } else {
-        "double precision"
+    match ColumnKind::of(cells.iter().copied()) {
+        ColumnKind::Text => "text",
+        ColumnKind::Int => "bigint",
+        ColumnKind::Float => "double precision",
     }
 }
 
@@ -629,14 +624,7 @@ fn table_rows(rows: &[Row]) -> (Vec<(String, &'static str)>, Vec<Vec<Param>>) {
             }
             for r in rows {
                 let Row::Dead(d) = r else { continue };
-                let mut pos: serde_json::Value =
-                    serde_json::from_str(&d.to_json()).unwrap_or_default();
-                if let serde_json::Value::Object(o) = &mut pos {
-                    for k in ["topic", "index", "reason", "detail", "event_time", "raw"] {
-                        o.remove(k);
-                    }
-                }
-                let position = pos.to_string();
+                let position = d.position_json();
                 values.push(vec![
                     Box::new(format!("{}#{position}#{}", d.topic, d.index)),
                     Box::new(d.topic.clone()),

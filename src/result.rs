@@ -276,7 +276,45 @@ struct DeadLetterJson<'a> {
     raw: &'a str,
 }
 
+/// The type a typed output (a Parquet column, a SQL column) gives a result column.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ColumnKind {
+    /// Text wherever a value is text.
+    Text,
+    /// Counts.
+    Int,
+    /// Every other column, including one of nulls only.
+    Float,
+}
+
+impl ColumnKind {
+    /// The kind of a column holding `cells`.
+    pub fn of<'a>(cells: impl IntoIterator<Item = &'a Cell>) -> Self {
+        let mut kind = ColumnKind::Float;
+        for c in cells {
+            match c {
+                Cell::Text(_) | Cell::NoText => return ColumnKind::Text,
+                Cell::Int(_) => kind = ColumnKind::Int,
+                Cell::Null | Cell::Num(_) => {}
+            }
+        }
+        kind
+    }
+}
+
 impl DeadLetter {
+    /// Where the record was read, as a JSON object (`partition`/`offset`, `file`/`line` or
+    /// `stream`/`seq`): the `position` column of typed outputs.
+    pub fn position_json(&self) -> String {
+        let mut v: serde_json::Value = serde_json::from_str(&self.to_json()).unwrap_or_default();
+        if let serde_json::Value::Object(o) = &mut v {
+            for k in ["topic", "index", "reason", "detail", "event_time", "raw"] {
+                o.remove(k);
+            }
+        }
+        v.to_string()
+    }
+
     /// One JSON object (no newline).
     pub fn to_json(&self) -> String {
         let mut d = DeadLetterJson {
