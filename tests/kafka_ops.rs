@@ -87,11 +87,16 @@ fn produce_run_and_kafka_sink_equal_the_file_run() {
         again.contains("exists  polymarket_trade") && again.contains("exists  processed_metrics"),
         "{again}"
     );
-    let listed = cli(&b, &["topics", "list"]);
-    assert!(
-        listed.contains("binance\t4 partitions") && listed.contains("dead_letter\t2 partitions"),
-        "{listed}"
-    );
+    // Topics just created reach the broker's metadata answers a moment later.
+    let expected =
+        |l: &str| l.contains("binance\t4 partitions") && l.contains("dead_letter\t2 partitions");
+    let mut listed = cli(&b, &["topics", "list"]);
+    let began = Instant::now();
+    while !expected(&listed) && began.elapsed() < Duration::from_secs(15) {
+        std::thread::sleep(Duration::from_millis(250));
+        listed = cli(&b, &["topics", "list"]);
+    }
+    assert!(expected(&listed), "{listed}");
 
     // One record per batch: the test broker reports exact end offsets only then.
     let exact = ["-X", "linger.ms=0", "-X", "batch.num.messages=1"];
