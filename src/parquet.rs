@@ -408,11 +408,7 @@ impl ResultSink for ParquetSink {
 
     fn write(&mut self, _window_end: EventTime, lines: &[ResultLine]) -> anyhow::Result<()> {
         for l in lines {
-            let mut l = l.clone();
-            // Wall-clock bookkeeping: a replay must stage the same bytes.
-            l.final_at_us = 0;
-            let stream = l.stream.to_string();
-            self.append(&stream, Staged::Result(l))?;
+            self.append(&l.stream, Staged::Result(l.for_replay()))?;
         }
         self.publish_checkpointed()
     }

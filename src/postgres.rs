@@ -14,7 +14,7 @@
 
 use std::collections::BTreeMap;
 use std::fs::File;
-use std::io::{BufWriter, Read, Seek, SeekFrom, Write};
+use std::io::{BufRead, BufWriter, Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -159,11 +159,7 @@ impl ResultSink for PostgresSink {
 
     fn write(&mut self, _window_end: EventTime, lines: &[ResultLine]) -> anyhow::Result<()> {
         for l in lines {
-            let mut l = l.clone();
-            // Wall-clock bookkeeping: a replay must spool the same bytes.
-            l.final_at_us = 0;
-            let stream = l.stream.to_string();
-            self.append(&stream, &Row::Result(l))?;
+            self.append(&l.stream, &Row::Result(l.for_replay()))?;
         }
         Ok(())
     }
@@ -421,21 +417,21 @@ fn connect(config: &postgres::Config) -> anyhow::Result<postgres::Client> {
 fn read_rows(path: &Path, from: u64, until: u64) -> anyhow::Result<(Vec<Row>, u64)> {
     let mut f = File::open(path).with_context(|| format!("cannot read {}", path.display()))?;
     f.seek(SeekFrom::Start(from))?;
-    let mut buf = Vec::new();
-    f.take(until - from).read_to_end(&mut buf)?;
-    let mut rows = Vec::new();
-    let mut at = 0;
-    for line in buf.split_inclusive(|b| *b == b'\n') {
-        if rows.len() == BATCH_ROWS || !line.ends_with(b"\n") {
+    // Only the batch's lines are read: a large backlog is not read again for every batch.
+    let mut reader = std::io::BufReader::new(f.take(until - from));
+    let (mut rows, mut at, mut line) = (Vec::new(), 0u64, Vec::new());
+    while rows.len() < BATCH_ROWS {
+        line.clear();
+        if reader.read_until(b'\n', &mut line)? == 0 || !line.ends_with(b"\n") {
             break;
         }
         rows.push(
-            serde_json::from_slice(line)
+            serde_json::from_slice(&line)
                 .with_context(|| format!("{} holds a row that does not decode", path.display()))?,
         );
-        at += line.len();
+        at += line.len() as u64;
     }
-    Ok((rows, from + at as u64))
+    Ok((rows, from + at))
 }
 
 /// A column's SQL type.

@@ -149,6 +149,15 @@ impl ResultLine {
         self
     }
 
+    /// A copy without the wall-clock bookkeeping (`final_at_us`), as sinks that stage rows
+    /// on disk keep it: a replay stages the same row.
+    pub fn for_replay(&self) -> Self {
+        ResultLine {
+            final_at_us: 0,
+            ..self.clone()
+        }
+    }
+
     /// The value of column `name`, if the result has it.
     pub fn get(&self, name: &str) -> Option<&Cell> {
         self.columns.iter().find(|(n, _)| n == name).map(|(_, c)| c)

@@ -141,6 +141,27 @@ fn written(shared: &SharedSinks, factory: &SinkFactory, stream: &str, epoch: Eve
     out
 }
 
+/// Tells the sinks, once, that `stream` ended when the frontier `lim` shows the end of the
+/// input (not a stop).
+fn finish_once(
+    shared: &SharedSinks,
+    factory: &SinkFactory,
+    stream: &str,
+    lim: EventTime,
+    finished: &mut bool,
+) {
+    if lim == EventTime::MAX && !*finished && !crate::runtime::stopping() {
+        *finished = true;
+        with_sinks(
+            shared,
+            factory,
+            &[],
+            |s, _| s.finish(stream),
+            "closing outputs",
+        );
+    }
+}
+
 /// Writes what is held in `pending` (by timely time) once the frontier `lim` passes it, in time
 /// order, with `write`. With `ckpt`, at each checkpoint epoch the frontier passes, records the
 /// output's length after exactly the batches stamped before it (`len`); the checkpoint writer
@@ -282,16 +303,7 @@ pub fn write_all<'s>(
                     write,
                     len,
                 );
-                if lim == EventTime::MAX && !finished && !crate::runtime::stopping() {
-                    finished = true;
-                    with_sinks(
-                        &shared,
-                        &factory,
-                        &[],
-                        |s, _| s.finish(name),
-                        "closing outputs",
-                    );
-                }
+                finish_once(&shared, &factory, name, lim, &mut finished);
             },
         );
     }
@@ -339,16 +351,7 @@ pub fn write_all<'s>(
                 write,
                 len,
             );
-            if lim == EventTime::MAX && !finished && !crate::runtime::stopping() {
-                finished = true;
-                with_sinks(
-                    &shared,
-                    &factory,
-                    &[],
-                    |s, _| s.finish("dead_letter"),
-                    "closing outputs",
-                );
-            }
+            finish_once(&shared, &factory, "dead_letter", lim, &mut finished);
         },
     );
 }
