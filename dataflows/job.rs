@@ -11,6 +11,7 @@ use timely::dataflow::Scope;
 use crate::checkpoint::{self, Checkpoints};
 use crate::cli::{ClusterArgs, InputArgs, KafkaArgs, OutputArgs, WindowArgs};
 use crate::context::{operator_name, JobContext, Role};
+use crate::hash::KeyGroups;
 use crate::kafka::{KafkaSettings, KafkaSink};
 use crate::parquet::ParquetSink;
 use crate::postgres::PostgresSink;
@@ -373,8 +374,11 @@ fn checkpointed_operators() -> Vec<String> {
 }
 
 /// What must not change between a checkpointed run and its restart.
-fn fingerprint(args: &RunArgs, specs: &[WindowSpec]) -> serde_json::Map<String, serde_json::Value> {
-    let c = &args.cluster;
+fn fingerprint(
+    args: &RunArgs,
+    specs: &[WindowSpec],
+    key_groups: KeyGroups,
+) -> serde_json::Map<String, serde_json::Value> {
     let input = if simulated(args) {
         let s = &args.sim;
         format!(
@@ -400,8 +404,8 @@ fn fingerprint(args: &RunArgs, specs: &[WindowSpec]) -> serde_json::Map<String, 
             .to_string()
     });
     let mut m = serde_json::Map::new();
-    m.insert("workers".into(), (c.workers * c.processes).into());
-    m.insert("processes".into(), c.processes.into());
+    // Worker and process counts may change between runs (a rescale); the key groups may not.
+    m.insert("key_groups".into(), key_groups.0.into());
     m.insert(
         "checkpoint_interval_ms".into(),
         (args.checkpoint_interval.as_millis() as u64).into(),
@@ -420,11 +424,40 @@ fn fingerprint(args: &RunArgs, specs: &[WindowSpec]) -> serde_json::Map<String, 
     m
 }
 
+/// The job's key groups: those of the checkpoint it resumes, else `--key-groups` or the
+/// default. Changing them on a resume, or having more workers than groups, is an error.
+fn key_groups(args: &RunArgs) -> anyhow::Result<KeyGroups> {
+    let c = &args.cluster;
+    let stored = args
+        .checkpoint
+        .as_deref()
+        .and_then(checkpoint::stored_fingerprint)
+        .and_then(|f| f.get("key_groups").and_then(serde_json::Value::as_u64));
+    let groups =
+        match (stored, c.key_groups) {
+            (Some(there), Some(now)) if there != now => bail!(
+            "--key-groups {now}: the checkpoint in {} has {there} key groups, and they are fixed \
+             when a job starts; leave --key-groups out to resume, or use a new --checkpoint folder",
+            args.checkpoint.as_deref().unwrap_or(std::path::Path::new("")).display()
+        ),
+            (Some(there), _) => there,
+            (None, now) => now.unwrap_or(KeyGroups::DEFAULT),
+        };
+    let workers = (c.workers * c.processes) as u64;
+    anyhow::ensure!(
+        workers <= groups,
+        "{workers} workers but only {groups} key groups: workers beyond the key groups would \
+         own no keys; start the job with --key-groups of at least {workers}"
+    );
+    Ok(KeyGroups(groups))
+}
+
 /// Opens the checkpoint folder (when asked) and finds the epoch to resume from.
 fn checkpoints(
     args: &RunArgs,
     specs: &[WindowSpec],
     inputs: &Inputs,
+    key_groups: KeyGroups,
 ) -> anyhow::Result<Option<Arc<Checkpoints>>> {
     let Some(dir) = &args.checkpoint else {
         return Ok(None);
@@ -439,8 +472,15 @@ fn checkpoints(
         c.workers * c.processes,
         c.process * c.workers..(c.process + 1) * c.workers,
         checkpointed_operators(),
-        fingerprint(args, specs),
+        fingerprint(args, specs, key_groups),
     )?;
+    if let Some(old) = store.rescaled_from() {
+        tracing::info!(
+            "rescaling: the checkpoint was written by {old} workers, this job has {}; each \
+             worker takes the state of its key groups and the positions of its partitions",
+            c.workers * c.processes
+        );
+    }
     match store.epoch() {
         Some(e) => tracing::info!(
             "resuming from the checkpoint at {} in {}",
@@ -519,7 +559,8 @@ pub fn run(args: RunArgs) -> anyhow::Result<()> {
         "speed-layer starting"
     );
     let stats = RunStats::default();
-    let ckpt = checkpoints(&args, &specs, &inputs)?;
+    let key_groups = key_groups(&args)?;
+    let ckpt = checkpoints(&args, &specs, &inputs, key_groups)?;
     if let Some(addr) = &args.metrics_addr {
         let bound = crate::metrics::serve(
             addr,
@@ -577,6 +618,7 @@ pub fn run(args: RunArgs) -> anyhow::Result<()> {
         stats: stats.clone(),
         checkpoints: ckpt.clone(),
         emission: emission(&args),
+        key_groups,
     };
     let settings = args.market.clone();
     let guards = crate::runtime::execute(config, move |worker| {

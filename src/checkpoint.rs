@@ -13,9 +13,19 @@
 //!
 //! ```text
 //! DIR/job.json                              format version and the job's fingerprint
-//! DIR/committed                             the latest epoch seen complete (torn-checkpoint check)
-//! DIR/parts/<operator>/w<worker>/<hi>-<lo>.part
+//! DIR/committed                             the latest epoch seen complete, and its layout
+//! DIR/parts/peers-<P>/<operator>/w<worker>/<hi>-<lo>.part
 //! ```
+//!
+//! **Rescaling.** Keys are routed to workers through a fixed number of *key groups* (recorded in
+//! the fingerprint, chosen when the job starts): a key's group is its hash modulo the groups,
+//! and group `g` belongs to worker `g % P` of `P` workers (all processes together). Source
+//! partitions belong to workers by the same kind of rule. Parts are written under the layout of
+//! the `P` that wrote them. A restart with another `P` reads every part of the latest complete
+//! epoch of the old layout, and each operator instance keeps what its worker owns now: the keys
+//! of its key groups, the partitions it reads, its own index for singletons (the sinks, on worker
+//! 0). It writes under its new layout; the old one is deleted once the new one has a complete
+//! epoch, so a crash before that resumes from the old one again.
 //!
 //! A part file is a magic line, a JSON header line (version, operator, worker, entries with
 //! their ranges, lengths and FNV-1a checksums), then the entries' bincode bodies. Files are
@@ -36,7 +46,7 @@ use serde::{de::DeserializeOwned, Deserialize, Serialize};
 use crate::time::EventTime;
 
 /// Version of the checkpoint layout and part format; a different version is refused.
-pub(crate) const FORMAT_VERSION: u32 = 5;
+pub(crate) const FORMAT_VERSION: u32 = 6;
 const MAGIC: &str = "speed-layer checkpoint part";
 const JOB_FORMAT: &str = "speed-layer-checkpoint";
 
@@ -57,6 +67,29 @@ impl Handle {
         self.store
             .restored(&self.op, worker)
             .unwrap_or_else(|e| crate::runtime::fatal(&format!("cannot resume: {e:#}")))
+    }
+
+    /// The states this operator instance resumes from: its own, or after a rescale those of
+    /// every worker of the old layout, of which it keeps what its worker owns now (the keys of
+    /// its key groups, its partitions). A state that does not decode ends the process.
+    pub fn restored_all<T: DeserializeOwned>(&self, worker: usize) -> Vec<T> {
+        let workers = match self.store.rescaled_from {
+            Some(old) => (0..old).collect(),
+            None => vec![worker],
+        };
+        workers
+            .into_iter()
+            .filter_map(|w| {
+                self.store
+                    .restored(&self.op, w)
+                    .unwrap_or_else(|e| crate::runtime::fatal(&format!("cannot resume: {e:#}")))
+            })
+            .collect()
+    }
+
+    /// Whether this run resumed from a checkpoint written by another number of workers.
+    pub fn rescaled(&self) -> bool {
+        self.store.rescaled_from.is_some()
     }
 
     /// The entries for the checkpoint epochs a frontier at `lim` passes, from `next` on (none
@@ -163,7 +196,13 @@ pub struct Checkpoints {
     local: Range<usize>,
     expected: Vec<String>,
     epoch: Option<EventTime>,
+    /// Bodies restored, by (operator, worker of the layout resumed from).
     restored: HashMap<(String, usize), Vec<u8>>,
+    /// The worker count of the layout resumed from, when it is not `peers` (a rescale).
+    rescaled_from: Option<usize>,
+    /// Layout folders other than this run's, deleted once this run's layout has a complete
+    /// epoch past the one resumed from.
+    stale_layouts: Mutex<Vec<PathBuf>>,
     /// Per local (operator, worker): the last epoch its parts cover.
     covered: Mutex<HashMap<(String, usize), EventTime>>,
     /// Per local window operator: its input frontier (u64::MAX when empty).
@@ -239,6 +278,11 @@ pub(crate) fn encode<T: Serialize>(state: &T) -> Vec<u8> {
 /// A part's ranges, by (operator, worker).
 type Listing = Vec<Vec<(EventTime, EventTime, PathBuf)>>;
 
+/// The folder name of the layout written by `peers` workers.
+fn layout_name(peers: usize) -> String {
+    format!("peers-{peers}")
+}
+
 impl Checkpoints {
     /// Opens (or creates) the checkpoint folder and finds the epoch to resume from.
     ///
@@ -264,6 +308,8 @@ impl Checkpoints {
             expected,
             epoch: None,
             restored: HashMap::new(),
+            rescaled_from: None,
+            stale_layouts: Mutex::new(Vec::new()),
             covered: Mutex::new(HashMap::new()),
             frontiers: Mutex::new(HashMap::new()),
             last_gc: Mutex::new(Instant::now()),
@@ -271,14 +317,31 @@ impl Checkpoints {
             stats: CheckpointStats::default(),
         };
         store.check_job(fingerprint)?;
-        let listing = store.list()?;
-        let complete = complete_epoch(&listing);
-        let committed = store.committed();
-        if let Some(c) = committed {
-            if complete.is_none_or(|e| e < c) {
+        // Every layout's latest complete epoch; the latest of all is resumed from (this run's
+        // own layout wins a tie: no rescale needed).
+        let mut layouts = store.layouts()?;
+        if !layouts.contains(&peers) {
+            layouts.push(peers);
+        }
+        let mut best: Option<(EventTime, usize)> = None;
+        let mut listings = HashMap::new();
+        for &p in &layouts {
+            let listing = store.list(p)?;
+            if let Some(e) = complete_epoch(&listing) {
+                if best.is_none_or(|(b, bp)| (e, p == peers) > (b, bp == peers)) {
+                    best = Some((e, p));
+                }
+            }
+            listings.insert(p, listing);
+        }
+        if let Some((c, cp)) = store.committed_at() {
+            let complete = listings.get(&cp).and_then(complete_epoch);
+            if best.is_none_or(|(b, _)| b < c) && complete.is_none_or(|e| e < c) {
+                let empty = Vec::new();
+                let listing = listings.get(&cp).unwrap_or(&empty);
                 let missing: Vec<String> = store
-                    .pairs()
-                    .zip(&listing)
+                    .pairs(cp)
+                    .zip(listing.iter().chain(std::iter::repeat(&Vec::new())))
                     .filter(|(_, ranges)| !ranges.iter().any(|(lo, hi, _)| *lo <= c && c <= *hi))
                     .map(|((op, w), _)| format!("{op} of worker {w}"))
                     .take(4)
@@ -292,12 +355,14 @@ impl Checkpoints {
                 );
             }
         }
-        if let Some(e) = complete {
-            for ((op, w), ranges) in store.pairs().zip(&listing).collect::<Vec<_>>() {
-                if !store.local.contains(&w) {
+        if let Some((e, from)) = best {
+            let rescaled = from != peers;
+            for ((op, w), ranges) in store.pairs(from).zip(&listings[&from]).collect::<Vec<_>>() {
+                // A rescale reads every part of the old layout; else each process its own.
+                if !rescaled && !store.local.contains(&w) {
                     continue;
                 }
-                // `complete` is covered by every (operator, worker).
+                // `e` is complete in this layout: covered by every (operator, worker).
                 let (_, _, path) = ranges
                     .iter()
                     .find(|(lo, hi, _)| *lo <= e && e <= *hi)
@@ -306,20 +371,66 @@ impl Checkpoints {
                 store.restored.insert((op, w), body);
             }
             store.epoch = Some(e);
+            store.rescaled_from = rescaled.then_some(from);
             store.stats.complete_epoch.store(e, Ordering::Relaxed);
         }
-        store.trim(&listing, complete)?;
+        // This run's layout keeps what the epoch resumed from covers (nothing, after a
+        // rescale: its parts are older); the other layouts go once this one has a newer
+        // complete epoch.
+        let own = best.filter(|(_, p)| *p == peers).map(|(e, _)| e);
+        store.trim(&listings[&peers], own)?;
+        *store
+            .stale_layouts
+            .lock()
+            .unwrap_or_else(|e| e.into_inner()) = layouts
+            .iter()
+            .filter(|p| **p != peers)
+            .map(|p| store.dir.join("parts").join(layout_name(*p)))
+            .collect();
         Ok(store)
     }
 
-    fn pairs(&self) -> impl Iterator<Item = (String, usize)> + '_ {
+    /// Every (operator, worker) of the layout of `peers` workers.
+    fn pairs(&self, peers: usize) -> impl Iterator<Item = (String, usize)> + '_ {
         self.expected
             .iter()
-            .flat_map(|op| (0..self.peers).map(move |w| (op.clone(), w)))
+            .flat_map(move |op| (0..peers).map(move |w| (op.clone(), w)))
     }
 
+    /// The folder of `op` on `worker` in the layout of `peers` workers.
+    fn layout_dir(&self, peers: usize, op: &str, worker: usize) -> PathBuf {
+        self.dir
+            .join("parts")
+            .join(layout_name(peers))
+            .join(op)
+            .join(format!("w{worker}"))
+    }
+
+    /// The folder this run writes `op`'s parts of `worker` to.
     fn part_dir(&self, op: &str, worker: usize) -> PathBuf {
-        self.dir.join("parts").join(op).join(format!("w{worker}"))
+        self.layout_dir(self.peers, op, worker)
+    }
+
+    /// The worker counts of the layouts in the folder.
+    fn layouts(&self) -> anyhow::Result<Vec<usize>> {
+        let parts = self.dir.join("parts");
+        let mut out = Vec::new();
+        let Ok(rd) = std::fs::read_dir(&parts) else {
+            return Ok(out);
+        };
+        for e in rd {
+            let e = e.with_context(|| format!("cannot list {}", parts.display()))?;
+            let name = e.file_name().to_string_lossy().into_owned();
+            match name.strip_prefix("peers-").and_then(|p| p.parse().ok()) {
+                Some(p) if p > 0 => out.push(p),
+                _ => bail!(
+                    "unexpected entry {} in the checkpoint folder; it is not a checkpoint layout",
+                    e.path().display()
+                ),
+            }
+        }
+        out.sort_unstable();
+        Ok(out)
     }
 
     /// Writes `job.json` on first use, else checks that it describes this job.
@@ -388,17 +499,19 @@ impl Checkpoints {
         Ok(())
     }
 
-    fn committed(&self) -> Option<EventTime> {
-        std::fs::read_to_string(self.dir.join("committed"))
-            .ok()
-            .and_then(|s| s.trim().parse().ok())
+    /// The latest epoch seen complete, and the worker count of its layout.
+    fn committed_at(&self) -> Option<(EventTime, usize)> {
+        let text = std::fs::read_to_string(self.dir.join("committed")).ok()?;
+        let (e, p) = text.trim().split_once(' ')?;
+        Some((e.parse().ok()?, p.parse().ok()?))
     }
 
-    /// Lists the parts of every expected (operator, worker) by the ranges in their names.
-    fn list(&self) -> anyhow::Result<Listing> {
+    /// Lists the parts of every expected (operator, worker) of the layout of `peers` workers
+    /// by the ranges in their names.
+    fn list(&self, peers: usize) -> anyhow::Result<Listing> {
         let mut out = Vec::new();
-        for (op, w) in self.pairs() {
-            let dir = self.part_dir(&op, w);
+        for (op, w) in self.pairs(peers) {
+            let dir = self.layout_dir(peers, &op, w);
             let mut ranges = Vec::new();
             if dir.exists() {
                 for e in std::fs::read_dir(&dir)
@@ -427,7 +540,7 @@ impl Checkpoints {
     /// Removes what a crashed run wrote past the epoch resumed from (and leftover temporary
     /// files) in the folders of this process's workers, so old and new parts never mix.
     fn trim(&self, listing: &Listing, epoch: Option<EventTime>) -> anyhow::Result<()> {
-        for ((op, w), ranges) in self.pairs().zip(listing) {
+        for ((op, w), ranges) in self.pairs(self.peers).zip(listing) {
             if !self.local.contains(&w) {
                 continue;
             }
@@ -533,6 +646,11 @@ impl Checkpoints {
     /// The epoch this run resumed from, or `None` for a fresh start.
     pub fn epoch(&self) -> Option<EventTime> {
         self.epoch
+    }
+
+    /// The worker count of the checkpoint resumed from, when it differs from this run's.
+    pub fn rescaled_from(&self) -> Option<usize> {
+        self.rescaled_from
     }
 
     /// The checkpoint grid step (ms of event time).
@@ -716,17 +834,29 @@ impl Checkpoints {
             }
             *last = Instant::now();
         }
-        let listing = self.list()?;
+        let listing = self.list(self.peers)?;
         let Some(complete) = complete_epoch(&listing) else {
             return Ok(());
         };
+        if self.epoch.is_some_and(|e| complete <= e) {
+            // Only what this run's layout held before a rescale's trim: nothing new yet.
+            return Ok(());
+        }
         self.stats
             .complete_epoch
             .fetch_max(complete, Ordering::Relaxed);
-        if self.committed().is_none_or(|c| c < complete) {
-            write_atomic(&self.dir.join("committed"), complete.to_string().as_bytes())?;
+        if self.committed_at().is_none_or(|(c, _)| c < complete) {
+            let line = format!("{complete} {}", self.peers);
+            write_atomic(&self.dir.join("committed"), line.as_bytes())?;
         }
-        for ((_, w), ranges) in self.pairs().zip(&listing) {
+        // This layout now resumes past every other: they are not needed any more. Another
+        // process of the cluster may be deleting them at the same time.
+        for dir in
+            std::mem::take(&mut *self.stale_layouts.lock().unwrap_or_else(|e| e.into_inner()))
+        {
+            let _ = std::fs::remove_dir_all(dir);
+        }
+        for ((_, w), ranges) in self.pairs(self.peers).zip(&listing) {
             if !self.local.contains(&w) {
                 continue;
             }
@@ -771,7 +901,7 @@ impl Checkpoints {
             return true;
         }
         let covered = self.covered.lock().unwrap_or_else(|e| e.into_inner());
-        self.pairs()
+        self.pairs(self.peers)
             .filter(|(_, w)| self.local.contains(w))
             .all(|k| covered.get(&k).is_some_and(|c| *c >= target))
     }
@@ -850,6 +980,38 @@ mod tests {
         let c = open(dir.path()).unwrap();
         assert_eq!(c.epoch(), Some(50));
         assert_eq!(c.restored::<u32>("a", 0).unwrap(), Some(4));
+    }
+
+    #[test]
+    fn a_rescale_reads_every_old_part_until_the_new_layout_is_complete() {
+        let dir = tempfile::tempdir().unwrap();
+        let with = |peers: usize| {
+            Checkpoints::open(dir.path(), 10, peers, 0..peers, vec!["a".into()], fp()).unwrap()
+        };
+        let two = with(2);
+        two.write("a", 0, &[entry(10, 20, 1)]).unwrap();
+        two.write("a", 1, &[entry(10, 20, 2)]).unwrap();
+        // Resumed by one worker: both old states are there, twice (no new complete epoch).
+        for _ in 0..2 {
+            let one = with(1);
+            assert_eq!((one.epoch(), one.rescaled_from()), (Some(20), Some(2)));
+            assert_eq!(one.restored::<u32>("a", 0).unwrap(), Some(1));
+            assert_eq!(one.restored::<u32>("a", 1).unwrap(), Some(2));
+        }
+        let one = with(1);
+        one.write("a", 0, &[entry(30, EventTime::MAX, 3)]).unwrap();
+        assert!(
+            !dir.path().join("parts/peers-2").exists(),
+            "old layout kept"
+        );
+        assert_eq!(one.committed_at(), Some((30, 1)));
+        let two = with(2);
+        assert_eq!((two.epoch(), two.rescaled_from()), (Some(30), Some(1)));
+        assert_eq!(two.restored::<u32>("a", 0).unwrap(), Some(3));
+        assert_eq!(two.restored::<u32>("a", 1).unwrap(), None);
+        // Without a rescale only the own layout is read.
+        let one = with(1);
+        assert_eq!((one.epoch(), one.rescaled_from()), (Some(30), None));
     }
 
     #[test]

@@ -274,6 +274,11 @@ pub struct ClusterArgs {
     /// File with one HOST:PORT per line, in process order (default: localhost:2101, 2102, ...).
     #[arg(long, value_name = "PATH")]
     pub hostfile: Option<PathBuf>,
+    /// Key groups: keys are spread over workers through this many groups, so a checkpoint
+    /// resumes with any worker and process count up to it. Fixed when a job starts (a resumed
+    /// job keeps its checkpoint's; default 720).
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..=1_000_000))]
+    pub key_groups: Option<u64>,
 }
 
 impl ClusterArgs {

@@ -5,6 +5,7 @@
 use std::sync::Arc;
 
 use crate::checkpoint::{Checkpoints, Handle};
+use crate::hash::KeyGroups;
 use crate::stats::RunStats;
 
 /// The shared plumbing of one job (one process), cloned into every operator it builds.
@@ -17,6 +18,8 @@ pub struct JobContext {
     pub checkpoints: Option<Arc<Checkpoints>>,
     /// When window operators emit beyond final results.
     pub emission: Emission,
+    /// How keys are spread over workers.
+    pub key_groups: KeyGroups,
 }
 
 /// What an operator does, the first half of its name in the checkpoint layout.
@@ -53,6 +56,8 @@ pub struct OperatorContext {
     pub ckpt: Option<Handle>,
     /// When window operators emit beyond final results.
     pub emission: Emission,
+    /// How keys are spread over workers.
+    pub key_groups: KeyGroups,
 }
 
 impl JobContext {
@@ -66,6 +71,7 @@ impl JobContext {
                 op: operator_name(role, name),
             }),
             emission: self.emission,
+            key_groups: self.key_groups,
         }
     }
 }

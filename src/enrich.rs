@@ -56,8 +56,8 @@ fn checkpointed_versions<'s, V: Version>(
     valid: EventTime,
     ctx: OperatorContext,
 ) -> differential_dataflow::VecCollection<'s, EventTime, (String, V)> {
-    let ckpt = ctx.ckpt;
-    let worker = versions.scope().index();
+    let (ckpt, key_groups) = (ctx.ckpt, ctx.key_groups);
+    let (worker, peers) = (versions.scope().index(), versions.scope().peers());
     let at = move |stamp: EventTime, v: &V| v.time().max(stamp);
     let gone =
         move |stamp: EventTime, v: &V| at(stamp, v).saturating_add(valid).saturating_add(hold);
@@ -68,10 +68,17 @@ fn checkpointed_versions<'s, V: Version>(
             move |init_cap, _| {
                 let epoch = ckpt.as_ref().and_then(|c| c.store.epoch()).unwrap_or(0);
                 let mut next = ckpt.as_ref().map_or(EventTime::MAX, |c| c.store.after(epoch));
-                let mut live: Vec<Live<V>> = ckpt
-                    .as_ref()
-                    .and_then(|c| c.restored::<Vec<Live<V>>>(worker))
-                    .unwrap_or_default();
+                // Versions are read where their partition is; after a rescale each is entered
+                // again by one worker: the owner of its key.
+                let mut live: Vec<Live<V>> = Vec::new();
+                if let Some(c) = &ckpt {
+                    let rescaled = c.rescaled();
+                    for saved in c.restored_all::<Vec<Live<V>>>(worker) {
+                        live.extend(saved.into_iter().filter(|(_, k, _)| {
+                            !rescaled || key_groups.owner(k, peers) == worker
+                        }));
+                    }
+                }
                 let mut restore = (!live.is_empty()).then_some(init_cap);
                 move |(input, frontier), output| {
                     let mut give = |cap: &Capability<EventTime>, stamp: EventTime, k: String, v: V| {
@@ -154,6 +161,7 @@ pub(crate) fn as_of<'s, V: Version>(
             },
         )
         .as_collection();
+    let key_groups = ctx.key_groups;
     let versions = checkpointed_versions(versions, hold, valid, ctx);
     let matched = held
         .clone()
@@ -170,7 +178,7 @@ pub(crate) fn as_of<'s, V: Version>(
         .antijoin(matched.clone().map(|(k, _)| k))
         .map(|(k, ())| (k, None));
     let all = matched.map(|(k, v)| (k, Some(v))).concat(unmatched);
-    lines(all.inner)
+    lines(all.inner, key_groups)
 }
 
 /// Per (key, window): the last revision written, and the version each held result was written
@@ -192,9 +200,10 @@ impl<V> Default for Written<V> {
 /// Turns the joined collection's changes back into result lines, time by time once complete.
 fn lines<'s, V: Version>(
     changes: StreamVec<'s, EventTime, Update<V>>,
+    key_groups: crate::hash::KeyGroups,
 ) -> StreamVec<'s, EventTime, ResultLine> {
     changes.unary_frontier(
-        Exchange::new(|u: &Update<V>| key_hash(&(u.0).0 .0)),
+        Exchange::new(move |u: &Update<V>| key_groups.route(key_hash(&(u.0).0 .0))),
         "AsOfResults",
         |_, _| {
             let mut pending: BTreeMap<EventTime, (Capability<EventTime>, Vec<Update<V>>)> =
@@ -336,6 +345,7 @@ mod tests {
                         stats: crate::stats::RunStats::default(),
                         ckpt: None,
                         emission: crate::context::Emission::default(),
+                        key_groups: Default::default(),
                     };
                     let (probe, out) = as_of(r, v, (3_600_000, 86_400_000), ctx).probe();
                     (ri, vi, probe, out.capture())

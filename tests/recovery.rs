@@ -94,11 +94,12 @@ fn signal(pid: u32, sig: rustix::process::Signal) {
     }
 }
 
-/// The epoch last seen complete in a checkpoint folder.
+/// The epoch last seen complete in a checkpoint folder (`committed` holds it and the worker
+/// count of its layout).
 fn committed(ckpt: &Path) -> Option<u64> {
     std::fs::read_to_string(ckpt.join("committed"))
         .ok()
-        .and_then(|s| s.trim().parse().ok())
+        .and_then(|s| s.split_whitespace().next()?.parse().ok())
 }
 
 /// Runs the job and kills it (one process of a cluster) with SIGKILL `kills` times, then lets
@@ -256,12 +257,142 @@ fn same_revisions(got: &Path, want: &Path, what: &str) {
     assert_same_results(&got_last, &want_last, what);
 }
 
+/// One crash test at a time: kill points are chosen from run times, which a machine shared by
+/// several multi-process tests would make erratic.
+static ONE_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+/// The shapes a rescaled job runs in, one after the other: 1 → 2 workers → 2 processes →
+/// 2 processes of 2 workers → 1 (the layouts of 1, 2, 2, 4 and 1 workers).
+const RESCALES: [Shape; 5] = [
+    Shape {
+        workers: 1,
+        processes: 1,
+    },
+    Shape {
+        workers: 2,
+        processes: 1,
+    },
+    Shape {
+        workers: 1,
+        processes: 2,
+    },
+    Shape {
+        workers: 2,
+        processes: 2,
+    },
+    Shape {
+        workers: 1,
+        processes: 1,
+    },
+];
+
+/// Stops a job (every process of a cluster) with SIGKILL, or with SIGTERM (a graceful stop,
+/// which ends with a checkpoint) when `graceful`; returns its log.
+fn stop(mut child: Child, graceful: bool) -> String {
+    let kids = children(&child);
+    if graceful {
+        signal(child.id(), rustix::process::Signal::TERM);
+        let o = wait(child, Duration::from_secs(60), "the stopped run");
+        let err = String::from_utf8_lossy(&o.stderr).into_owned();
+        assert!(o.status.success(), "SIGTERM must exit 0: {err}");
+        return err;
+    }
+    // The supervisor first, so it restarts nothing.
+    let _ = child.kill();
+    for k in kids {
+        signal(k, rustix::process::Signal::KILL);
+    }
+    String::from_utf8_lossy(&child.wait_with_output().unwrap().stderr).into_owned()
+}
+
+/// Runs the job through the [`RESCALES`] shapes: each run is stopped at a random point (the
+/// first within `span`, the others a moment after their first new checkpoint) and the next
+/// shape resumes from the checkpoint; the second stop is graceful, the others SIGKILL. Returns
+/// how many runs were stopped mid-run after resuming from a checkpoint of another worker count.
+fn rescaled(
+    out: &Path,
+    ckpt: &Path,
+    args: &[String],
+    span: Duration,
+    rng: &mut fastrand::Rng,
+) -> usize {
+    let mut child = start(RESCALES[0], out, ckpt, args);
+    let mut landed = 0;
+    let rescaled_log = |log: &str| log.contains("rescaling: the checkpoint was written by");
+    for (i, shape) in RESCALES.iter().enumerate().skip(1) {
+        if i == 1 {
+            std::thread::sleep(span.mul_f64(0.2 + 0.6 * rng.f64()));
+        } else {
+            let before = committed(ckpt);
+            let began = Instant::now();
+            while committed(ckpt) == before
+                && child.try_wait().unwrap().is_none()
+                && began.elapsed() < Duration::from_secs(60)
+            {
+                std::thread::sleep(Duration::from_millis(5));
+            }
+            // Soon after it: a run resumed near the end of the input finishes quickly.
+            std::thread::sleep(span.mul_f64(0.05 * rng.f64()));
+        }
+        let running = child.try_wait().unwrap().is_none();
+        let log = stop(child, i == 2);
+        landed += usize::from(running && rescaled_log(&log));
+        child = start(*shape, out, ckpt, args);
+    }
+    let done = wait(child, Duration::from_secs(300), "the last rescaled run");
+    let stderr = String::from_utf8_lossy(&done.stderr);
+    assert!(
+        done.status.success(),
+        "the last rescaled run failed: {stderr}"
+    );
+    assert!(
+        rescaled_log(&stderr),
+        "the last run did not rescale: {stderr}"
+    );
+    landed
+}
+
+/// Kills, rescales and resumes the job (see [`rescaled`]) a few times, checking its outputs
+/// against an uninterrupted run with `compare`.
+fn survives_rescaling(tmp: &Path, what: &str, args: &[String], compare: fn(&Path, &Path, &str)) {
+    let _turn = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    let seed = seed();
+    eprintln!("{what}: stop points from CRASH_SEED={seed}");
+    let mut rng = fastrand::Rng::with_seed(seed);
+    let (want_dir, span) = uninterrupted(RESCALES[0], &tmp.join(format!("{what}-ref")), args);
+    eprintln!("{what}: an uninterrupted run takes {span:?}");
+    let mut rescales = 0;
+    for job in 0..3 {
+        if rescales >= 3 {
+            break;
+        }
+        let (out, ckpt) = (
+            tmp.join(format!("{what}-{job}")),
+            tmp.join(format!("{what}-{job}-ckpt")),
+        );
+        let r = rescaled(&out, &ckpt, args, span, &mut rng);
+        eprintln!("{what} job {job}: {r} rescaled runs stopped mid-run");
+        compare(
+            &out,
+            &want_dir,
+            &format!("{what} job {job}, rescaled {r} times"),
+        );
+        assert_eq!(
+            dead_lines(&out),
+            dead_lines(&want_dir),
+            "{what}: dead letters"
+        );
+        rescales += r;
+    }
+    assert!(
+        rescales >= 3,
+        "{what}: only {rescales} rescaled runs were stopped mid-run"
+    );
+}
+
 /// Kills and resumes the job in every shape, checking its outputs against uninterrupted runs
 /// with `compare`.
 fn survives_kills(tmp: &Path, what: &str, args: &[String], compare: fn(&Path, &Path, &str)) {
-    // One crash test at a time: kill points are chosen from run times, which a machine shared
-    // by several multi-process tests would make erratic.
-    static ONE_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
     let _turn = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
     let seed = seed();
     eprintln!("{what}: kill points from CRASH_SEED={seed}");
@@ -306,6 +437,26 @@ fn file_runs_survive_kills_on_any_shape() {
     let tmp = tempfile::tempdir().unwrap();
     let inputs = garbled_sim_inputs(tmp.path(), "2h");
     survives_kills(tmp.path(), "files", &inputs.args(), same_finals);
+}
+
+#[test]
+fn file_runs_survive_rescaling() {
+    let tmp = tempfile::tempdir().unwrap();
+    let inputs = garbled_sim_inputs(tmp.path(), "2h");
+    let mut args = inputs.args();
+    args.extend(["--allowed-lateness".to_string(), "30m".to_string()]);
+    survives_rescaling(tmp.path(), "files", &args, same_revisions);
+}
+
+#[test]
+fn simulator_runs_survive_rescaling() {
+    let tmp = tempfile::tempdir().unwrap();
+    survives_rescaling(
+        tmp.path(),
+        "simulator",
+        &SIM_ARGS.map(String::from),
+        same_finals,
+    );
 }
 
 #[test]
@@ -360,6 +511,8 @@ fn kafka_runs_survive_kills_on_any_shape() {
     .map(String::from)
     .to_vec();
     survives_kills(tmp.path(), "kafka", &args, same_finals);
+    // Partitions move between workers and processes with their positions.
+    survives_rescaling(tmp.path(), "kafka-rescaled", &args, same_finals);
 }
 
 /// A finished checkpointed run over the real recorded data, for the damage tests.
@@ -388,7 +541,7 @@ fn expect_error(args: &[String], out: &Path, needle: &str) {
 
 /// A part of the window operator of worker 0 (the largest, so damage hits a body).
 fn a_window_part(ckpt: &Path) -> PathBuf {
-    let dir = ckpt.join("parts/window-binance/w0");
+    let dir = ckpt.join("parts/peers-1/window-binance/w0");
     std::fs::read_dir(&dir)
         .unwrap()
         .map(|e| e.unwrap().path())
@@ -402,7 +555,7 @@ fn damaged_torn_and_foreign_checkpoints_are_clear_errors() {
     let (args, ckpt) = finished_checkpoint(tmp.path());
     let out = tmp.path().join("out");
     // Parts older than the latest complete epoch are gone: the folder stays small.
-    for op in std::fs::read_dir(ckpt.join("parts")).unwrap() {
+    for op in std::fs::read_dir(ckpt.join("parts/peers-1")).unwrap() {
         for w in std::fs::read_dir(op.unwrap().path()).unwrap() {
             let w = w.unwrap().path();
             let n = std::fs::read_dir(&w).unwrap().count();
@@ -432,12 +585,20 @@ fn damaged_torn_and_foreign_checkpoints_are_clear_errors() {
     std::fs::write(&part, &good).unwrap();
     run(&out, &args);
 
-    let mut two = args.clone();
-    two.extend(["-w".to_string(), "2".to_string()]);
+    // Other worker counts resume (a rescale), other key groups do not.
+    let mut groups = args.clone();
+    groups.extend(["--key-groups".to_string(), "360".to_string()]);
     expect_error(
-        &two,
+        &groups,
         &out,
-        "belongs to a different job (workers: 1 there, 2 now)",
+        "has 720 key groups, and they are fixed when a job starts",
+    );
+    let mut windows = args.clone();
+    windows.extend(["--window".to_string(), "binance=2m".to_string()]);
+    expect_error(
+        &windows,
+        &out,
+        "belongs to a different job (binance_windows:",
     );
 
     let job = ckpt.join("job.json");
@@ -457,21 +618,27 @@ fn damaged_torn_and_foreign_checkpoints_are_clear_errors() {
     expect_error(&other, &out, "is not a speed-layer checkpoint folder");
 }
 
+/// A bounded simulation at full speed.
+const SIM_ARGS: [&str; 8] = [
+    "--sim-speed",
+    "0",
+    "--sim-duration",
+    "3h",
+    "--sim-seed",
+    "5",
+    "--sim-start",
+    "1790000000000",
+];
+
 #[test]
 fn simulator_runs_survive_kills_on_any_shape() {
     let tmp = tempfile::tempdir().unwrap();
-    let args = [
-        "--sim-speed",
-        "0",
-        "--sim-duration",
-        "3h",
-        "--sim-seed",
-        "5",
-        "--sim-start",
-        "1790000000000",
-    ]
-    .map(String::from);
-    survives_kills(tmp.path(), "simulator", &args, same_finals);
+    survives_kills(
+        tmp.path(),
+        "simulator",
+        &SIM_ARGS.map(String::from),
+        same_finals,
+    );
 }
 
 #[test]

@@ -38,6 +38,10 @@ impl FileFactory {
 }
 
 impl ReaderFactory for FileFactory {
+    fn topic_ordinal(&self) -> usize {
+        self.topic_ordinal
+    }
+
     fn resumable(&self) -> anyhow::Result<()> {
         anyhow::ensure!(
             !self.paths.iter().any(|p| p == "-"),

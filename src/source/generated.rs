@@ -69,6 +69,10 @@ impl GeneratedFactory {
 }
 
 impl ReaderFactory for GeneratedFactory {
+    fn topic_ordinal(&self) -> usize {
+        self.topic_ordinal
+    }
+
     fn open(
         &self,
         index: usize,

@@ -256,6 +256,10 @@ impl StatsContext {
 }
 
 impl ReaderFactory for KafkaFactory {
+    fn topic_ordinal(&self) -> usize {
+        self.topic_ordinal
+    }
+
     fn open(
         &self,
         index: usize,

@@ -135,6 +135,8 @@ pub trait ReaderFactory: Send + Sync {
         peers: usize,
         resume: &[ResumePoint],
     ) -> anyhow::Result<Box<dyn Reader>>;
+    /// The topic's ordinal in the job (see [`owns`]).
+    fn topic_ordinal(&self) -> usize;
     /// Whether a run over this input can be resumed from a checkpoint (it can be read again
     /// from a saved position); a clear error when not.
     fn resumable(&self) -> anyhow::Result<()> {
@@ -343,12 +345,26 @@ where
         timely::container::CapacityContainerBuilder<Vec<DeadLetter>>,
     > = OutputBuilder::from(dead_out);
     let (index, peers) = (scope.index(), scope.peers());
+    let ordinal = factory.topic_ordinal();
     let topic = topic.to_string();
     let mut decoder = decoder;
 
     builder.build(move |mut start_caps| {
-        let restored: Option<SourceState<D::Record>> =
-            ckpt.as_ref().and_then(|c| c.restored(index));
+        // After a rescale every old worker's partitions are offered; the reader takes those
+        // this worker owns now, and the corrections in flight go with their partitions.
+        let restored: Option<SourceState<D::Record>> = ckpt.as_ref().and_then(|c| {
+            let all = c.restored_all::<SourceState<D::Record>>(index);
+            (!all.is_empty()).then(|| {
+                let mut merged = SourceState { partitions: Vec::new(), inflight: Vec::new() };
+                for st in all {
+                    merged.partitions.extend(st.partitions);
+                    merged.inflight.extend(st.inflight.into_iter().filter(|(_, r)| {
+                        owns(ordinal + r.pos.partition as usize, index, peers)
+                    }));
+                }
+                merged
+            })
+        });
         let epoch = ckpt.as_ref().and_then(|c| c.store.epoch()).unwrap_or(0);
         // Resumed: nothing read from here on is stamped before the epoch.
         start_caps.iter_mut().for_each(|c| c.downgrade(&epoch));

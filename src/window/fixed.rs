@@ -248,7 +248,13 @@ impl<A: WindowAggregate> WindowState for Windows<A> {
         crate::checkpoint::encode(&snap)
     }
 
-    fn restore(&mut self, snap: Snapshot<A::Acc>, epoch: EventTime, cap: &Capability<EventTime>) {
+    fn restore(
+        &mut self,
+        snap: Snapshot<A::Acc>,
+        keep: &dyn Fn(&str) -> bool,
+        epoch: EventTime,
+        cap: &Capability<EventTime>,
+    ) {
         for (end, open, keys) in snap {
             let is_final = !open || end <= epoch;
             if is_final && end.saturating_add(self.spec.allowed_ms) <= epoch {
@@ -257,6 +263,7 @@ impl<A: WindowAggregate> WindowState for Windows<A> {
             let settled_here = open && end <= epoch;
             let keys = keys
                 .into_iter()
+                .filter(|(k, _, _)| keep(k))
                 .map(|(k, acc, revision)| {
                     let revision = revision + u32::from(settled_here);
                     (
@@ -268,9 +275,18 @@ impl<A: WindowAggregate> WindowState for Windows<A> {
                         },
                     )
                 })
-                .collect();
-            let cap = (!is_final).then(|| cap.delayed(&(end - 1)));
-            self.windows.insert(end, Window { cap, keys });
+                .collect::<Vec<_>>();
+            if keys.is_empty() {
+                continue;
+            }
+            let w = self.windows.entry(end).or_insert_with(|| Window {
+                cap: None,
+                keys: Default::default(),
+            });
+            if !is_final && w.cap.is_none() {
+                w.cap = Some(cap.delayed(&(end - 1)));
+            }
+            w.keys.extend(keys);
         }
     }
 
@@ -366,6 +382,7 @@ mod tests {
                     emission: Emission {
                         trigger: Some(Duration::ZERO),
                     },
+                    key_groups: Default::default(),
                 };
                 let (probe, out) = super::super::windowed::<Sums>(stream, spec, ctx).probe();
                 (input, probe, out.capture())

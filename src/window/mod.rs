@@ -119,7 +119,8 @@ trait WindowState: 'static {
     type Snapshot: DeserializeOwned;
     /// The operator's name in the dataflow graph (`Window`, `Sessions`).
     const NAME: &'static str;
-    /// The routing hash of an input: inputs of one key meet on one worker.
+    /// The key hash of an input ([`crate::hash::key_hash`]): inputs of one key meet on the
+    /// worker of its key group.
     fn route(input: &Self::Input) -> u64;
     /// Takes inputs stamped at `cap`'s time. Those stamped at or after their window's end are
     /// corrections, applied once the watermark reaches it.
@@ -133,8 +134,16 @@ trait WindowState: 'static {
     fn updates(&mut self, emit: &mut dyn FnMut(&Capability<EventTime>, Vec<ResultLine>));
     /// The state, encoded for a checkpoint.
     fn snapshot(&self) -> Vec<u8>;
-    /// Rebuilds the state saved at `epoch`; windows ending at or before it were final there.
-    fn restore(&mut self, snap: Self::Snapshot, epoch: EventTime, cap: &Capability<EventTime>);
+    /// Adds the state saved at `epoch` of the keys `keep` accepts (after a rescale, a worker
+    /// restores its keys from several saved states); windows ending at or before it were final
+    /// there.
+    fn restore(
+        &mut self,
+        snap: Self::Snapshot,
+        keep: &dyn Fn(&str) -> bool,
+        epoch: EventTime,
+        cap: &Capability<EventTime>,
+    );
     /// The earliest time whose passing applies a waiting correction (the state changes then).
     fn next_correction(&self) -> Option<EventTime>;
     /// Open windows (sessions) and keys held, for the metrics.
@@ -157,20 +166,22 @@ fn operate<'s, S: WindowState>(
         stats,
         ckpt,
         emission,
+        key_groups,
     } = ctx;
     let scope = inputs.scope();
-    let worker = scope.index();
+    let (worker, peers) = (scope.index(), scope.peers());
     inputs.unary_frontier(
-        Exchange::new(S::route),
+        Exchange::new(move |x| key_groups.route(S::route(x))),
         &format!("{}({stream})", S::NAME),
         move |init_cap, info| {
             let activator = scope.activator_for(info.address);
             let mut gate = Gate::new(ckpt.as_ref());
-            if let Some(snap) = ckpt
-                .as_ref()
-                .and_then(|c| c.restored::<S::Snapshot>(worker))
-            {
-                state.restore(snap, gate.epoch, &init_cap);
+            if let Some(c) = &ckpt {
+                let rescaled = c.rescaled();
+                let keep = |key: &str| !rescaled || key_groups.owner(key, peers) == worker;
+                for snap in c.restored_all::<S::Snapshot>(worker) {
+                    state.restore(snap, &keep, gate.epoch, &init_cap);
+                }
             }
             drop(init_cap);
             let mut next_trigger = emission.trigger.map(|t| std::time::Instant::now() + t);

@@ -358,11 +358,18 @@ impl<A: OrderedAggregate> WindowState for Ordered<A> {
         crate::checkpoint::encode(&(states, &self.pending, windows))
     }
 
-    fn restore(&mut self, snap: Snapshot<A>, epoch: EventTime, cap: &Capability<EventTime>) {
+    fn restore(
+        &mut self,
+        snap: Snapshot<A>,
+        keep: &dyn Fn(&str) -> bool,
+        epoch: EventTime,
+        cap: &Capability<EventTime>,
+    ) {
         let (states, pending, windows) = snap;
-        self.states = states.into_iter().collect();
+        self.states
+            .extend(states.into_iter().filter(|(k, _)| keep(k)));
         self.tick_cap = self.next_tick().map(|t| cap.delayed(&(t - 1).max(epoch)));
-        for (stamp, r) in pending {
+        for (stamp, r) in pending.into_iter().filter(|(_, r)| keep(A::key(&r.rec))) {
             let stamp = stamp.max(epoch);
             self.caps
                 .entry(stamp)
@@ -377,13 +384,23 @@ impl<A: OrderedAggregate> WindowState for Ordered<A> {
             let settled_here = open && end <= epoch;
             let keys = keys
                 .into_iter()
+                .filter(|(k, _)| keep(k))
                 .map(|(k, mut st)| {
                     st.revision += u32::from(settled_here);
                     (k, st)
                 })
-                .collect();
-            let cap = (!is_final).then(|| cap.delayed(&(end - 1)));
-            self.windows.insert(end, Window { cap, keys });
+                .collect::<Vec<_>>();
+            if keys.is_empty() {
+                continue;
+            }
+            let w = self.windows.entry(end).or_insert_with(|| Window {
+                cap: None,
+                keys: Default::default(),
+            });
+            if !is_final && w.cap.is_none() {
+                w.cap = Some(cap.delayed(&(end - 1)));
+            }
+            w.keys.extend(keys);
         }
     }
 
@@ -508,6 +525,7 @@ mod tests {
                     stats: crate::stats::RunStats::default(),
                     ckpt: None,
                     emission: Emission { trigger: None },
+                    key_groups: Default::default(),
                 };
                 let out = super::super::ordered_windowed(Steps, stream, spec, 3_600_000, ctx);
                 let (probe, out) = out.probe();

@@ -228,9 +228,15 @@ impl<A: WindowAggregate> WindowState for Sessions<A> {
     }
 
     /// Rebuilds the sessions saved at `epoch`; those ending at or before it were final there.
-    fn restore(&mut self, snap: Snapshot<A::Acc>, epoch: EventTime, cap: &Capability<EventTime>) {
+    fn restore(
+        &mut self,
+        snap: Snapshot<A::Acc>,
+        keep: &dyn Fn(&str) -> bool,
+        epoch: EventTime,
+        cap: &Capability<EventTime>,
+    ) {
         let (gap, spec) = (self.gap, self.spec);
-        for (key, list) in snap {
+        for (key, list) in snap.into_iter().filter(|(k, _)| keep(k)) {
             let mut sessions = Vec::new();
             for (start, last, acc, revision, open) in list {
                 let end = last.saturating_add(gap);
