@@ -526,12 +526,16 @@ fn build<'s>(
 /// Runs the speed layer until its inputs end (files, `--until-end`, a bounded simulation) or
 /// forever (Kafka, the simulator).
 pub fn run(args: RunArgs) -> anyhow::Result<()> {
-    args.window.check_dataflows(&market_names())?;
+    use crate::runtime::permanent;
+    args.window
+        .check_dataflows(&market_names())
+        .map_err(permanent)?;
     let specs = MARKETS
         .iter()
         .map(|m| args.window.spec_for(m.name()))
-        .collect::<anyhow::Result<Vec<_>>>()?;
-    let config = args.cluster.timely_config()?;
+        .collect::<anyhow::Result<Vec<_>>>()
+        .map_err(permanent)?;
+    let config = args.cluster.timely_config().map_err(permanent)?;
     let mut args = args;
     if let (true, None, Some(dir)) = (simulated(&args), args.sim.sim_start, &args.checkpoint) {
         // A resumed simulation continues the same messages: it keeps its first start time.
@@ -539,7 +543,9 @@ pub fn run(args: RunArgs) -> anyhow::Result<()> {
             .and_then(|f| f.get("sim_start").and_then(serde_json::Value::as_u64))
             .or_else(|| Some(now_ms()));
     }
-    let inputs = Arc::new(inputs(&args)?);
+    // Kafka's metadata may come back after an outage; files and settings will not change.
+    let from_kafka = args.kafka.settings().is_some() && args.input.inputs.is_empty();
+    let inputs = Arc::new(inputs(&args).map_err(|e| if from_kafka { e } else { permanent(e) })?);
     if let (Some(dir), 0) = (&args.output.output, args.cluster.process) {
         std::fs::create_dir_all(dir)
             .with_context(|| format!("cannot create output folder {}", dir.display()))?;
@@ -559,8 +565,8 @@ pub fn run(args: RunArgs) -> anyhow::Result<()> {
         "speed-layer starting"
     );
     let stats = RunStats::default();
-    let key_groups = key_groups(&args)?;
-    let ckpt = checkpoints(&args, &specs, &inputs, key_groups)?;
+    let key_groups = key_groups(&args).map_err(permanent)?;
+    let ckpt = checkpoints(&args, &specs, &inputs, key_groups).map_err(permanent)?;
     if let Some(addr) = &args.metrics_addr {
         let bound = crate::metrics::serve(
             addr,

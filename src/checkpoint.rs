@@ -66,7 +66,7 @@ impl Handle {
     pub fn restored<T: DeserializeOwned>(&self, worker: usize) -> Option<T> {
         self.store
             .restored(&self.op, worker)
-            .unwrap_or_else(|e| crate::runtime::fatal(&format!("cannot resume: {e:#}")))
+            .unwrap_or_else(|e| crate::runtime::fatal_permanent(&format!("cannot resume: {e:#}")))
     }
 
     /// The states this operator instance resumes from: its own, or after a rescale those of
@@ -80,9 +80,9 @@ impl Handle {
         workers
             .into_iter()
             .filter_map(|w| {
-                self.store
-                    .restored(&self.op, w)
-                    .unwrap_or_else(|e| crate::runtime::fatal(&format!("cannot resume: {e:#}")))
+                self.store.restored(&self.op, w).unwrap_or_else(|e| {
+                    crate::runtime::fatal_permanent(&format!("cannot resume: {e:#}"))
+                })
             })
             .collect()
     }

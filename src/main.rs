@@ -97,7 +97,11 @@ fn main() -> ExitCode {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("error: {e:#}");
-            ExitCode::FAILURE
+            if e.is::<speed_layer::runtime::Permanent>() {
+                ExitCode::from(speed_layer::runtime::EXIT_PERMANENT)
+            } else {
+                ExitCode::FAILURE
+            }
         }
     }
 }

@@ -110,6 +110,36 @@ pub(crate) fn stop_on_signal(
     Ok(())
 }
 
+/// The exit status of an error no restart can fix (sysexits' `EX_CONFIG`): a bad setting, a
+/// checkpoint of another job, a missing input file. `speed-layer cluster` (and a supervisor
+/// told so) stops instead of restarting; clap's usage errors (status 2) count as such too.
+pub const EXIT_PERMANENT: u8 = 78;
+
+/// An error no restart can fix; the process exits with [`EXIT_PERMANENT`].
+#[derive(Debug)]
+pub struct Permanent(pub anyhow::Error);
+
+impl std::fmt::Display for Permanent {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{:#}", self.0)
+    }
+}
+
+impl std::error::Error for Permanent {}
+
+/// Marks `e` as permanent (see [`Permanent`]).
+pub fn permanent(e: anyhow::Error) -> anyhow::Error {
+    anyhow::Error::new(Permanent(e))
+}
+
+/// Like [`fatal`], for an error no restart can fix (a checkpointed state that does not decode).
+pub(crate) fn fatal_permanent(msg: &str) -> ! {
+    use std::io::Write;
+    let _ = std::io::stdout().flush();
+    eprintln!("error: {msg}");
+    std::process::exit(i32::from(EXIT_PERMANENT));
+}
+
 /// Reports an unrecoverable error inside a running dataflow and ends the process with status 1.
 ///
 /// Used where a worker cannot continue (an output cannot be written, an input cannot be read):

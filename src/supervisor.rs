@@ -5,11 +5,16 @@
 //! lose their connections and fail too. So recovery is all-or-nothing: stop every process,
 //! then start them all again with the same `--checkpoint` folder; each resumes from the same
 //! latest complete epoch.
+//!
+//! A process that exits with a permanent error (a bad argument, a checkpoint of another job:
+//! status 2 or [`crate::runtime::EXIT_PERMANENT`]) would fail the same way again: the supervisor
+//! stops every process at once and exits with that error as its last line.
 
+use std::io::BufRead;
 use std::path::PathBuf;
-use std::process::{Child, Command, ExitStatus};
+use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
@@ -88,6 +93,31 @@ fn describe(status: ExitStatus) -> String {
     }
 }
 
+/// Whether a process's exit status says a restart would fail the same way.
+fn is_permanent(status: ExitStatus) -> bool {
+    matches!(status.code(), Some(c) if c == 2 || c == i32::from(crate::runtime::EXIT_PERMANENT))
+}
+
+/// Copies a child's standard error to ours line by line, keeping its last `error:` line.
+fn forward_stderr(
+    child: &mut Child,
+    last_error: Arc<Mutex<Option<String>>>,
+) -> Option<std::thread::JoinHandle<()>> {
+    let pipe = child.stderr.take()?;
+    std::thread::Builder::new()
+        .name("cluster-stderr".into())
+        .spawn(move || {
+            for line in std::io::BufReader::new(pipe).lines() {
+                let Ok(line) = line else { break };
+                eprintln!("{line}");
+                if let Some(e) = line.strip_prefix("error: ") {
+                    *last_error.lock().unwrap_or_else(|e| e.into_inner()) = Some(e.to_string());
+                }
+            }
+        })
+        .ok()
+}
+
 /// Sends SIGTERM (graceful stop) to a child.
 fn terminate(child: &Child) {
     if let Some(pid) = rustix::process::Pid::from_raw(child.id() as i32) {
@@ -132,15 +162,20 @@ pub fn supervise(args: &ClusterCommand) -> anyhow::Result<()> {
                 .with_context(|| format!("cannot write {}", hostfile.display()))?;
         }
         let mut children = Vec::new();
-        for p in 0..args.processes {
-            let child = Command::new(&exe)
+        let mut forwards = Vec::new();
+        let errors: Vec<Arc<Mutex<Option<String>>>> =
+            (0..args.processes).map(|_| Arc::default()).collect();
+        for (p, last_error) in errors.iter().enumerate() {
+            let mut child = Command::new(&exe)
                 .arg("run")
                 .args(&args.run_args)
                 .args(["-n", &args.processes.to_string(), "-p", &p.to_string()])
                 .args(["-w", &args.workers.to_string(), "--hostfile"])
                 .arg(&hostfile)
+                .stderr(Stdio::piped())
                 .spawn()
                 .with_context(|| format!("cannot start process {p}"))?;
+            forwards.extend(forward_stderr(&mut child, Arc::clone(last_error)));
             children.push(Some(child));
         }
         tracing::info!(
@@ -183,6 +218,20 @@ pub fn supervise(args: &ClusterCommand) -> anyhow::Result<()> {
         for child in children.iter_mut().flatten() {
             let _ = child.kill();
             let _ = child.wait();
+        }
+        forwards.into_iter().for_each(|f| {
+            let _ = f.join();
+        });
+        if is_permanent(status) {
+            let error = errors[p]
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .take()
+                .unwrap_or_else(|| "see its log above".into());
+            break Err(anyhow::anyhow!(
+                "process {p} stopped with a permanent error ({}), not restarting: {error}",
+                describe(status)
+            ));
         }
         if started.elapsed() >= Duration::from_secs(600) {
             restarts = 0;

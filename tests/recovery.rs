@@ -630,6 +630,33 @@ const SIM_ARGS: [&str; 8] = [
     "1790000000000",
 ];
 
+/// A process that fails at start-up on a setting no restart can fix stops the whole cluster at
+/// once: no restarts, the error as the supervisor's last line, a non-zero exit.
+#[test]
+fn the_cluster_stops_at_once_on_a_permanent_error() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (args, _) = finished_checkpoint(tmp.path());
+    let began = Instant::now();
+    let o = Command::new(bin())
+        .args(["cluster", "-n", "2", "--restart-delay", "30s", "--"])
+        .args(["--output", &tmp.path().join("out").display().to_string()])
+        .args(&args)
+        .args(["--key-groups", "360"])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(1), "{err}");
+    let last = err.lines().last().unwrap_or_default();
+    assert!(
+        last.contains("stopped with a permanent error (exit status 78), not restarting")
+            && last.contains("has 720 key groups"),
+        "{err}"
+    );
+    assert!(!err.contains("restarting all"), "{err}");
+    // A first restart would have waited 30 s.
+    assert!(began.elapsed() < Duration::from_secs(25), "{err}");
+}
+
 #[test]
 fn simulator_runs_survive_kills_on_any_shape() {
     let tmp = tempfile::tempdir().unwrap();
