@@ -9,10 +9,10 @@ use timely::dataflow::operators::core::Concatenate;
 use timely::dataflow::Scope;
 
 use crate::checkpoint::{self, Checkpoints};
-use crate::cli::{ClusterArgs, InputArgs, KafkaArgs, OutputArgs, WindowArgs};
+use crate::cli::{ClusterArgs, InputArgs, KafkaArgs, KafkaDelivery, OutputArgs, WindowArgs};
 use crate::context::{operator_name, JobContext, Role};
 use crate::hash::KeyGroups;
-use crate::kafka::{KafkaSettings, KafkaSink};
+use crate::kafka::{ExactlyOnce, KafkaSettings, KafkaSink};
 use crate::parquet::ParquetSink;
 use crate::postgres::PostgresSink;
 use crate::sink::{self, ConsoleSink, Emit, JsonlSink, ResultSink, SinkFactory};
@@ -283,6 +283,22 @@ fn sinks(
             bail!("--sink-kafka, --dead-letter-topic and --alerts-topic need --brokers (or KAFKA_BROKERS)")
         }
     };
+    let exactly_once = args.exactly_once || args.kafka_delivery == KafkaDelivery::ExactlyOnce;
+    let exactly_once = match (exactly_once, &kafka, &store) {
+        (false, _, _) => None,
+        (true, None, _) => bail!("--exactly-once applies to the Kafka sink: give --sink-kafka"),
+        (true, _, None) => {
+            bail!("--exactly-once commits Kafka transactions at checkpoints: give --checkpoint DIR")
+        }
+        (true, Some(_), Some(c)) => {
+            anyhow::ensure!(
+                emit_kafka == Emit::Final,
+                "--exactly-once delivers final results and corrections (the same in every \
+                 replay); early updates cannot be (--emit-kafka updates or all)"
+            );
+            Some(Arc::clone(c))
+        }
+    };
     let streams = streams();
     Ok(Arc::new(move || {
         let mut s: Vec<(Box<dyn ResultSink>, Emit)> = Vec::new();
@@ -324,6 +340,11 @@ fn sinks(
                     results_topic.clone(),
                     dead_topic.clone(),
                     stream_topics.clone(),
+                    exactly_once.clone().map(|store| ExactlyOnce {
+                        store,
+                        lengths: lengths("kafka"),
+                        stats: stats.clone(),
+                    }),
                 )?),
                 emit_kafka,
             ));
@@ -567,6 +588,16 @@ pub fn run(args: RunArgs) -> anyhow::Result<()> {
     let stats = RunStats::default();
     let key_groups = key_groups(&args).map_err(permanent)?;
     let ckpt = checkpoints(&args, &specs, &inputs, key_groups).map_err(permanent)?;
+    let c = &args.cluster;
+    let peers = c.workers * c.processes;
+    stats.set_key_groups(crate::stats::KeyGroupStatus {
+        groups: key_groups.0,
+        workers: peers,
+        local: (c.process * c.workers..(c.process + 1) * c.workers)
+            .map(|w| (w, key_groups.owned(w, peers)))
+            .collect(),
+        rescaled_from: ckpt.as_ref().and_then(|s| s.rescaled_from()),
+    });
     if let Some(addr) = &args.metrics_addr {
         let bound = crate::metrics::serve(
             addr,
@@ -619,7 +650,8 @@ pub fn run(args: RunArgs) -> anyhow::Result<()> {
         stream_topics,
         ckpt.clone(),
         stats.clone(),
-    )?;
+    )
+    .map_err(crate::runtime::permanent)?;
     let ctx = JobContext {
         stats: stats.clone(),
         checkpoints: ckpt.clone(),

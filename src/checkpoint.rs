@@ -171,6 +171,9 @@ struct JobFile {
     format: String,
     version: u32,
     fingerprint: serde_json::Map<String, serde_json::Value>,
+    /// Random, made when the folder is: tells this job from a later one in a new folder at the
+    /// same path (its Kafka transactional id derives from it).
+    instance: String,
 }
 
 /// Checkpoint writes and restores of this process, for the metrics.
@@ -210,6 +213,8 @@ pub struct Checkpoints {
     last_gc: Mutex<Instant>,
     /// The background writer: parts are written (and fsynced) off the worker threads.
     writer: Mutex<Option<Writer>>,
+    /// The job instance (see [`JobFile::instance`]).
+    instance: String,
     /// Write statistics.
     pub stats: CheckpointStats,
 }
@@ -314,9 +319,10 @@ impl Checkpoints {
             frontiers: Mutex::new(HashMap::new()),
             last_gc: Mutex::new(Instant::now()),
             writer: Mutex::new(None),
+            instance: String::new(),
             stats: CheckpointStats::default(),
         };
-        store.check_job(fingerprint)?;
+        store.instance = store.check_job(fingerprint)?;
         // Every layout's latest complete epoch; the latest of all is resumed from (this run's
         // own layout wins a tie: no rescale needed).
         let mut layouts = store.layouts()?;
@@ -433,11 +439,12 @@ impl Checkpoints {
         Ok(out)
     }
 
-    /// Writes `job.json` on first use, else checks that it describes this job.
+    /// Writes `job.json` on first use, else checks that it describes this job; returns the job
+    /// instance.
     fn check_job(
         &self,
         fingerprint: serde_json::Map<String, serde_json::Value>,
-    ) -> anyhow::Result<()> {
+    ) -> anyhow::Result<String> {
         let path = self.dir.join("job.json");
         let dir = self.dir.display();
         if !path.exists() {
@@ -458,10 +465,27 @@ impl Checkpoints {
                 format: JOB_FORMAT.into(),
                 version: FORMAT_VERSION,
                 fingerprint,
+                instance: format!("{:016x}", fastrand::u64(..)),
             };
             // A map of plain JSON values always serializes.
             let text = serde_json::to_string_pretty(&job).unwrap_or_default();
-            return write_atomic(&path, text.as_bytes());
+            // Another process of the cluster may create it at the same time: the first link
+            // wins, and everyone reads that one (its instance must be the same everywhere).
+            let tmp = self
+                .dir
+                .join(format!(".job.json.{}.tmp", std::process::id()));
+            write_atomic(&tmp, text.as_bytes())?;
+            match std::fs::hard_link(&tmp, &path) {
+                Err(e) if e.kind() != std::io::ErrorKind::AlreadyExists => {
+                    return Err(e).with_context(|| format!("cannot create {}", path.display()));
+                }
+                _ => {}
+            }
+            let _ = std::fs::remove_file(&tmp);
+            File::open(&self.dir)
+                .and_then(|d| d.sync_all())
+                .with_context(|| format!("cannot sync {dir}"))?;
+            return self.check_job(job.fingerprint);
         }
         let text = std::fs::read_to_string(&path)
             .with_context(|| format!("cannot read {}", path.display()))?;
@@ -496,7 +520,7 @@ impl Checkpoints {
              or use a new --checkpoint folder",
             diffs.join("; ")
         );
-        Ok(())
+        Ok(job.instance)
     }
 
     /// The latest epoch seen complete, and the worker count of its layout.
@@ -646,6 +670,12 @@ impl Checkpoints {
     /// The epoch this run resumed from, or `None` for a fresh start.
     pub fn epoch(&self) -> Option<EventTime> {
         self.epoch
+    }
+
+    /// The job instance: random, made with the checkpoint folder, the same for every run that
+    /// resumes it.
+    pub fn instance(&self) -> &str {
+        &self.instance
     }
 
     /// The worker count of the checkpoint resumed from, when it differs from this run's.

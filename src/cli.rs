@@ -211,6 +211,14 @@ pub struct OutputArgs {
     /// Send malformed and late records to this Kafka topic (the reason in a header).
     #[arg(long, value_name = "TOPIC")]
     pub dead_letter_topic: Option<String>,
+    /// Kafka delivery: exactly-once writes results and dead letters in one Kafka transaction
+    /// per checkpoint epoch (needs --checkpoint; `read_committed` consumers see each once);
+    /// idempotent (the default) writes at once, keyed so a compacted topic keeps each once.
+    #[arg(long, value_enum, default_value = "idempotent", value_name = "MODE")]
+    pub kafka_delivery: KafkaDelivery,
+    /// Shorthand for --kafka-delivery exactly-once.
+    #[arg(long)]
+    pub exactly_once: bool,
     /// What every sink receives: final (final results and their corrections), updates (early
     /// results of open windows only) or all.
     #[arg(long, value_parser = emit_parser(), default_value = "final")]
@@ -257,6 +265,17 @@ pub struct OutputArgs {
     /// date).
     #[arg(long, default_value = "1h", value_parser = crate::time::parse_duration, value_name = "DURATION")]
     pub parquet_roll_time: std::time::Duration,
+}
+
+/// How the Kafka sink delivers.
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum KafkaDelivery {
+    /// At once, with an idempotent producer, keyed by row key (at-least-once; a compacted
+    /// topic or an upserting consumer sees each result once).
+    Idempotent,
+    /// In one Kafka transaction per checkpoint epoch (exactly-once for `read_committed`
+    /// consumers, in any topic).
+    ExactlyOnce,
 }
 
 /// Parallelism: threads per process and the processes of a cluster.

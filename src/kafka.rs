@@ -2,6 +2,8 @@
 //! topic administration, producers with delivery accounting, and the Kafka sink for window
 //! results and dead letters. The Kafka *source* lives in `source/kafka.rs`.
 
+use std::collections::BTreeMap;
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -290,45 +292,123 @@ pub fn send(
 /// Writes final window results (keyed by their serving-layer row key, so a compacted topic
 /// keeps one value per window) and/or dead letters (with the reason in a header) to Kafka.
 ///
-/// Delivery is at-least-once: the producer is idempotent (no duplicates from its own retries),
-/// waits for every in-sync replica, retries without a time limit through broker outages, and each
-/// batch is flushed before the sink moves on.
+/// By default delivery is at-least-once and idempotent by key: the producer is idempotent (no
+/// duplicates from its own retries), waits for every in-sync replica, retries without a time
+/// limit through broker outages, and each batch is flushed before the sink moves on. With
+/// [`ExactlyOnce`] it is exactly-once (see [`crate::kafka_txn`]).
 pub(crate) struct KafkaSink {
-    producer: BaseProducer<DeliveryCounter>,
+    producer: Arc<BaseProducer<DeliveryCounter>>,
     counter: DeliveryCounter,
     results_topic: Option<String>,
     dead_letter_topic: Option<String>,
     stream_topics: std::collections::BTreeMap<String, String>,
+    txn: Option<crate::kafka_txn::Transactions>,
+}
+
+/// A record as the sink sends it: topic, key, value, headers.
+#[derive(serde::Serialize, serde::Deserialize)]
+pub(crate) struct Held {
+    pub topic: String,
+    pub key: Option<String>,
+    pub value: String,
+    pub headers: Vec<(String, String)>,
+}
+
+/// The setting of an exactly-once Kafka sink.
+pub(crate) struct ExactlyOnce {
+    /// The checkpoint store (its job instance names the transactional id; its complete epochs
+    /// release the spooled records).
+    pub store: std::sync::Arc<crate::checkpoint::Checkpoints>,
+    /// The spool lengths the checkpoint resumed from recorded, by stream.
+    pub lengths: Option<BTreeMap<String, u64>>,
+    /// For the status page and metrics.
+    pub stats: crate::stats::RunStats,
 }
 
 impl KafkaSink {
     /// A sink for the given topics (any may be absent): results go to `results_topic`, those of
-    /// a stream in `stream_topics` to its own topic instead.
+    /// a stream in `stream_topics` to its own topic instead; with `exactly_once`, in
+    /// transactions.
     pub fn new(
         settings: &KafkaSettings,
         results_topic: Option<String>,
         dead_letter_topic: Option<String>,
-        stream_topics: std::collections::BTreeMap<String, String>,
+        stream_topics: BTreeMap<String, String>,
+        exactly_once: Option<ExactlyOnce>,
     ) -> anyhow::Result<Self> {
         reachable(settings)?;
-        let (producer, counter) = producer(
-            settings,
-            &[
-                ("enable.idempotence", "true"),
-                ("acks", "all"),
-                ("message.timeout.ms", "0"),
-                ("linger.ms", "5"),
-                ("compression.type", "lz4"),
-            ],
-        )?;
+        let id = exactly_once
+            .as_ref()
+            .map(|e| format!("speed-layer-{}-sink-w0", e.store.instance()));
+        let mut defaults = vec![
+            ("enable.idempotence", "true"),
+            ("acks", "all"),
+            ("message.timeout.ms", "0"),
+            ("linger.ms", "5"),
+            ("compression.type", "lz4"),
+        ];
+        if let Some(id) = &id {
+            defaults.extend([
+                ("transactional.id", id.as_str()),
+                ("transaction.timeout.ms", "300000"),
+                ("message.timeout.ms", "300000"),
+            ]);
+        }
+        let (producer, counter) = producer(settings, &defaults)?;
+        let producer = Arc::new(producer);
+        let txn = match (exactly_once, id) {
+            (Some(e), Some(id)) => {
+                let topics = results_topic
+                    .iter()
+                    .chain(dead_letter_topic.iter())
+                    .chain(stream_topics.values());
+                let Some(marker_topic) = topics.into_iter().next().cloned() else {
+                    bail!("the exactly-once Kafka sink has no topic to write");
+                };
+                Some(crate::kafka_txn::Transactions::open(
+                    settings,
+                    Arc::clone(&producer),
+                    id,
+                    marker_topic,
+                    e,
+                )?)
+            }
+            _ => None,
+        };
         Ok(Self {
             producer,
             counter,
             results_topic,
             dead_letter_topic,
             stream_topics,
+            txn,
         })
     }
+
+    /// Sends `r` now, or spools it for its transaction.
+    fn emit(&mut self, stream: &str, r: Held) -> anyhow::Result<()> {
+        match &mut self.txn {
+            Some(t) => t.append(stream, &r),
+            None => send_held(&self.producer, &r),
+        }
+    }
+}
+
+/// Sends one record.
+pub(crate) fn send_held(producer: &BaseProducer<DeliveryCounter>, r: &Held) -> anyhow::Result<()> {
+    let headers = r.headers.iter().fold(OwnedHeaders::new(), |h, (k, v)| {
+        h.insert(Header {
+            key: k,
+            value: Some(v.as_str()),
+        })
+    });
+    let mut record = BaseRecord::to(&r.topic)
+        .payload(r.value.as_str())
+        .headers(headers);
+    if let Some(k) = &r.key {
+        record = record.key(k.as_str());
+    }
+    send(producer, record)
 }
 
 impl ResultSink for KafkaSink {
@@ -341,17 +421,13 @@ impl ResultSink for KafkaSink {
                     None => continue,
                 },
             };
-            let headers = OwnedHeaders::new().insert(Header {
-                key: "stream",
-                value: Some(l.stream.as_ref()),
-            });
-            send(
-                &self.producer,
-                BaseRecord::to(topic)
-                    .key(l.row_key.as_str())
-                    .payload(l.to_json().as_str())
-                    .headers(headers),
-            )?;
+            let r = Held {
+                topic: topic.clone(),
+                key: Some(l.row_key.to_string()),
+                value: l.to_json(),
+                headers: vec![("stream".into(), l.stream.to_string())],
+            };
+            self.emit(&l.stream, r)?;
         }
         Ok(())
     }
@@ -360,28 +436,49 @@ impl ResultSink for KafkaSink {
         let Some(topic) = &self.dead_letter_topic else {
             return Ok(());
         };
+        let topic = topic.clone();
         for l in lines {
-            let headers = OwnedHeaders::new()
-                .insert(Header {
-                    key: "reason",
-                    value: Some(l.reason.as_str()),
-                })
-                .insert(Header {
-                    key: "source_topic",
-                    value: Some(l.topic.as_str()),
-                });
-            let value = l.to_json();
-            send(
-                &self.producer,
-                BaseRecord::to(topic)
-                    .payload(value.as_str())
-                    .headers(headers),
-            )?;
+            let r = Held {
+                topic: topic.clone(),
+                key: None,
+                value: l.to_json(),
+                headers: vec![
+                    ("reason".into(), l.reason.to_string()),
+                    ("source_topic".into(), l.topic.to_string()),
+                ],
+            };
+            self.emit("dead_letter", r)?;
+        }
+        Ok(())
+    }
+
+    fn written(
+        &mut self,
+        stream: &str,
+        epoch: EventTime,
+    ) -> anyhow::Result<Option<(u64, PathBuf)>> {
+        match &mut self.txn {
+            Some(t) => t.written(stream, epoch).map(Some),
+            None => Ok(None),
+        }
+    }
+
+    fn name(&self) -> &'static str {
+        "kafka"
+    }
+
+    fn finish(&mut self, stream: &str) -> anyhow::Result<()> {
+        if let Some(t) = &mut self.txn {
+            t.finish(stream);
         }
         Ok(())
     }
 
     fn flush(&mut self) -> anyhow::Result<()> {
+        if self.txn.is_some() {
+            // Transactions flush when they commit.
+            return Ok(());
+        }
         // Waits for the brokers; librdkafka keeps retrying through an outage meanwhile.
         while let Err(e) = self.producer.flush(Duration::from_secs(30)) {
             tracing::warn!(error = %e, "Kafka sink still waiting for delivery");

@@ -14,6 +14,7 @@ pub mod context;
 pub mod enrich;
 pub mod hash;
 pub mod kafka;
+pub mod kafka_txn;
 pub mod metrics;
 pub mod parquet;
 pub mod postgres;

@@ -351,6 +351,43 @@ pub(crate) fn prometheus(stats: &RunStats) -> String {
             f.sample(&[("sink", name)], s.failures as f64);
         }
     }
+    let txns = stats.transactions();
+    if !txns.is_empty() {
+        f.family(
+            "speed_layer_sink_transactions_total",
+            COUNTER,
+            "Transactions committed by an exactly-once sink (Kafka) in this run.",
+        );
+        for (name, t) in &txns {
+            f.sample(&[("sink", name)], t.commits as f64);
+        }
+        f.family(
+            "speed_layer_sink_committed_epoch_ms",
+            GAUGE,
+            "Every result of checkpoint epochs up to this event time is committed by the sink.",
+        );
+        for (name, t) in &txns {
+            f.sample(&[("sink", name)], t.committed_epoch as f64);
+        }
+        f.family(
+            "speed_layer_sink_uncommitted_bytes",
+            GAUGE,
+            "Spooled results an exactly-once sink holds for a complete checkpoint and its transaction.",
+        );
+        for (name, t) in &txns {
+            f.sample(&[("sink", name)], t.waiting as f64);
+        }
+    }
+    if let Some(k) = stats.key_groups() {
+        f.family(
+            "speed_layer_key_groups",
+            GAUGE,
+            "Key groups owned by each worker of this process (keys are routed through them).",
+        );
+        for (w, n) in &k.local {
+            f.sample(&[("worker", &w.to_string())], *n as f64);
+        }
+    }
     if let Some(m) = crate::stats::memory_bytes() {
         f.family(
             "process_resident_memory_bytes",
@@ -520,6 +557,14 @@ pub fn status(stats: &RunStats, process: usize, started: Instant, pages: &[Page]
         "sinks": stats.sinks().into_iter().map(|(n, s)| (n, json!({
             "up": s.up, "backlog_bytes": s.backlog_bytes, "failures": s.failures,
         }))).collect::<Map<String, Value>>(),
+        "transactions": stats.transactions().into_iter().map(|(n, t)| (n, json!({
+            "id": t.id, "commits": t.commits, "committed_epoch_ms": t.committed_epoch,
+            "uncommitted_bytes": t.waiting,
+        }))).collect::<Map<String, Value>>(),
+        "key_groups": stats.key_groups().map(|k| json!({
+            "groups": k.groups, "workers": k.workers, "rescaled_from": k.rescaled_from,
+            "per_worker": k.local.iter().map(|(w, n)| (w.to_string(), json!(n))).collect::<Map<String, Value>>(),
+        })),
         "latest": latest,
         "key_columns": key_columns,
         "pages": pages.iter().map(|p| json!({"path": p.path, "title": p.title})).collect::<Vec<_>>(),

@@ -73,6 +73,37 @@ struct StatsInner {
     recent: BTreeMap<String, std::collections::VecDeque<ResultLine>>,
     /// Sinks that write in the background (PostgreSQL), by name.
     sinks: BTreeMap<String, SinkStatus>,
+    /// Transactional sinks (exactly-once Kafka), by name.
+    transactions: BTreeMap<String, TransactionStatus>,
+    /// The job's key groups and those of each of this process's workers.
+    key_groups: Option<KeyGroupStatus>,
+}
+
+/// A transactional sink's state.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct TransactionStatus {
+    /// The transactional id.
+    pub id: String,
+    /// Transactions committed by this run.
+    pub commits: u64,
+    /// Every result of checkpoint epochs up to this one is committed (ms of event time).
+    pub committed_epoch: u64,
+    /// Spooled bytes waiting for a complete checkpoint and their transaction.
+    pub waiting: u64,
+}
+
+/// How the job's keys are spread: the key groups, the workers, and the groups of each of this
+/// process's workers.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct KeyGroupStatus {
+    /// Key groups of the job.
+    pub groups: u64,
+    /// Workers of the job (all processes).
+    pub workers: usize,
+    /// (worker, groups it owns) for this process's workers.
+    pub local: Vec<(usize, u64)>,
+    /// The worker count of the checkpoint this run rescaled from.
+    pub rescaled_from: Option<usize>,
 }
 
 /// A sink writing in the background: whether its destination takes writes, and what waits.
@@ -250,6 +281,26 @@ impl RunStats {
     /// Records the state of a background sink.
     pub fn set_sink(&self, name: &str, status: SinkStatus) {
         self.lock().sinks.insert(name.to_string(), status);
+    }
+
+    /// Records a transactional sink's state.
+    pub fn set_transactions(&self, name: &str, status: TransactionStatus) {
+        self.lock().transactions.insert(name.to_string(), status);
+    }
+
+    /// The transactional sinks' states.
+    pub fn transactions(&self) -> BTreeMap<String, TransactionStatus> {
+        self.lock().transactions.clone()
+    }
+
+    /// Records how the job's keys are spread.
+    pub fn set_key_groups(&self, status: KeyGroupStatus) {
+        self.lock().key_groups = Some(status);
+    }
+
+    /// How the job's keys are spread, once the job started.
+    pub fn key_groups(&self) -> Option<KeyGroupStatus> {
+        self.lock().key_groups.clone()
     }
 
     /// The background sinks' states.

@@ -3,16 +3,12 @@
 
 mod common;
 
-use std::collections::BTreeMap;
 use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use common::kafka::*;
 use common::*;
-use rdkafka::consumer::{BaseConsumer, Consumer};
-use rdkafka::message::{Headers, Message};
-use rdkafka::ClientConfig;
 
 fn cli(bootstrap: &str, args: &[&str]) -> String {
     let out =
@@ -22,48 +18,6 @@ fn cli(bootstrap: &str, args: &[&str]) -> String {
                 .args(["--brokers", bootstrap, "--log-level", "warn"]),
         );
     String::from_utf8_lossy(&out.stdout).to_string()
-}
-
-/// Reads every message of `topic` (all partitions) until `want` arrived or 60 s passed.
-fn consume_all(
-    bootstrap: &str,
-    topic: &str,
-    want: usize,
-) -> Vec<(Option<String>, String, BTreeMap<String, String>)> {
-    let consumer: BaseConsumer = ClientConfig::new()
-        .set("bootstrap.servers", bootstrap)
-        .set("group.id", "test-reader")
-        .set("auto.offset.reset", "earliest")
-        .set("enable.auto.commit", "false")
-        .create()
-        .unwrap();
-    consumer.subscribe(&[topic]).unwrap();
-    let mut got = Vec::new();
-    let start = Instant::now();
-    while got.len() < want && start.elapsed() < Duration::from_secs(60) {
-        if let Some(Ok(m)) = consumer.poll(Duration::from_millis(200)) {
-            let headers = m
-                .headers()
-                .map(|h| {
-                    h.iter()
-                        .map(|h| {
-                            (
-                                h.key.to_string(),
-                                String::from_utf8_lossy(h.value.unwrap_or(b"")).to_string(),
-                            )
-                        })
-                        .collect()
-                })
-                .unwrap_or_default();
-            let key = m.key().map(|k| String::from_utf8_lossy(k).to_string());
-            got.push((
-                key,
-                String::from_utf8_lossy(m.payload().unwrap_or(b"")).to_string(),
-                headers,
-            ));
-        }
-    }
-    got
 }
 
 #[test]

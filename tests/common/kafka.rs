@@ -347,3 +347,75 @@ pub fn load_inputs(bootstrap: &str, inputs: &super::Inputs, group: usize) -> usi
     produce_files(bootstrap, "polymarket_metadata", &inputs.metadata, 1);
     produce_files(bootstrap, "polymarket_trade", &inputs.polymarket, group)
 }
+
+/// A message as a test reads it: key, value, headers.
+pub type Consumed = (
+    Option<String>,
+    String,
+    std::collections::BTreeMap<String, String>,
+);
+
+/// Reads `topic` from the beginning until `want` messages came, then 2 s more (to see any
+/// extra), as a new consumer group; `committed` reads with `isolation.level=read_committed`.
+pub fn consume_all_with(
+    bootstrap: &str,
+    topic: &str,
+    want: usize,
+    committed: bool,
+) -> Vec<Consumed> {
+    use rdkafka::consumer::{BaseConsumer, Consumer};
+    use rdkafka::message::{Headers, Message};
+    let consumer: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", bootstrap)
+        .set("group.id", format!("test-reader-{}", fastrand::u64(..)))
+        .set("auto.offset.reset", "earliest")
+        .set("enable.auto.commit", "false")
+        .set(
+            "isolation.level",
+            if committed {
+                "read_committed"
+            } else {
+                "read_uncommitted"
+            },
+        )
+        .create()
+        .unwrap();
+    consumer.subscribe(&[topic]).unwrap();
+    let mut got = Vec::new();
+    let start = Instant::now();
+    let mut complete: Option<Instant> = None;
+    while start.elapsed() < Duration::from_secs(90)
+        && complete.is_none_or(|c| c.elapsed() < Duration::from_secs(2))
+    {
+        if let Some(Ok(m)) = consumer.poll(Duration::from_millis(200)) {
+            let headers = m
+                .headers()
+                .map(|h| {
+                    h.iter()
+                        .map(|h| {
+                            (
+                                h.key.to_string(),
+                                String::from_utf8_lossy(h.value.unwrap_or(b"")).to_string(),
+                            )
+                        })
+                        .collect()
+                })
+                .unwrap_or_default();
+            let key = m.key().map(|k| String::from_utf8_lossy(k).to_string());
+            got.push((
+                key,
+                String::from_utf8_lossy(m.payload().unwrap_or(b"")).to_string(),
+                headers,
+            ));
+        }
+        if got.len() >= want && complete.is_none() {
+            complete = Some(Instant::now());
+        }
+    }
+    got
+}
+
+/// [`consume_all_with`], reading uncommitted messages too.
+pub fn consume_all(bootstrap: &str, topic: &str, want: usize) -> Vec<Consumed> {
+    consume_all_with(bootstrap, topic, want, false)
+}
