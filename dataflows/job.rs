@@ -64,7 +64,7 @@ pub struct RunArgs {
     #[arg(long, value_name = "HOST:PORT")]
     pub metrics_addr: Option<String>,
     /// Save consistent checkpoints in this folder and, when it holds one, resume from the latest
-    /// (same settings and worker count required). Needs replayable input: Kafka, files or the
+    /// (same settings; any worker and process count). Needs replayable input: Kafka, files or the
     /// simulator (not standard input).
     #[arg(long, value_name = "DIR")]
     pub checkpoint: Option<std::path::PathBuf>,

@@ -445,3 +445,35 @@ impl Publisher {
         );
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_commit_log_gives_a_commits_offsets_and_forgets_later_ones() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = dir.path().join("commits.log");
+        let at = |pairs: &[(&str, u64)]| -> BTreeMap<String, u64> {
+            pairs.iter().map(|(s, o)| (s.to_string(), *o)).collect()
+        };
+        let text = [
+            log_line(1, &at(&[("binance", 10), ("dead_letter", 0)])),
+            log_line(2, &at(&[("binance", 25), ("dead_letter", 7)])),
+            // Written before a transaction that never committed.
+            log_line(3, &at(&[("binance", 40), ("dead_letter", 7)])),
+        ]
+        .concat();
+        std::fs::write(&log, &text).unwrap();
+        assert_eq!(
+            offsets_of(&log, 2).unwrap(),
+            at(&[("binance", 25), ("dead_letter", 7)])
+        );
+        // Entry 3 is gone: the next commit writes its own.
+        assert!(!std::fs::read_to_string(&log).unwrap().contains("\n3 "));
+        assert!(offsets_of(&log, 0).unwrap().is_empty());
+        std::fs::write(&log, &text).unwrap();
+        let e = offsets_of(&log, 7).unwrap_err().to_string();
+        assert!(e.contains("has no entry for Kafka commit 7"), "{e}");
+    }
+}

@@ -33,6 +33,13 @@ enum Command {
     /// Write messages into Kafka from files or the simulator.
     Produce(Box<dataflows::ops::ProduceArgs>),
     /// Start the processes of a cluster here; restart them all from the last checkpoint when one dies.
+    #[command(
+        after_help = "To grow a running job (one process, or fewer workers): stop it \
+        gracefully (Ctrl-C or SIGTERM: a final checkpoint), then start the bigger cluster on the \
+        same --checkpoint folder, e.g.\n  speed-layer cluster -n 2 -w 2 -- --brokers kafka:9092 \
+        --output out --checkpoint ckpt\nState moves by key group and partition; results are those \
+        of an uninterrupted run."
+    )]
     Cluster(speed_layer::supervisor::ClusterCommand),
 }
 

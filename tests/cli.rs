@@ -44,6 +44,43 @@ fn bad_arguments_and_inputs_are_clear_errors() {
         &["run", "--input", "binance=/dev/null", "--sink-kafka"],
         "--sink-kafka, --dead-letter-topic and --alerts-topic need --brokers",
     );
+    let tmp = tempfile::tempdir().unwrap();
+    let ckpt = tmp.path().join("ck").display().to_string();
+    let files = [
+        "run",
+        "--input",
+        "binance=/dev/null",
+        "--brokers",
+        "127.0.0.1:1",
+    ];
+    fails(
+        &[&files[..], &["--exactly-once"]].concat(),
+        "--exactly-once applies to the Kafka sink: give --sink-kafka",
+    );
+    fails(
+        &[&files[..], &["--sink-kafka", "--exactly-once"]].concat(),
+        "--exactly-once commits Kafka transactions at checkpoints: give --checkpoint DIR",
+    );
+    fails(
+        &[
+            &files[..],
+            &[
+                "--sink-kafka",
+                "--kafka-delivery",
+                "exactly-once",
+                "--checkpoint",
+                &ckpt,
+            ],
+            &["--emit-kafka", "all"],
+        ]
+        .concat(),
+        "early updates cannot be",
+    );
+    fails(
+        &["run", "-w", "4", "--key-groups", "3"],
+        "4 workers but only 3 key groups",
+    );
+    fails(&["run", "--key-groups", "0"], "--key-groups");
     fails(
         &[
             "run",

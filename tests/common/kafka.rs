@@ -95,6 +95,7 @@ pub struct Broker {
     child: Child,
     pub port: u16,
     dir: tempfile::TempDir,
+    config: PathBuf,
 }
 
 impl Broker {
@@ -143,16 +144,43 @@ group.initial.rebalance.delay.ms=0
                 .map(|f| std::fs::read_to_string(dir.path().join(f)).unwrap_or_default())
                 .join("")
         );
-        let child = Command::new(java())
+        let child = Self::spawn(dir.path(), &config);
+        let mut broker = Broker {
+            child,
+            port,
+            dir,
+            config,
+        };
+        broker.wait_ready();
+        broker
+    }
+
+    fn spawn(dir: &Path, config: &Path) -> Child {
+        let classpath = format!("{}/*", kafka_libs().display());
+        let log = |name: &str| {
+            std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(dir.join(name))
+                .unwrap()
+        };
+        Command::new(java())
             .args(["-Xmx512m", "-cp", &classpath, "kafka.Kafka"])
-            .arg(&config)
+            .arg(config)
             .stdout(log("broker.log"))
             .stderr(log("broker.err"))
             .spawn()
-            .expect("cannot start Apache Kafka");
-        let mut broker = Broker { child, port, dir };
-        broker.wait_ready();
-        broker
+            .expect("cannot start Apache Kafka")
+    }
+
+    /// Kills the broker (SIGKILL, as a crash) and starts it again after `down` on the same ports
+    /// and log folder; returns once it answers again.
+    pub fn restart(&mut self, down: Duration) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        std::thread::sleep(down);
+        self.child = Self::spawn(self.dir.path(), &self.config);
+        self.wait_ready();
     }
 
     /// Ready when a client gets the cluster's metadata (the listener opens a little earlier).
