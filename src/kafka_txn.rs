@@ -49,6 +49,18 @@ struct Shared {
     closing: AtomicBool,
     /// Per stream: spool bytes committed to Kafka.
     published: Mutex<BTreeMap<String, u64>>,
+    /// Set while the publisher sends a transaction.
+    busy: AtomicBool,
+}
+
+impl Shared {
+    /// Per stream: spool bytes committed to Kafka.
+    fn published(&self) -> BTreeMap<String, u64> {
+        self.published
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
 }
 
 /// The job side of the sink: appends to the spools and hands their lengths to the publisher.
@@ -208,6 +220,26 @@ impl Transactions {
             marks: Mutex::new(marks),
             closing: AtomicBool::new(false),
             published: Mutex::new(published),
+            busy: AtomicBool::new(false),
+        });
+        // A graceful stop ends with a checkpoint: what it covers goes out before the exit.
+        let (waiting, store) = (Arc::clone(&shared), Arc::clone(&e.store));
+        crate::runtime::before_stop_exit(move || {
+            let began = std::time::Instant::now();
+            while began.elapsed() < Duration::from_secs(10) {
+                let _ = store.commit();
+                let complete = store.stats.complete_epoch.load(Ordering::Relaxed);
+                let due = waiting
+                    .marks
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .values()
+                    .any(|m| m.front().is_some_and(|(e, _)| *e <= complete));
+                if !due && !waiting.busy.load(Ordering::Acquire) {
+                    break;
+                }
+                std::thread::sleep(POLL);
+            }
         });
         let mut publisher = Publisher {
             dir: dir.clone(),
@@ -331,18 +363,10 @@ impl Publisher {
 
     /// Sends, in one transaction, every spooled record a complete checkpoint covers.
     fn publish(&mut self) -> anyhow::Result<()> {
-        let complete = self
-            .store
-            .stats
-            .complete_epoch
-            .load(std::sync::atomic::Ordering::Relaxed);
-        let mut targets = self
-            .shared
-            .published
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .clone();
+        let complete = self.store.stats.complete_epoch.load(Ordering::Relaxed);
+        let mut targets = self.shared.published();
         let mut any = false;
+        self.shared.busy.store(true, Ordering::Release);
         {
             let mut marks = self.shared.marks.lock().unwrap_or_else(|e| e.into_inner());
             for (stream, m) in marks.iter_mut() {
@@ -357,14 +381,10 @@ impl Publisher {
             }
         }
         if !any {
+            self.shared.busy.store(false, Ordering::Release);
             return Ok(());
         }
-        let published = self
-            .shared
-            .published
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .clone();
+        let published = self.shared.published();
         let next = self.commit + 1;
         let mut log = OpenOptions::new()
             .create(true)
@@ -397,6 +417,7 @@ impl Publisher {
             .published
             .lock()
             .unwrap_or_else(|e| e.into_inner()) = targets;
+        self.shared.busy.store(false, Ordering::Release);
         tracing::debug!(commit = next, records, "Kafka transaction committed");
         self.report();
         Ok(())
@@ -420,12 +441,7 @@ impl Publisher {
     }
 
     fn report(&self) {
-        let published = self
-            .shared
-            .published
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .clone();
+        let published = self.shared.published();
         let spooled: u64 = self
             .shared
             .marks
@@ -458,16 +474,16 @@ mod tests {
             pairs.iter().map(|(s, o)| (s.to_string(), *o)).collect()
         };
         let text = [
-            log_line(1, &at(&[("binance", 10), ("dead_letter", 0)])),
-            log_line(2, &at(&[("binance", 25), ("dead_letter", 7)])),
+            log_line(1, &at(&[("prices", 10), ("dead_letter", 0)])),
+            log_line(2, &at(&[("prices", 25), ("dead_letter", 7)])),
             // Written before a transaction that never committed.
-            log_line(3, &at(&[("binance", 40), ("dead_letter", 7)])),
+            log_line(3, &at(&[("prices", 40), ("dead_letter", 7)])),
         ]
         .concat();
         std::fs::write(&log, &text).unwrap();
         assert_eq!(
             offsets_of(&log, 2).unwrap(),
-            at(&[("binance", 25), ("dead_letter", 7)])
+            at(&[("prices", 25), ("dead_letter", 7)])
         );
         // Entry 3 is gone: the next commit writes its own.
         assert!(!std::fs::read_to_string(&log).unwrap().contains("\n3 "));

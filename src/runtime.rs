@@ -39,6 +39,20 @@ pub trait Settling: Send + Sync {
     fn stop_epoch(&self) -> Option<EventTime>;
 }
 
+/// Work a graceful stop finishes after its last checkpoint, before the process exits.
+type StopHook = Box<dyn Fn() + Send>;
+
+static STOP_HOOKS: std::sync::Mutex<Vec<StopHook>> = std::sync::Mutex::new(Vec::new());
+
+/// Registers `f` to run when a graceful stop has written its last checkpoint, before the
+/// process exits (a sink that publishes what complete checkpoints cover).
+pub(crate) fn before_stop_exit(f: impl Fn() + Send + 'static) {
+    STOP_HOOKS
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .push(Box::new(f));
+}
+
 /// On SIGINT or SIGTERM: wait for any sink write in progress, run `on_stop` (print the summary),
 /// and exit 0. Outputs hold every window finalised so far; open windows are not emitted (they
 /// are not final). With checkpoints, the sources first stop reading and the job settles: every
@@ -101,6 +115,9 @@ pub(crate) fn stop_on_signal(
                     humantime::format_duration(timeout)
                 );
             }
+        }
+        for hook in STOP_HOOKS.lock().unwrap_or_else(|e| e.into_inner()).iter() {
+            hook();
         }
         let _writing = writing();
         on_stop();

@@ -171,6 +171,13 @@ fn metrics_and_status_follow_the_data_as_it_is_fed() {
     assert!(sample(&metrics, "process_resident_memory_bytes").unwrap() > 1e6);
     assert!(metrics.contains("speed_layer_open_windows{stream=\"binance\"}"));
     assert!(metrics.contains("speed_layer_watermark_lag_seconds{topic=\"binance\"}"));
+    // One worker owns every key group.
+    assert_eq!(
+        sample(&metrics, "speed_layer_key_groups{worker=\"0\"}"),
+        Some(720.0)
+    );
+    assert_eq!(s["key_groups"]["groups"].as_u64(), Some(720));
+    assert_eq!(s["key_groups"]["per_worker"]["0"].as_u64(), Some(720));
     let latest = s["latest"]["binance"].as_array().unwrap();
     assert_eq!(latest.len(), 1, "one symbol in this file");
     assert_eq!(latest[0]["symbol"], "BTCUSDT");

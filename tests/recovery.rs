@@ -439,12 +439,17 @@ fn file_runs_survive_kills_on_any_shape() {
     survives_kills(tmp.path(), "files", &inputs.args(), same_finals);
 }
 
+/// Garbled files of 2 h, with 30 min of allowed lateness (many corrections).
+fn with_corrections(tmp: &Path) -> Vec<String> {
+    let mut args = garbled_sim_inputs(tmp, "2h").args();
+    args.extend(["--allowed-lateness".to_string(), "30m".to_string()]);
+    args
+}
+
 #[test]
 fn file_runs_survive_rescaling() {
     let tmp = tempfile::tempdir().unwrap();
-    let inputs = garbled_sim_inputs(tmp.path(), "2h");
-    let mut args = inputs.args();
-    args.extend(["--allowed-lateness".to_string(), "30m".to_string()]);
+    let args = with_corrections(tmp.path());
     survives_rescaling(tmp.path(), "files", &args, same_revisions);
 }
 
@@ -481,9 +486,7 @@ fn hopping_windows_and_sessions_survive_kills_on_any_shape() {
 #[test]
 fn corrections_survive_kills_on_any_shape() {
     let tmp = tempfile::tempdir().unwrap();
-    let inputs = garbled_sim_inputs(tmp.path(), "2h");
-    let mut args = inputs.args();
-    args.extend(["--allowed-lateness".to_string(), "30m".to_string()]);
+    let args = with_corrections(tmp.path());
     survives_kills(tmp.path(), "corrections", &args, same_revisions);
 }
 
