@@ -47,6 +47,12 @@ fn consumer(
             ("enable.auto.offset.store", "false"),
             ("enable.partition.eof", "false"),
             ("statistics.interval.ms", "1000"),
+            // librdkafka 2.x pauses a partition's fetching for this long (default 1 s) once
+            // its local queue passes `queued.min.messages` or `queued.max.messages.kbytes`.
+            // A backfill of large messages hits that at once and then idles 1 s in 3: 10 ms
+            // reads the same data 2.7× faster (measured: 28 811 messages on 4 partitions of a
+            // local Apache Kafka 4.1, 3.0 s → 1.1 s; a bare consume loop 0.27 s).
+            ("fetch.queue.backoff.ms", "10"),
         ])
         .create_with_context(context)
         .context("cannot create a Kafka consumer (check the -X settings)")
