@@ -18,7 +18,6 @@ use serde_json::{json, Value};
 const BIN: &str = env!("CARGO_BIN_EXE_speed-layer");
 
 /// The tests' fixtures, for the real Apache Kafka broker.
-#[allow(dead_code)]
 #[path = "../tests/common/mod.rs"]
 mod common;
 
