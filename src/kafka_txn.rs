@@ -352,7 +352,18 @@ impl Publisher {
     fn run(&mut self) -> anyhow::Result<()> {
         loop {
             let closing = self.shared.closing.load(Ordering::Relaxed);
-            let _ = self.store.commit();
+            let waiting = self
+                .shared
+                .marks
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .values()
+                .any(|m| !m.is_empty());
+            if waiting {
+                // The checkpoint writer finds complete epochs as it writes parts, at most ten
+                // times a second: look now, or the last parts of a quiet moment wait for the next.
+                let _ = self.store.commit();
+            }
             self.publish()?;
             if closing {
                 return Ok(());
