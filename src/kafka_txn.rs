@@ -54,6 +54,15 @@ struct Shared {
 }
 
 impl Shared {
+    /// Whether spooled records wait for a complete checkpoint.
+    fn waiting(&self) -> bool {
+        self.marks
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .values()
+            .any(|m| !m.is_empty())
+    }
+
     /// Per stream: spool bytes committed to Kafka.
     fn published(&self) -> BTreeMap<String, u64> {
         self.published
@@ -328,14 +337,7 @@ impl Drop for Transactions {
         let ended = self.streams_ended > 0;
         let began = std::time::Instant::now();
         while ended && began.elapsed() < Duration::from_secs(30) {
-            let pending = self
-                .shared
-                .marks
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .values()
-                .any(|m| !m.is_empty());
-            if !pending {
+            if !self.shared.waiting() {
                 break;
             }
             std::thread::sleep(POLL);
@@ -352,14 +354,7 @@ impl Publisher {
     fn run(&mut self) -> anyhow::Result<()> {
         loop {
             let closing = self.shared.closing.load(Ordering::Relaxed);
-            let waiting = self
-                .shared
-                .marks
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .values()
-                .any(|m| !m.is_empty());
-            if waiting {
+            if self.shared.waiting() {
                 // The checkpoint writer finds complete epochs as it writes parts, at most ten
                 // times a second: look now, or the last parts of a quiet moment wait for the next.
                 let _ = self.store.commit();

@@ -490,20 +490,15 @@ fn corrections_survive_kills_on_any_shape() {
     survives_kills(tmp.path(), "corrections", &args, same_revisions);
 }
 
-#[test]
-fn kafka_runs_survive_kills_on_any_shape() {
-    let tmp = tempfile::tempdir().unwrap();
-    let inputs = garbled_sim_inputs(tmp.path(), "40m");
-    let broker = Broker::start();
-    let bootstrap = broker.bootstrap();
-    load_inputs(&bootstrap, &inputs, 10);
-    let args: Vec<String> = [
+/// A bounded read of every topic from `bootstrap`, in small fetches: the job takes long enough
+/// to be stopped at many points.
+fn kafka_read(bootstrap: &str) -> Vec<String> {
+    [
         "--brokers",
-        &bootstrap,
+        bootstrap,
         "--start-from",
         "earliest",
         "--until-end",
-        // Small fetches: the job takes long enough to be killed at many points.
         "-X",
         "max.partition.fetch.bytes=100000",
         "-X",
@@ -512,7 +507,17 @@ fn kafka_runs_survive_kills_on_any_shape() {
         "message.max.bytes=1000000",
     ]
     .map(String::from)
-    .to_vec();
+    .to_vec()
+}
+
+#[test]
+fn kafka_runs_survive_kills_on_any_shape() {
+    let tmp = tempfile::tempdir().unwrap();
+    let inputs = garbled_sim_inputs(tmp.path(), "40m");
+    let broker = Broker::start();
+    let bootstrap = broker.bootstrap();
+    load_inputs(&bootstrap, &inputs, 10);
+    let args = kafka_read(&bootstrap);
     survives_kills(tmp.path(), "kafka", &args, same_finals);
     // Partitions move between workers and processes with their positions.
     survives_rescaling(tmp.path(), "kafka-rescaled", &args, same_finals);
@@ -530,21 +535,7 @@ fn exactly_once_kafka_sink_survives_kills_and_rescales() {
     let b = broker.bootstrap();
     load_inputs(&b, &inputs, 10);
     create_topics(&b, &[("results_eo", 3), ("dead_eo", 1)]);
-    let read: Vec<String> = [
-        "--brokers",
-        &b,
-        "--start-from",
-        "earliest",
-        "--until-end",
-        "-X",
-        "max.partition.fetch.bytes=100000",
-        "-X",
-        "fetch.max.bytes=1000000",
-        "-X",
-        "message.max.bytes=1000000",
-    ]
-    .map(String::from)
-    .to_vec();
+    let read = kafka_read(&b);
     let (want_dir, span) = uninterrupted(RESCALES[0], &tmp.path().join("ref"), &read);
     let mut args = read.clone();
     args.extend(
