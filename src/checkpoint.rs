@@ -341,13 +341,12 @@ impl Checkpoints {
             listings.insert(p, listing);
         }
         if let Some((c, cp)) = store.committed_at() {
-            let complete = listings.get(&cp).and_then(complete_epoch);
-            if best.is_none_or(|(b, _)| b < c) && complete.is_none_or(|e| e < c) {
-                let empty = Vec::new();
-                let listing = listings.get(&cp).unwrap_or(&empty);
+            // An epoch once complete is never lost: no layout reaching it means parts are gone.
+            if best.is_none_or(|(b, _)| b < c) {
+                let listing = store.list(cp)?;
                 let missing: Vec<String> = store
                     .pairs(cp)
-                    .zip(listing.iter().chain(std::iter::repeat(&Vec::new())))
+                    .zip(&listing)
                     .filter(|(_, ranges)| !ranges.iter().any(|(lo, hi, _)| *lo <= c && c <= *hi))
                     .map(|((op, w), _)| format!("{op} of worker {w}"))
                     .take(4)

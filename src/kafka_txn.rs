@@ -78,7 +78,8 @@ pub(crate) struct Transactions {
     files: BTreeMap<String, (BufWriter<File>, u64)>,
     shared: Arc<Shared>,
     publisher: Option<std::thread::JoinHandle<()>>,
-    streams_ended: usize,
+    /// The input ended (a stream finished): the last records wait for the final checkpoint.
+    ended: bool,
 }
 
 /// The publisher's state.
@@ -277,7 +278,7 @@ impl Transactions {
             files,
             shared,
             publisher: Some(thread),
-            streams_ended: 0,
+            ended: false,
         })
     }
 
@@ -325,7 +326,7 @@ impl Transactions {
 
     /// `stream` ended (the end of the input).
     pub fn finish(&mut self, _stream: &str) {
-        self.streams_ended += 1;
+        self.ended = true;
     }
 }
 
@@ -334,7 +335,7 @@ impl Drop for Transactions {
     /// parts are being written by now): they are published once it is complete, within half a
     /// minute; otherwise the next start publishes them. At a stop, what is covered goes out.
     fn drop(&mut self) {
-        let ended = self.streams_ended > 0;
+        let ended = self.ended;
         let began = std::time::Instant::now();
         while ended && began.elapsed() < Duration::from_secs(30) {
             if !self.shared.waiting() {

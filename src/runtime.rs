@@ -151,10 +151,7 @@ pub fn permanent(e: anyhow::Error) -> anyhow::Error {
 
 /// Like [`fatal`], for an error no restart can fix (a checkpointed state that does not decode).
 pub(crate) fn fatal_permanent(msg: &str) -> ! {
-    use std::io::Write;
-    let _ = std::io::stdout().flush();
-    eprintln!("error: {msg}");
-    std::process::exit(i32::from(EXIT_PERMANENT));
+    exit_with(msg, i32::from(EXIT_PERMANENT))
 }
 
 /// Reports an unrecoverable error inside a running dataflow and ends the process with status 1.
@@ -162,10 +159,15 @@ pub(crate) fn fatal_permanent(msg: &str) -> ! {
 /// Used where a worker cannot continue (an output cannot be written, an input cannot be read):
 /// stopping is the only way not to emit windows computed from incomplete data.
 pub(crate) fn fatal(msg: &str) -> ! {
+    exit_with(msg, 1)
+}
+
+/// Prints `error: msg` after whatever stdout holds, and exits with `code`.
+fn exit_with(msg: &str, code: i32) -> ! {
     use std::io::Write;
     let _ = std::io::stdout().flush();
     eprintln!("error: {msg}");
-    std::process::exit(1);
+    std::process::exit(code);
 }
 
 thread_local! {

@@ -264,26 +264,14 @@ static ONE_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
 /// The shapes a rescaled job runs in, one after the other: 1 → 2 workers → 2 processes →
 /// 2 processes of 2 workers → 1 (the layouts of 1, 2, 2, 4 and 1 workers).
 const RESCALES: [Shape; 5] = [
-    Shape {
-        workers: 1,
-        processes: 1,
-    },
-    Shape {
-        workers: 2,
-        processes: 1,
-    },
-    Shape {
-        workers: 1,
-        processes: 2,
-    },
+    SHAPES[0],
+    SHAPES[1],
+    SHAPES[2],
     Shape {
         workers: 2,
         processes: 2,
     },
-    Shape {
-        workers: 1,
-        processes: 1,
-    },
+    SHAPES[0],
 ];
 
 /// Stops a job (every process of a cluster) with SIGKILL, or with SIGTERM (a graceful stop,

@@ -27,10 +27,7 @@ struct KeyState<Acc> {
 
 /// One window on the worker that owns its keys. `cap` (at `end - 1`) is held until the final
 /// result; the state stays afterwards only for the allowed lateness, to apply corrections.
-struct Window<Acc> {
-    cap: Option<Capability<EventTime>>,
-    keys: HashMap<String, KeyState<Acc>>,
-}
+type Window<Acc> = super::KeyedWindow<KeyState<Acc>>;
 
 /// A partial aggregate on its way to the worker that owns its key.
 pub(super) type Partial<A> = (EventTime, String, <A as WindowAggregate>::Acc);
@@ -275,18 +272,8 @@ impl<A: WindowAggregate> WindowState for Windows<A> {
                         },
                     )
                 })
-                .collect::<Vec<_>>();
-            if keys.is_empty() {
-                continue;
-            }
-            let w = self.windows.entry(end).or_insert_with(|| Window {
-                cap: None,
-                keys: Default::default(),
-            });
-            if !is_final && w.cap.is_none() {
-                w.cap = Some(cap.delayed(&(end - 1)));
-            }
-            w.keys.extend(keys);
+                .collect();
+            super::restore_keys(&mut self.windows, end, !is_final, keys, cap);
         }
     }
 

@@ -111,6 +111,35 @@ pub(crate) fn ordered_windowed<'s, A: OrderedAggregate>(
     )
 }
 
+/// One window of keyed state on the worker that owns its keys. `cap` (at `end - 1`) is held
+/// until the final result.
+struct KeyedWindow<K> {
+    cap: Option<Capability<EventTime>>,
+    keys: std::collections::HashMap<String, K>,
+}
+
+/// Adds restored keys of the window ending at `end` (a rescale merges several old workers'
+/// states into one window); a window still `open` holds its capability again.
+fn restore_keys<K>(
+    windows: &mut BTreeMap<EventTime, KeyedWindow<K>>,
+    end: EventTime,
+    open: bool,
+    keys: Vec<(String, K)>,
+    cap: &Capability<EventTime>,
+) {
+    if keys.is_empty() {
+        return;
+    }
+    let w = windows.entry(end).or_insert_with(|| KeyedWindow {
+        cap: None,
+        keys: Default::default(),
+    });
+    if open && w.cap.is_none() {
+        w.cap = Some(cap.delayed(&(end - 1)));
+    }
+    w.keys.extend(keys);
+}
+
 /// What differs between kinds of windows: the state of one window operator on one worker.
 trait WindowState: 'static {
     /// What arrives, exchanged by key: partial aggregates or records.

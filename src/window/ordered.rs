@@ -87,10 +87,7 @@ pub(super) struct KeyAcc<Acc> {
 }
 
 /// One window: `cap` (at `end - 1`) is held until its final result.
-struct Window<Acc> {
-    cap: Option<Capability<EventTime>>,
-    keys: HashMap<String, KeyAcc<Acc>>,
-}
+type Window<Acc> = super::KeyedWindow<KeyAcc<Acc>>;
 
 /// The checkpointed state: key states, records not yet applied (with their stamps), and
 /// windows (end, still open, keys).
@@ -389,18 +386,8 @@ impl<A: OrderedAggregate> WindowState for Ordered<A> {
                     st.revision += u32::from(settled_here);
                     (k, st)
                 })
-                .collect::<Vec<_>>();
-            if keys.is_empty() {
-                continue;
-            }
-            let w = self.windows.entry(end).or_insert_with(|| Window {
-                cap: None,
-                keys: Default::default(),
-            });
-            if !is_final && w.cap.is_none() {
-                w.cap = Some(cap.delayed(&(end - 1)));
-            }
-            w.keys.extend(keys);
+                .collect();
+            super::restore_keys(&mut self.windows, end, !is_final, keys, cap);
         }
     }
 
