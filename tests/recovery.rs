@@ -886,6 +886,21 @@ fn a_lost_peer_stops_the_other_process_and_both_resume() {
     assert_eq!(dead_lines(&out), dead_lines(&want_dir), "dead letters");
 }
 
+/// Whether `dir` holds a published Parquet file (outside `_staging`).
+fn has_published_file(dir: &Path) -> bool {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return false;
+    };
+    entries.filter_map(Result::ok).any(|e| {
+        let p = e.path();
+        if p.is_dir() {
+            p.file_name().is_some_and(|n| n != "_staging") && has_published_file(&p)
+        } else {
+            p.extension().is_some_and(|x| x == "parquet")
+        }
+    })
+}
+
 /// Reads the visible Parquet files of `dir` with pyarrow into JSON lines (`parquet_read.py`);
 /// fails on a file that does not read (a partial file) and, through `read_results`, on a row
 /// seen twice.
@@ -933,6 +948,17 @@ fn parquet_files_survive_kills_exactly_once() {
                 std::thread::sleep(Duration::from_millis(5));
             }
             std::thread::sleep(Duration::from_millis(rng.u64(0..250)));
+        }
+        // Half the kills, while nothing was visible yet, wait for a published file: the test
+        // must see files between a crash and its restart.
+        let began = Instant::now();
+        while kill >= 3
+            && visible_seen == 0
+            && !has_published_file(&pq)
+            && child.try_wait().unwrap().is_none()
+            && began.elapsed() < Duration::from_secs(60)
+        {
+            std::thread::sleep(Duration::from_millis(5));
         }
         if child.try_wait().unwrap().is_some() {
             break;
