@@ -1,5 +1,6 @@
 //! JSON helpers shared by the market decoders: splitting a value into rows or events without
-//! copying, and reading numbers that may come as JSON numbers or as strings.
+//! copying, reading numbers that may come as JSON numbers or as strings, and [`Scan`], the
+//! validating single-pass scanner behind the decoders' fast paths.
 
 use serde_json::value::RawValue;
 
@@ -18,6 +19,230 @@ pub(crate) fn elements(text: &str) -> Result<Vec<&RawValue>, String> {
             Err(e) => Err(format!("invalid JSON: {e}")),
         },
         None => Err("empty message".to_string()),
+    }
+}
+
+/// A validating forward scanner over one JSON text, for decoders' fast paths: it reads the few
+/// fields a decoder needs and skips the rest while checking them against the JSON grammar.
+///
+/// Every method answers `None` when the input is anything but plain, valid JSON of the
+/// expected shape (an escape in a string, a nested value where a scalar is skipped, invalid
+/// syntax, a number out of range). The caller then decodes the message again on its general
+/// (`serde_json`) path, which gives the error or the unusual-but-valid reading. So the scanner
+/// never accepts what the general path rejects, and it reads every value it accepts exactly
+/// as `serde_json` does (numbers through the same correctly rounded conversion).
+pub(crate) struct Scan<'a> {
+    text: &'a str,
+    pos: usize,
+}
+
+impl<'a> Scan<'a> {
+    /// A scanner at the start of `text`.
+    pub fn new(text: &'a str) -> Self {
+        Scan { text, pos: 0 }
+    }
+
+    fn bytes(&self) -> &'a [u8] {
+        self.text.as_bytes()
+    }
+
+    /// Skips JSON whitespace and returns the next byte, if any.
+    #[inline]
+    pub fn peek(&mut self) -> Option<u8> {
+        let b = self.bytes();
+        while let Some(&c) = b.get(self.pos) {
+            if !matches!(c, b' ' | b'\t' | b'\n' | b'\r') {
+                return Some(c);
+            }
+            self.pos += 1;
+        }
+        None
+    }
+
+    /// Consumes `c` (after whitespace).
+    #[inline]
+    pub fn eat(&mut self, c: u8) -> Option<()> {
+        (self.peek()? == c).then(|| self.pos += 1)
+    }
+
+    /// Whether only whitespace is left.
+    pub fn at_end(&mut self) -> bool {
+        self.peek().is_none()
+    }
+
+    /// A string without escapes (its contents), or `None`.
+    #[inline]
+    pub fn plain_str(&mut self) -> Option<&'a str> {
+        self.eat(b'"')?;
+        let b = self.bytes();
+        let start = self.pos;
+        let mut i = start;
+        loop {
+            let c = *b.get(i)?;
+            if c == b'"' {
+                break;
+            }
+            // Control characters are invalid in JSON strings; escapes go the general way.
+            if c == b'\\' || c < 0x20 {
+                return None;
+            }
+            i += 1;
+        }
+        self.pos = i + 1;
+        // Both ends sit next to an ASCII quote, so they are character boundaries.
+        self.text.get(start..i)
+    }
+
+    /// The text of a number, checked against the JSON grammar
+    /// (`-?(0|[1-9][0-9]*)(\.[0-9]+)?([eE][+-]?[0-9]+)?`).
+    #[inline]
+    pub fn number_text(&mut self) -> Option<&'a str> {
+        self.peek()?;
+        let b = self.bytes();
+        let start = self.pos;
+        let mut i = start;
+        let digits = |i: &mut usize| {
+            let from = *i;
+            while b.get(*i).is_some_and(u8::is_ascii_digit) {
+                *i += 1;
+            }
+            *i > from
+        };
+        if b.get(i) == Some(&b'-') {
+            i += 1;
+        }
+        match b.get(i) {
+            Some(b'0') => i += 1,
+            Some(b'1'..=b'9') => {
+                digits(&mut i);
+            }
+            _ => return None,
+        }
+        if b.get(i) == Some(&b'.') {
+            i += 1;
+            if !digits(&mut i) {
+                return None;
+            }
+        }
+        if matches!(b.get(i), Some(b'e' | b'E')) {
+            i += 1;
+            if matches!(b.get(i), Some(b'+' | b'-')) {
+                i += 1;
+            }
+            if !digits(&mut i) {
+                return None;
+            }
+        }
+        self.pos = i;
+        self.text.get(start..i)
+    }
+
+    /// Whether the next value is `null` (consumed if so).
+    #[inline]
+    pub fn null(&mut self) -> Option<bool> {
+        if self.peek()? == b'n' {
+            self.literal(b"null")?;
+            return Some(true);
+        }
+        Some(false)
+    }
+
+    fn literal(&mut self, word: &[u8]) -> Option<()> {
+        let end = self.pos + word.len();
+        (self.bytes().get(self.pos..end)? == word).then(|| self.pos = end)
+    }
+
+    /// A number as `f64`, or `null`; a number too large for `f64` is `None` (as `serde_json`
+    /// rejects it).
+    #[inline]
+    pub fn opt_f64(&mut self) -> Option<Option<f64>> {
+        if self.null()? {
+            return Some(None);
+        }
+        let v: f64 = self.number_text()?.parse().ok()?;
+        v.is_finite().then_some(Some(v))
+    }
+
+    /// A non-negative integer that fits `u64`, or `null`.
+    #[inline]
+    pub fn opt_u64(&mut self) -> Option<Option<u64>> {
+        if self.null()? {
+            return Some(None);
+        }
+        let t = self.number_text()?;
+        if !t.bytes().all(|c| c.is_ascii_digit()) {
+            return None;
+        }
+        t.parse().ok().map(Some)
+    }
+
+    /// A string without escapes, or `null`.
+    #[inline]
+    pub fn opt_str(&mut self) -> Option<Option<&'a str>> {
+        if self.null()? {
+            return Some(None);
+        }
+        self.plain_str().map(Some)
+    }
+
+    /// Skips one scalar value (string, number, `true`, `false`, `null`).
+    #[inline]
+    pub fn skip_scalar(&mut self) -> Option<()> {
+        match self.peek()? {
+            b'"' => self.plain_str().map(drop),
+            b't' => self.literal(b"true"),
+            b'f' => self.literal(b"false"),
+            b'n' => self.literal(b"null"),
+            _ => self.number_text().map(drop),
+        }
+    }
+
+    /// Reads the fields of an object: `field(self, name)` reads or skips each value.
+    #[inline]
+    pub fn object(
+        &mut self,
+        mut field: impl FnMut(&mut Self, &'a str) -> Option<()>,
+    ) -> Option<()> {
+        self.eat(b'{')?;
+        if self.eat(b'}').is_some() {
+            return Some(());
+        }
+        loop {
+            let name = self.plain_str()?;
+            self.eat(b':')?;
+            field(self, name)?;
+            match self.peek()? {
+                b',' => self.pos += 1,
+                b'}' => {
+                    self.pos += 1;
+                    return Some(());
+                }
+                _ => return None,
+            }
+        }
+    }
+
+    /// Reads a JSON array of elements with `element`, or a bare element (one object).
+    #[inline]
+    pub fn elements(&mut self, mut element: impl FnMut(&mut Self) -> Option<()>) -> Option<()> {
+        if self.eat(b'[').is_none() {
+            element(self)?;
+            return self.at_end().then_some(());
+        }
+        if self.eat(b']').is_none() {
+            loop {
+                element(self)?;
+                match self.peek()? {
+                    b',' => self.pos += 1,
+                    b']' => {
+                        self.pos += 1;
+                        break;
+                    }
+                    _ => return None,
+                }
+            }
+        }
+        self.at_end().then_some(())
     }
 }
 

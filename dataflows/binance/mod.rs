@@ -102,7 +102,7 @@ pub struct Kline {
 
 /// The fields of a wire row that matter; unknown fields (including the 19-digit nanosecond
 /// `timestamp`) are skipped without being parsed as numbers.
-#[derive(Deserialize)]
+#[derive(Deserialize, Default)]
 struct Row<'a> {
     #[serde(borrow)]
     symbol: Option<Cow<'a, str>>,
@@ -145,41 +145,95 @@ impl Decoder for KlineDecoder {
             Ok(t) => t,
             Err(e) => return out.push(Decoded::malformed(0, "invalid UTF-8", e.to_string(), None)),
         };
-        // Fast path: the whole message parses in one pass (the common case).
-        if text.trim_start().starts_with('[') {
-            if let Ok(rows) = serde_json::from_str::<Vec<Row>>(text) {
-                for (i, row) in rows.into_iter().enumerate() {
-                    out.push(decode_row(i as u32, row, || None));
-                }
-                return;
-            }
-        } else if let Ok(row) = serde_json::from_str::<Row>(text) {
-            return out.push(decode_row(0, row, || None));
+        // Fastest path: plain rows, read by the validating scanner (the common case).
+        let start = out.len();
+        if scan_rows(text, out).is_some() {
+            return;
         }
-        // Slow path: something is wrong; find out which row and why, row by row.
-        let rows = match json::elements(text) {
-            Ok(rows) => rows,
-            Err(e) => return out.push(Decoded::malformed(0, reason_of(&e), e, None)),
-        };
-        let many = rows.len() > 1;
-        for (i, raw) in rows.into_iter().enumerate() {
-            let index = i as u32;
-            let excerpt = || many.then(|| raw.get().to_string());
-            match serde_json::from_str::<Row>(raw.get()) {
-                Ok(row) => out.push(decode_row(index, row, excerpt)),
-                Err(e) => {
-                    if let Some(last_wins) = json::without_duplicate_fields(raw.get(), &e) {
-                        if let Ok(row) = serde_json::from_str::<Row>(&last_wins) {
-                            out.push(decode_row(index, row, excerpt));
-                            continue;
-                        }
+        out.truncate(start);
+        decode_general(text, out);
+    }
+}
+
+/// The `serde_json` paths: a message the scanner does not take (malformed, or valid but
+/// unusual: escapes, nested values, repeated fields).
+fn decode_general(text: &str, out: &mut Vec<Decoded<Kline>>) {
+    // Fast path: the whole message parses in one pass.
+    if text.trim_start().starts_with('[') {
+        if let Ok(rows) = serde_json::from_str::<Vec<Row>>(text) {
+            for (i, row) in rows.into_iter().enumerate() {
+                out.push(decode_row(i as u32, row, || None));
+            }
+            return;
+        }
+    } else if let Ok(row) = serde_json::from_str::<Row>(text) {
+        return out.push(decode_row(0, row, || None));
+    }
+    // Slow path: something is wrong; find out which row and why, row by row.
+    let rows = match json::elements(text) {
+        Ok(rows) => rows,
+        Err(e) => return out.push(Decoded::malformed(0, reason_of(&e), e, None)),
+    };
+    let many = rows.len() > 1;
+    for (i, raw) in rows.into_iter().enumerate() {
+        let index = i as u32;
+        let excerpt = || many.then(|| raw.get().to_string());
+        match serde_json::from_str::<Row>(raw.get()) {
+            Ok(row) => out.push(decode_row(index, row, excerpt)),
+            Err(e) => {
+                if let Some(last_wins) = json::without_duplicate_fields(raw.get(), &e) {
+                    if let Ok(row) = serde_json::from_str::<Row>(&last_wins) {
+                        out.push(decode_row(index, row, excerpt));
+                        continue;
                     }
-                    let (reason, detail) = diagnose(raw, &e);
-                    out.push(Decoded::malformed(index, reason, detail, excerpt()));
                 }
+                let (reason, detail) = diagnose(raw, &e);
+                out.push(Decoded::malformed(index, reason, detail, excerpt()));
             }
         }
     }
+}
+
+/// Reads a message of plain rows with [`json::Scan`]: `None` (with `out` partly filled) when
+/// anything is unusual, and the message then takes the `serde_json` paths, which read it
+/// the same way or say what is wrong.
+fn scan_rows(text: &str, out: &mut Vec<Decoded<Kline>>) -> Option<()> {
+    let mut scan = json::Scan::new(text);
+    let mut index = 0u32;
+    scan.elements(|scan| {
+        let mut row = Row::default();
+        // A repeated field of the five goes the general way (the last one wins there).
+        let mut seen = 0u8;
+        scan.object(|scan, name| {
+            let bit = match name {
+                "symbol" => {
+                    row.symbol = scan.opt_str()?.map(Cow::Borrowed);
+                    1
+                }
+                "snapshot_time" => {
+                    row.snapshot_time = scan.opt_u64()?;
+                    2
+                }
+                "close" => {
+                    row.close = scan.opt_f64()?;
+                    4
+                }
+                "quote_asset_volume" => {
+                    row.quote_asset_volume = scan.opt_f64()?;
+                    8
+                }
+                "taker_buy_quote" => {
+                    row.taker_buy_quote = scan.opt_f64()?;
+                    16
+                }
+                _ => return scan.skip_scalar(),
+            };
+            (seen & bit == 0).then(|| seen |= bit)
+        })?;
+        out.push(decode_row(index, row, || None));
+        index += 1;
+        Some(())
+    })
 }
 
 /// A parsed row: a record, or malformed for a missing key or event time.
@@ -359,6 +413,72 @@ mod tests {
             r#"{"snapshot_time":1,"symbol":"X","close":5.0E-4,"quote_asset_volume":0.0,"taker_buy_quote":0.0}"#,
         );
         assert_eq!(record(&small[0]).2.price, Some(0.0005));
+    }
+
+    /// What the scanner reads, when it takes the message at all.
+    fn scanned(s: &str) -> Option<Vec<Decoded<Kline>>> {
+        let mut out = Vec::new();
+        scan_rows(s, &mut out).map(|()| out)
+    }
+
+    fn general(s: &str) -> Vec<Decoded<Kline>> {
+        let mut out = Vec::new();
+        decode_general(s, &mut out);
+        out
+    }
+
+    #[test]
+    fn the_scanner_takes_plain_rows_and_reads_them_as_serde_json_does() {
+        for text in [
+            format!("[{ROW},{ROW}]"),
+            ROW.to_string(),
+            " [ ] ".to_string(),
+            r#"[{"symbol":null,"snapshot_time":1}, {"snapshot_time":null,"symbol":"S"}]"#.into(),
+            r#"{"symbol":"S","snapshot_time":0,"close":-0,"quote_asset_volume":123456789012345678901234,"taker_buy_quote":1e-320}"#.into(),
+            r#"{"symbol":"S","snapshot_time":18446744073709551615,"close":0.1e1,"x":[],"y":{}}"#.into(),
+            r#"{"symbol":"S","snapshot_time":5,"close":1E+2,"t":true,"f":false,"n":null,"s":"é"}"#.into(),
+        ] {
+            if let Some(fast) = scanned(&text) {
+                assert_eq!(fast, general(&text), "{text}");
+            }
+        }
+        assert!(
+            scanned(&format!("[{ROW},{ROW}]")).is_some(),
+            "the common case is scanned"
+        );
+        for unusual in [
+            r#"{"symbol":"S\u0041","snapshot_time":1}"#,
+            r#"{"symbol":"S","symbol":"T","snapshot_time":1}"#,
+            r#"{"symbol":"S","snapshot_time":1,"nested":{"a":1}}"#,
+            r#"{"symbol":"S","snapshot_time":1.0}"#,
+            r#"{"symbol":"S","snapshot_time":1,"close":1e999}"#,
+            r#"{"symbol":"S","snapshot_time":1,"close":01}"#,
+            r#"{"symbol":"S","snapshot_time":1,"close":1.}"#,
+            r#"{"symbol":"S","snapshot_time":1,"close":"1"}"#,
+            "{\"symbol\":\"S\t\",\"snapshot_time\":1}",
+            r#"{"symbol":"S","snapshot_time":1} x"#,
+            r#"[{"symbol":"S","snapshot_time":1},]"#,
+            r#"[7]"#,
+        ] {
+            assert!(scanned(unusual).is_none(), "{unusual}");
+        }
+    }
+
+    proptest::proptest! {
+        /// Whatever a byte-level edit does to a row, the scanner either leaves the message to
+        /// the general path or reads exactly what the general path reads.
+        #[test]
+        fn the_scanner_never_disagrees_with_serde_json(
+            at in 0usize..400, len in 0usize..4, insert in "[ -~]{0,3}", twice in proptest::bool::ANY,
+        ) {
+            let base = if twice { format!("[{ROW}, {ROW}]") } else { ROW.to_string() };
+            let at = at.min(base.len());
+            let end = (at + len).min(base.len());
+            let text = format!("{}{}{}", &base[..at], insert, &base[end..]);
+            if let Some(fast) = scanned(&text) {
+                proptest::prop_assert_eq!(fast, general(&text), "{}", text);
+            }
+        }
     }
 
     #[test]
