@@ -8,7 +8,10 @@
 //! the window's result is the Pearson correlation of the two symbols' returns over the last
 //! hour. Deterministic for any worker count, checkpointed like every window.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
+
+// Short string keys, hashed per record: foldhash is several times faster than SipHash.
+use foldhash::HashMap;
 
 use serde::{Deserialize, Serialize};
 use timely::dataflow::channels::pact::Pipeline;
@@ -74,7 +77,7 @@ pub(super) fn minute_closes<'s>(
         move |input, output| {
             input.for_each_stamp(|cap, data| {
                 // Per (symbol, minute): the latest row's time and close, and the rows seen.
-                let mut latest: HashMap<(&str, EventTime), Latest1> = HashMap::new();
+                let mut latest: HashMap<(&str, EventTime), Latest1> = HashMap::default();
                 let batches: Vec<Vec<Timed<Kline>>> = data.map(std::mem::take).collect();
                 if !aligned {
                     return;

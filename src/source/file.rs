@@ -42,6 +42,10 @@ impl ReaderFactory for FileFactory {
         self.topic_ordinal
     }
 
+    fn partition_count(&self) -> Option<usize> {
+        Some(self.paths.len())
+    }
+
     fn resumable(&self) -> anyhow::Result<()> {
         anyhow::ensure!(
             !self.paths.iter().any(|p| p == "-"),
@@ -79,7 +83,7 @@ impl ReaderFactory for FileFactory {
                     );
                     f.seek(SeekFrom::Start(at.offset))?;
                 }
-                Lines::File(BufReader::with_capacity(1 << 20, f))
+                Lines::File(BufReader::with_capacity(1 << 20, f), 0)
             };
             parts.push(PartitionInfo {
                 id: i as u32,
@@ -102,29 +106,42 @@ impl ReaderFactory for FileFactory {
 
 /// Lines from a regular file (read in place) or from a pipe (read by a helper thread).
 enum Lines {
-    File(BufReader<File>),
+    /// A file, and how much of its buffer the line handed out last covers (consumed on the
+    /// next call: lines are lent straight from the buffer, without a copy).
+    File(BufReader<File>, usize),
     Piped(Receiver<std::io::Result<Vec<u8>>>),
 }
 
 /// One line (with its end-of-line bytes), nothing yet, or the end of the input.
-enum Next {
-    Line,
+enum Next<'a> {
+    Line(&'a [u8]),
     Wait,
     End,
 }
 
 impl Lines {
-    fn next(&mut self, buf: &mut Vec<u8>) -> std::io::Result<Next> {
+    /// The next line: from the file's buffer when it lies there whole, else gathered in `buf`.
+    fn next<'a>(&'a mut self, buf: &'a mut Vec<u8>) -> std::io::Result<Next<'a>> {
         match self {
-            Lines::File(r) => Ok(if r.read_until(b'\n', buf)? == 0 {
-                Next::End
-            } else {
-                Next::Line
-            }),
+            Lines::File(r, lent) => {
+                r.consume(std::mem::take(lent));
+                let avail = r.fill_buf()?;
+                if avail.is_empty() {
+                    return Ok(Next::End);
+                }
+                if let Some(i) = memchr::memchr(b'\n', avail) {
+                    *lent = i + 1;
+                    // Read again: the borrow above ended with the search.
+                    return Ok(Next::Line(&r.buffer()[..i + 1]));
+                }
+                buf.clear();
+                r.read_until(b'\n', buf)?;
+                Ok(Next::Line(&buf[..]))
+            }
             Lines::Piped(rx) => match rx.try_recv() {
                 Ok(line) => {
                     *buf = line?;
-                    Ok(Next::Line)
+                    Ok(Next::Line(&buf[..]))
                 }
                 Err(TryRecvError::Empty) => Ok(Next::Wait),
                 Err(TryRecvError::Disconnected) => Ok(Next::End),
@@ -194,13 +211,12 @@ impl Reader for FileReader {
         for (slot, input) in self.inputs.iter_mut().enumerate() {
             let Some(li) = input else { continue };
             for _ in 0..share {
-                self.buf.clear();
                 let next = li
                     .lines
                     .next(&mut self.buf)
                     .with_context(|| format!("reading {:?}", self.parts[slot].origin))?;
-                match next {
-                    Next::Line => {}
+                let read = match next {
+                    Next::Line(read) => read,
                     Next::Wait => {
                         waiting = true;
                         break;
@@ -210,10 +226,10 @@ impl Reader for FileReader {
                         *input = None;
                         break;
                     }
-                }
+                };
                 li.line += 1;
-                li.offset += self.buf.len() as u64;
-                let mut line = &self.buf[..];
+                li.offset += read.len() as u64;
+                let mut line = read;
                 while let Some((last, rest)) = line.split_last() {
                     if matches!(last, b'\n' | b'\r') {
                         line = rest

@@ -73,6 +73,10 @@ impl ReaderFactory for GeneratedFactory {
         self.topic_ordinal
     }
 
+    fn partition_count(&self) -> Option<usize> {
+        Some(self.topic.partitions)
+    }
+
     fn open(
         &self,
         index: usize,

@@ -266,6 +266,10 @@ impl ReaderFactory for KafkaFactory {
         self.topic_ordinal
     }
 
+    fn partition_count(&self) -> Option<usize> {
+        Some(self.plan.partitions.len())
+    }
+
     fn open(
         &self,
         index: usize,

@@ -11,23 +11,19 @@
 pub mod file;
 pub mod generated;
 pub mod kafka;
+mod operator;
+
+pub use operator::source;
 
 use std::borrow::Cow;
-use std::rc::Rc;
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
-use timely::dataflow::operators::generic::builder_rc::OperatorBuilder;
-use timely::dataflow::operators::generic::OutputBuilder;
-use timely::dataflow::operators::Capability;
-use timely::dataflow::{Scope, StreamVec};
+use timely::dataflow::StreamVec;
 use timely::ExchangeData;
 
-use crate::checkpoint::{self, Entry};
-use crate::context::OperatorContext;
-use crate::result::{DeadLetter, Place, DEAD_LETTER_RAW_MAX};
-use crate::stats::{PartitionStatus, TopicCounts};
-use crate::time::{EventTime, PartitionClock, Position, Timed, Timeliness, WindowSpec};
+use crate::result::{DeadLetter, Place};
+use crate::time::{EventTime, Timed};
 
 /// Where a partition's messages come from; names the position in dead-letter records.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -137,6 +133,11 @@ pub trait ReaderFactory: Send + Sync {
     ) -> anyhow::Result<Box<dyn Reader>>;
     /// The topic's ordinal in the job (see [`owns`]).
     fn topic_ordinal(&self) -> usize;
+    /// How many partitions the topic has, when known before reading: the source spreads
+    /// decoding over all workers unless they divide evenly among them.
+    fn partition_count(&self) -> Option<usize> {
+        None
+    }
     /// Whether a run over this input can be resumed from a checkpoint (it can be read again
     /// from a saved position); a clear error when not.
     fn resumable(&self) -> anyhow::Result<()> {
@@ -152,7 +153,7 @@ pub(crate) fn owns(topic_ordinal_plus_partition: usize, worker: usize, peers: us
 }
 
 /// One outcome of decoding a message value.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub enum Decoded<R> {
     /// A well-formed record for the metrics.
     Record {
@@ -296,350 +297,6 @@ pub(crate) type SourceStreams<'s, R> = (
     StreamVec<'s, EventTime, Timed<R>>,
     StreamVec<'s, EventTime, DeadLetter>,
 );
-
-/// How often a source publishes its partitions' status to the shared stats.
-const STATUS_EVERY: Duration = Duration::from_millis(250);
-
-/// Reads up to this many messages per activation before yielding to other operators.
-const READ_BUDGET: usize = 4096;
-
-/// ... and about this many bytes, so that large messages also leave room for the other
-/// operators, and watermarks (and checkpoints) advance in small steps.
-const READ_BYTES: usize = 1 << 20;
-
-/// A source's checkpointed state: where each partition stands and its clock, and the
-/// corrections it sent stamped at or after the epoch (the only records read before the cut
-/// whose times fall after it).
-#[derive(Serialize, Deserialize)]
-struct SourceState<R> {
-    partitions: Vec<(ResumePoint, PartitionClock)>,
-    inflight: Vec<(EventTime, Timed<R>)>,
-}
-
-/// Builds the source operator for `topic`: records (stamped at the source's watermark) and
-/// dead-letter lines. `factory` is opened on each worker; `decoder` is cloned per worker.
-/// With `ckpt`, it resumes from the checkpoint's positions and writes its part whenever its
-/// capability crosses checkpoint epochs.
-pub fn source<'s, D>(
-    scope: Scope<'s, EventTime>,
-    topic: &str,
-    factory: std::sync::Arc<dyn ReaderFactory>,
-    decoder: D,
-    spec: WindowSpec,
-    ctx: OperatorContext,
-) -> SourceStreams<'s, D::Record>
-where
-    D: Decoder,
-{
-    let OperatorContext { stats, ckpt, .. } = ctx;
-    let mut builder = OperatorBuilder::new(format!("Source({topic})"), scope);
-    let info = builder.operator_info();
-    let activator = scope.activator_for(Rc::clone(&info.address));
-    let sync_activator = scope.worker().sync_activator_for(info.address.to_vec());
-    let (records_out, records) = builder.new_output();
-    let (dead_out, dead) = builder.new_output();
-    let mut records_out: OutputBuilder<_, timely::container::CapacityContainerBuilder<Vec<_>>> =
-        OutputBuilder::from(records_out);
-    let mut dead_out: OutputBuilder<
-        _,
-        timely::container::CapacityContainerBuilder<Vec<DeadLetter>>,
-    > = OutputBuilder::from(dead_out);
-    let (index, peers) = (scope.index(), scope.peers());
-    let ordinal = factory.topic_ordinal();
-    let topic = topic.to_string();
-    let mut decoder = decoder;
-
-    builder.build(move |mut start_caps| {
-        // After a rescale every old worker's partitions are offered; the reader takes those
-        // this worker owns now, and the corrections in flight go with their partitions.
-        let restored: Option<SourceState<D::Record>> = ckpt.as_ref().and_then(|c| {
-            let all = c.restored_all::<SourceState<D::Record>>(index);
-            (!all.is_empty()).then(|| {
-                let mut merged = SourceState { partitions: Vec::new(), inflight: Vec::new() };
-                for st in all {
-                    merged.partitions.extend(st.partitions);
-                    merged.inflight.extend(st.inflight.into_iter().filter(|(_, r)| {
-                        owns(ordinal + r.pos.partition as usize, index, peers)
-                    }));
-                }
-                merged
-            })
-        });
-        let epoch = ckpt.as_ref().and_then(|c| c.store.epoch()).unwrap_or(0);
-        // Resumed: nothing read from here on is stamped before the epoch.
-        start_caps.iter_mut().for_each(|c| c.downgrade(&epoch));
-        let mut next_epoch = ckpt.as_ref().map_or(EventTime::MAX, |c| c.store.after(epoch));
-        let (resume, mut restored_clocks, mut inflight) = match restored {
-            Some(st) => {
-                let (points, clocks): (Vec<_>, Vec<_>) = st.partitions.into_iter().unzip();
-                let ids: Vec<u32> = points.iter().map(|p| p.id).collect();
-                let inflight: Vec<(EventTime, Timed<D::Record>)> =
-                    st.inflight.into_iter().filter(|(t, _)| *t >= epoch).collect();
-                (points, ids.into_iter().zip(clocks).collect::<Vec<_>>(), inflight)
-            }
-            None => (Vec::new(), Vec::new(), Vec::new()),
-        };
-        // Restored corrections go out again, at their own times (and so back into `inflight`).
-        let mut pending_corrections: Vec<(EventTime, Timed<D::Record>)> = std::mem::take(&mut inflight);
-        let mut caps: Option<Vec<Capability<EventTime>>> = Some(start_caps);
-        let mut reader: Option<Box<dyn Reader>> = None;
-        // The reader's partitions (cached; they only grow) and, per partition, its clock.
-        let mut parts: Vec<PartitionInfo> = Vec::new();
-        let mut clocks: Vec<PartitionClock> = Vec::new();
-        // Messages and records read per partition.
-        let mut counts: Vec<(u64, u64)> = Vec::new();
-        let mut tally = TopicCounts::default();
-        let mut decoded = Vec::new();
-        let mut pending_records = Vec::new();
-        let mut pending_dead: Vec<DeadLetter> = Vec::new();
-        let mut last_status = std::time::Instant::now() - STATUS_EVERY;
-        // Mean message size (bytes) seen so far, for the per-activation budget.
-        let mut mean_len: usize = 256;
-
-        move |_frontiers| {
-            let Some(held) = caps.as_mut() else { return };
-            // A graceful stop: read nothing more, hold the capability, let the job settle.
-            if ckpt.is_some() && crate::runtime::stopping() {
-                return;
-            }
-            if reader.is_none() {
-                match factory.open(index, peers, &resume) {
-                    Ok(mut r) => {
-                        let sync_activator = sync_activator.clone();
-                        r.set_waker(std::sync::Arc::new(move || {
-                            // Fails only once the worker is gone, when there is nothing to wake.
-                            let _ = sync_activator.activate();
-                        }));
-                        reader = Some(r);
-                    }
-                    Err(e) => crate::runtime::fatal(&format!("cannot open input {topic}: {e:#}")),
-                }
-            }
-            // The reader was just set if it was missing.
-            let r = reader.as_mut().unwrap();
-            if let Err(e) = r.refresh() {
-                crate::runtime::fatal(&format!("reading {topic} failed: {e:#}"));
-            }
-            if r.partitions().len() != parts.len() {
-                parts = r.partitions().to_vec();
-                clocks.resize(parts.len(), PartitionClock::default());
-                counts.resize(parts.len(), (0, 0));
-                for (id, clock) in restored_clocks.drain(..) {
-                    if let Some(slot) = parts.iter().position(|p| p.id == id) {
-                        clocks[slot] = clock;
-                    }
-                }
-            }
-            let held_time = *held[0].time();
-            let status = {
-                let budget = (READ_BYTES / mean_len.max(1)).clamp(16, READ_BUDGET);
-                let now = crate::time::now_ms();
-                let mut on_message = |slot: usize, offset: u64, value: &[u8], timestamp: Option<EventTime>| {
-                    mean_len = (mean_len * 15 + value.len()) / 16;
-                    tally.messages += 1;
-                    decoded.clear();
-                    // A decoder that panics (a bug: no input should make one) costs the
-                    // message, dead-lettered, not the job: a restart would read it again.
-                    if let Err(why) = crate::runtime::contain(|| decoder.decode_at(value, timestamp, &mut decoded)) {
-                        decoded.clear();
-                        decoded.push(Decoded::malformed(0, "decoder failed", why, None));
-                    }
-                    counts[slot].0 += 1;
-                    counts[slot].1 += decoded.len() as u64;
-                    let clock = &mut clocks[slot];
-                    let part = &parts[slot];
-                    // The watermark before this message decides for all its records.
-                    let closed = clock.closed(&spec, held_time);
-                    let mut newest: Option<EventTime> = None;
-                    let mut dead = |index: u32, reason: &str, detail: &str, time: Option<EventTime>, excerpt: Option<&str>| {
-                        let raw = match excerpt {
-                            Some(x) => Cow::Borrowed(x),
-                            None => String::from_utf8_lossy(value),
-                        };
-                        pending_dead.push(DeadLetter {
-                            topic: topic.clone(),
-                            place: part.origin.place(offset),
-                            index,
-                            reason: reason.to_string(),
-                            detail: detail.to_string(),
-                            event_time: time,
-                            raw: cut(&raw, DEAD_LETTER_RAW_MAX),
-                        });
-                    };
-                    for item in decoded.drain(..) {
-                        match item {
-                            Decoded::Record { index, time, rec } => {
-                                if let Err(bad) = spec.admit(time, now) {
-                                    *tally.malformed.entry(bad.reason.to_string()).or_default() += 1;
-                                    dead(index, bad.reason, &bad.detail, Some(time), None);
-                                    continue;
-                                }
-                                let pos = Position { partition: part.id, offset, index };
-                                let timeliness = match spec.classify(closed, time) {
-                                    _ if D::NEVER_LATE => Timeliness::OnTime { min_end: 0 },
-                                    t => t,
-                                };
-                                match timeliness {
-                                    Timeliness::Late { end, closed } => {
-                                        tally.late += 1;
-                                        let detail = format!(
-                                            "window ends at {end}; with {} ms allowed lateness it closed before the watermark {closed}",
-                                            spec.allowed_ms
-                                        );
-                                        dead(index, "late", &detail, Some(time), None);
-                                    }
-                                    Timeliness::OnTime { min_end } => {
-                                        newest = newest.max(Some(time));
-                                        tally.records += 1;
-                                        pending_records.push(Timed { time, pos, rec, min_end });
-                                    }
-                                    // Stamped at the (last) final window's end or later, so it
-                                    // always reaches that window after its final result.
-                                    Timeliness::Correction { min_end, corrects } => {
-                                        newest = newest.max(Some(time));
-                                        tally.corrections += 1;
-                                        let rec = Timed { time, pos, rec, min_end };
-                                        pending_corrections.push((corrects.max(held_time), rec));
-                                    }
-                                }
-                            }
-                            Decoded::Ignored { index, kind, time } => {
-                                if let Some(t) = time {
-                                    match spec.admit(t, now) {
-                                        Ok(()) => newest = newest.max(Some(t)),
-                                        Err(bad) => {
-                                            *tally.malformed.entry(bad.reason.to_string()).or_default() += 1;
-                                            dead(index, bad.reason, &bad.detail, Some(t), None);
-                                            continue;
-                                        }
-                                    }
-                                }
-                                *tally.ignored.entry(kind.into_owned()).or_default() += 1;
-                            }
-                            Decoded::Malformed {
-                                index,
-                                reason,
-                                detail,
-                                excerpt,
-                            } => {
-                                *tally.malformed.entry(reason.to_string()).or_default() += 1;
-                                dead(index, &reason, &detail, None, excerpt.as_deref());
-                            }
-                        }
-                    }
-                    if let Some(t) = newest {
-                        clock.observe(t);
-                    }
-                };
-                r.read(budget, &mut on_message)
-            };
-            let status = match status {
-                Ok(s) => s,
-                Err(e) => crate::runtime::fatal(&format!("reading {topic} failed: {e:#}")),
-            };
-
-            if !pending_records.is_empty() {
-                records_out
-                    .activate()
-                    .session(&held[0])
-                    .give_iterator(pending_records.drain(..));
-            }
-            if !pending_corrections.is_empty() {
-                pending_corrections.sort_by_key(|(t, _)| *t);
-                let mut out = records_out.activate();
-                if ckpt.is_some() {
-                    inflight.extend(
-                        pending_corrections
-                            .iter()
-                            .filter(|(t, _)| *t >= next_epoch)
-                            .cloned(),
-                    );
-                }
-                for (stamp, r) in pending_corrections.drain(..) {
-                    let cap = held[0].delayed(&stamp);
-                    out.session(&cap).give(r);
-                }
-            }
-            if !pending_dead.is_empty() {
-                dead_out
-                    .activate()
-                    .session(&held[1])
-                    .give_iterator(pending_dead.drain(..));
-            }
-            let read_any = tally.messages > 0;
-            stats.absorb(&topic, &mut tally);
-
-            let parts_now: Vec<PartitionWatermark> = clocks
-                .iter()
-                .enumerate()
-                .map(|(slot, c)| PartitionWatermark {
-                    watermark: c.watermark(&spec),
-                    done: r.is_done(slot),
-                    idle: r.is_idle(slot),
-                })
-                .collect();
-            let target = source_watermark(&parts_now, r.now(), spec.lateness_ms);
-            // Partition facts go out with every batch read (so per-partition and per-topic counts
-            // agree), and at least every STATUS_EVERY for lag and idleness.
-            if read_any || last_status.elapsed() >= STATUS_EVERY || status == ReadStatus::Done || target.is_none() {
-                last_status = std::time::Instant::now();
-                for (slot, part) in r.partitions().iter().enumerate() {
-                    let c = clocks[slot];
-                    let st = PartitionStatus {
-                        watermark: c.max_seen.map(|_| c.watermark(&spec)),
-                        max_event_time: c.max_seen,
-                        lag: r.lag(slot),
-                        idle: r.is_idle(slot),
-                        done: r.is_done(slot),
-                        messages: counts[slot].0,
-                        records: counts[slot].1,
-                    };
-                    stats.set_partition(&topic, &part.origin.label(), st);
-                }
-            }
-            // The state at each epoch this source's capability now passes: every record read so
-            // far is stamped before it.
-            let new_time = match (status, target) {
-                (ReadStatus::Done, _) | (_, None) => EventTime::MAX,
-                (_, Some(wm)) => spec.round_down(wm).max(*held[0].time()),
-            };
-            if let Some(c) = ckpt.as_ref().filter(|_| new_time >= next_epoch && next_epoch < EventTime::MAX) {
-                let hi = if new_time == EventTime::MAX {
-                    EventTime::MAX
-                } else {
-                    c.store.floor(new_time)
-                };
-                let state = SourceState {
-                    partitions: (0..parts.len()).map(|s| (r.position(s), clocks[s])).collect(),
-                    inflight: std::mem::take(&mut inflight),
-                };
-                c.write(index, vec![Entry { lo: next_epoch, hi, body: checkpoint::encode(&state) }]);
-                next_epoch = hi.saturating_add(c.store.interval());
-                inflight = state.inflight;
-                inflight.retain(|(t, _)| *t >= next_epoch);
-            }
-            match (status, target) {
-                (ReadStatus::Done, _) | (_, None) => {
-                    caps = None;
-                    stats.set_watermark(&topic, index, None);
-                }
-                (status, Some(wm)) => {
-                    let t = spec.round_down(wm);
-                    if t > *held[0].time() {
-                        held.iter_mut().for_each(|c| c.downgrade(&t));
-                        stats.set_watermark(&topic, index, Some(t));
-                    }
-                    match status {
-                        ReadStatus::More => activator.activate(),
-                        ReadStatus::Idle(d) => activator.activate_after(d),
-                        ReadStatus::Done => {}
-                    }
-                }
-            }
-        }
-    });
-    (records, dead)
-}
 
 #[cfg(test)]
 mod tests {

@@ -6,7 +6,10 @@
 //! the watermark reaches its end; a record stamped at or after its window's end (a correction,
 //! see the source) gives one corrected result per record.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
+
+// Short string keys, hashed per record: foldhash is several times faster than SipHash.
+use foldhash::HashMap;
 
 use timely::dataflow::channels::pact::Pipeline;
 use timely::dataflow::operators::generic::Operator;
@@ -49,7 +52,7 @@ pub(super) fn pre_aggregate<'s, A: WindowAggregate>(
     spec: WindowSpec,
 ) -> StreamVec<'s, EventTime, Partial<A>> {
     records.unary(Pipeline, "PreAggregate", move |_cap, _info| {
-        let mut local: HashMap<EventTime, HashMap<String, A::Acc>> = HashMap::new();
+        let mut local: HashMap<EventTime, HashMap<String, A::Acc>> = HashMap::default();
         move |input, output| {
             input.for_each_stamp(|cap, data| {
                 let t = cap.least().copied().unwrap_or_default();
@@ -128,7 +131,7 @@ impl<A: WindowAggregate> WindowState for Windows<A> {
             // at `end - 1`: a sink can write it as soon as the frontier reaches `end`.
             let w = self.windows.entry(end).or_insert_with(|| Window {
                 cap: Some(cap.delayed(&(end - 1))),
-                keys: HashMap::new(),
+                keys: HashMap::default(),
             });
             match w.keys.get_mut(&key) {
                 Some(k) => {
@@ -180,7 +183,7 @@ impl<A: WindowAggregate> WindowState for Windows<A> {
             items.sort_by_key(|(cap, _, _)| *cap.time());
             let w = self.windows.entry(end).or_insert_with(|| Window {
                 cap: None,
-                keys: HashMap::new(),
+                keys: HashMap::default(),
             });
             let start = self.spec.window_start(end);
             for (cap, key, acc) in items {
@@ -291,7 +294,7 @@ impl<A: WindowAggregate> WindowState for Windows<A> {
 /// Merges held partial aggregates of one stamp `t` by window and key (corrections stay one per
 /// record, as the pre-aggregation keeps them).
 fn compact<A: WindowAggregate>(t: EventTime, items: &mut Vec<Partial<A>>) {
-    let mut merged: HashMap<(EventTime, String), A::Acc> = HashMap::new();
+    let mut merged: HashMap<(EventTime, String), A::Acc> = HashMap::default();
     let mut kept = Vec::new();
     for (end, key, acc) in items.drain(..) {
         if t >= end {

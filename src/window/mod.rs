@@ -115,7 +115,7 @@ pub(crate) fn ordered_windowed<'s, A: OrderedAggregate>(
 /// until the final result.
 struct KeyedWindow<K> {
     cap: Option<Capability<EventTime>>,
-    keys: std::collections::HashMap<String, K>,
+    keys: foldhash::HashMap<String, K>,
 }
 
 /// Adds restored keys of the window ending at `end` (a rescale merges several old workers'

@@ -16,7 +16,10 @@
 //! applied: they would change state that later windows already read, at a moment that depends on
 //! timing, and results must not. They correct the streams without state spanning windows.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
+
+// Short string keys, hashed per record: foldhash is several times faster than SipHash.
+use foldhash::HashMap;
 
 use serde::{Deserialize, Serialize};
 use timely::dataflow::operators::Capability;
@@ -25,7 +28,7 @@ use timely::ExchangeData;
 use super::WindowState;
 use crate::hash::key_hash;
 use crate::result::{Kind, ResultLine};
-use crate::time::{EventTime, Timed, WindowSpec};
+use crate::time::{EventTime, Position, Timed, WindowSpec};
 
 /// A window metric over records applied in order to per-key state. Its settings (thresholds,
 /// rules) are the value's fields.
@@ -101,6 +104,9 @@ type Snapshot<A> = (
     )>,
 );
 
+/// Where a waiting record applies: event time, input position, arrival.
+type ApplyOrder = (EventTime, Position, u64);
+
 /// The state of one ordered window operator on one worker.
 pub(super) struct Ordered<A: OrderedAggregate> {
     agg: A,
@@ -110,8 +116,13 @@ pub(super) struct Ordered<A: OrderedAggregate> {
     sessions: bool,
     ttl: EventTime,
     states: HashMap<String, Keyed<A::State>>,
-    /// Records not applied yet, with the time they were stamped at.
-    pending: Vec<(EventTime, Timed<A::Record>)>,
+    /// Records not applied yet, in the order they apply (event time, input position, arrival),
+    /// with the time they were stamped at (raised to `floor`).
+    pending: BTreeMap<ApplyOrder, (EventTime, Timed<A::Record>)>,
+    /// Records received, to keep ties in arrival order.
+    arrivals: u64,
+    /// Every waiting record's stamp is at least this: the last frontier settled.
+    floor: EventTime,
     /// One capability per stamp of a pending record.
     caps: BTreeMap<EventTime, Capability<EventTime>>,
     windows: BTreeMap<EventTime, Window<A::Acc>>,
@@ -133,8 +144,10 @@ impl<A: OrderedAggregate> Ordered<A> {
             spec,
             sessions,
             ttl: ttl.max(1),
-            states: HashMap::new(),
-            pending: Vec::new(),
+            states: HashMap::default(),
+            pending: BTreeMap::new(),
+            arrivals: 0,
+            floor: 0,
             caps: BTreeMap::new(),
             windows: BTreeMap::new(),
             tick_cap: None,
@@ -217,7 +230,10 @@ impl<A: OrderedAggregate> WindowState for Ordered<A> {
             items.into_iter().filter(on_time).map(|r| (t, r)).collect();
         if !items.is_empty() {
             self.caps.entry(t).or_insert_with(|| cap.clone());
-            self.pending.extend(items);
+            for (t, r) in items {
+                self.arrivals += 1;
+                self.pending.insert((r.time, r.pos, self.arrivals), (t, r));
+            }
         }
     }
 
@@ -228,16 +244,14 @@ impl<A: OrderedAggregate> WindowState for Ordered<A> {
     fn settle(&mut self, lim: EventTime) -> Vec<(Capability<EventTime>, Vec<ResultLine>)> {
         let mut out = Vec::new();
         let bound = self.boundary(lim);
-        let (mut ready, waiting): (Vec<_>, Vec<_>) = std::mem::take(&mut self.pending)
-            .into_iter()
-            .partition(|(_, r)| r.time < bound);
-        self.pending = waiting;
-        ready.sort_by_key(|(_, r)| (r.time, r.pos));
+        // Already in order: the records before `bound`, without touching those after it.
+        let waiting = self.pending.split_off(&(bound, Position::default(), 0));
+        let ready = std::mem::replace(&mut self.pending, waiting);
 
         // Apply in order. Only on-time records get here (see `apply`), so every window they
         // count in is still open. A key's ticks due at or before a record's time come first.
         let mut ticks = BTreeMap::new();
-        for (_, r) in &ready {
+        for (_, r) in ready.values() {
             let key = A::key(&r.rec);
             let keyed = match self.states.get_mut(key) {
                 Some(k) => k,
@@ -261,7 +275,7 @@ impl<A: OrderedAggregate> WindowState for Ordered<A> {
                         end,
                         Window {
                             cap,
-                            keys: HashMap::new(),
+                            keys: HashMap::default(),
                         },
                     );
                 }
@@ -318,19 +332,20 @@ impl<A: OrderedAggregate> WindowState for Ordered<A> {
             k.last.saturating_add(ttl) > bound || agg.next_tick(&k.state, k.ticked).is_some()
         });
 
-        // Records still waiting belong to windows ending after `lim`: their stamps move up to it.
+        // Records still waiting belong to windows ending after `lim`: their stamps move up to it
+        // (through `floor`, not record by record), and so do the capabilities held for them.
         let floor = lim.min(EventTime::MAX - 1);
+        self.floor = self.floor.max(floor);
+        let mut old = std::mem::take(&mut self.caps);
+        let first = old.values().next().cloned();
         let mut caps = BTreeMap::new();
-        let old = std::mem::take(&mut self.caps);
-        if let Some(first) = old.values().next() {
-            for (stamp, _) in self.pending.iter_mut() {
-                *stamp = (*stamp).max(floor);
-                caps.entry(*stamp)
-                    .or_insert_with(|| first.delayed(&(*stamp).max(*first.time())));
-            }
+        if let Some(first) = first.as_ref().filter(|_| !self.pending.is_empty()) {
+            let at = floor.max(*first.time());
+            caps.insert(at, first.delayed(&at));
+            caps.append(&mut old.split_off(&(floor + 1)));
         }
         let tick_cap = self.next_tick().and_then(|t| {
-            let earliest = old.values().next().into_iter().chain(&self.tick_cap);
+            let earliest = first.iter().chain(&self.tick_cap);
             earliest
                 .min_by_key(|c| *c.time())
                 .map(|c| c.delayed(&(t - 1).max(*c.time())))
@@ -352,7 +367,12 @@ impl<A: OrderedAggregate> WindowState for Ordered<A> {
             .iter()
             .map(|(end, w)| (*end, w.cap.is_some(), w.keys.iter().collect()))
             .collect();
-        crate::checkpoint::encode(&(states, &self.pending, windows))
+        let pending: Vec<(EventTime, &Timed<A::Record>)> = self
+            .pending
+            .values()
+            .map(|(stamp, r)| ((*stamp).max(self.floor), r))
+            .collect();
+        crate::checkpoint::encode(&(states, pending, windows))
     }
 
     fn restore(
@@ -371,7 +391,9 @@ impl<A: OrderedAggregate> WindowState for Ordered<A> {
             self.caps
                 .entry(stamp)
                 .or_insert_with(|| cap.delayed(&stamp));
-            self.pending.push((stamp, r));
+            self.arrivals += 1;
+            self.pending
+                .insert((r.time, r.pos, self.arrivals), (stamp, r));
         }
         for (end, open, keys) in windows {
             let is_final = !open || end <= epoch;
@@ -394,7 +416,7 @@ impl<A: OrderedAggregate> WindowState for Ordered<A> {
     /// The state changes at the first epoch at which the earliest waiting record is applied,
     /// or a tick is due.
     fn next_correction(&self) -> Option<EventTime> {
-        let first = self.pending.iter().map(|(_, r)| r.time).min();
+        let first = self.pending.keys().next().map(|k| k.0);
         let record = first.map(|t| self.release_at(t) - 1);
         let tick = self.next_tick().map(|t| t - 1);
         record.into_iter().chain(tick).min()
@@ -408,10 +430,10 @@ impl<A: OrderedAggregate> WindowState for Ordered<A> {
             .map(|e| e.saturating_add(self.spec.allowed_ms));
         let pending = self
             .pending
-            .iter()
+            .values()
             .map(|(s, r)| {
                 self.release_at(r.time)
-                    .max(*s)
+                    .max((*s).max(self.floor))
                     .saturating_add(self.spec.size_ms)
             })
             .max();

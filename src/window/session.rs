@@ -8,7 +8,8 @@
 //! boundaries are known). A record never extends a session whose final result is out: it opens
 //! a new one, or corrects the final session it falls in.
 
-use std::collections::HashMap;
+// Short string keys, hashed per record: foldhash is several times faster than SipHash.
+use foldhash::HashMap;
 
 use timely::dataflow::operators::Capability;
 
@@ -50,7 +51,7 @@ impl<A: WindowAggregate> Sessions<A> {
     pub(super) fn new(spec: WindowSpec) -> Self {
         Self {
             spec,
-            keys: HashMap::new(),
+            keys: HashMap::default(),
             pending: Vec::new(),
             gap: spec.session_gap_ms.unwrap_or(spec.size_ms),
         }
