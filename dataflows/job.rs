@@ -2,6 +2,7 @@
 //! simulator), the sinks and the checkpoint store, and builds each market's dataflow on every
 //! worker.
 
+use std::collections::BTreeSet;
 use std::sync::Arc;
 
 use anyhow::{bail, Context};
@@ -10,7 +11,7 @@ use timely::dataflow::Scope;
 
 use crate::checkpoint::{self, Checkpoints};
 use crate::cli::{ClusterArgs, InputArgs, KafkaArgs, KafkaDelivery, OutputArgs, WindowArgs};
-use crate::context::{operator_name, JobContext, Role};
+use crate::context::{operator_name, ChosenStreams, JobContext, Role};
 use crate::hash::KeyGroups;
 use crate::kafka::{ExactlyOnce, KafkaSettings, KafkaSink};
 use crate::parquet::ParquetSink;
@@ -438,11 +439,43 @@ fn fingerprint(
         );
     }
     m.insert("input".into(), input.into());
+    // Other streams mean other window operators, whose state the checkpoint holds.
+    if !args.market.streams.is_empty() {
+        let mut chosen = args.market.streams.clone();
+        chosen.sort();
+        chosen.dedup();
+        m.insert("streams".into(), chosen.join(",").into());
+    }
     if let Some(start) = args.sim.sim_start.filter(|_| simulated(args)) {
         m.insert("sim_start".into(), start.into());
     }
     m.insert("output".into(), output.into());
     m
+}
+
+/// The streams `--streams` chooses, and those built for them (with the streams they read, see
+/// [`super::Market::reads`]); `None` for all of them.
+fn chosen_streams(names: &[String]) -> anyhow::Result<Option<ChosenStreams>> {
+    if names.is_empty() {
+        return Ok(None);
+    }
+    let all = streams();
+    let mut chosen = BTreeSet::new();
+    for name in names {
+        anyhow::ensure!(
+            all.contains(&name.as_str()),
+            "--streams: there is no output stream '{name}'; the streams are {}",
+            all.join(", ")
+        );
+        chosen.insert(name.clone());
+    }
+    let mut built = chosen.clone();
+    for m in MARKETS.iter().rev() {
+        if m.streams().iter().any(|s| built.contains(*s)) {
+            built.extend(m.reads().iter().map(|s| s.to_string()));
+        }
+    }
+    Ok(Some(ChosenStreams { chosen, built }))
 }
 
 /// The job's key groups: those of the checkpoint it resumes, else `--key-groups` or the
@@ -529,6 +562,10 @@ fn build<'s>(
     let mut dead = Vec::new();
     let mut exports = super::Exports::default();
     for (m, (market, spec)) in MARKETS.iter().zip(specs).enumerate() {
+        // A market without inputs of its own exists for its streams alone.
+        if market.topics().is_empty() && !market.streams().iter().any(|s| ctx.wants(s)) {
+            continue;
+        }
         let out = market.build(
             scope,
             inputs.of_market(m),
@@ -537,7 +574,7 @@ fn build<'s>(
             &mut exports,
             ctx,
         );
-        results.extend(out.results);
+        results.extend(out.results.into_iter().filter(|(s, _)| ctx.writes(s)));
         dead.push(out.dead);
     }
     let dead = scope.concatenate(dead);
@@ -657,6 +694,10 @@ pub fn run(args: RunArgs) -> anyhow::Result<()> {
         checkpoints: ckpt.clone(),
         emission: emission(&args),
         key_groups,
+        local_workers: args.cluster.workers,
+        streams: chosen_streams(&args.market.streams)
+            .map_err(permanent)?
+            .map(Arc::new),
     };
     let settings = args.market.clone();
     let guards = crate::runtime::execute(config, move |worker| {

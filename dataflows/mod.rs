@@ -45,6 +45,10 @@ pub struct MarketArgs {
     /// Also write alerts to this Kafka topic (instead of the results topic).
     #[arg(long, value_name = "TOPIC")]
     pub alerts_topic: Option<String>,
+    /// Compute only these output streams (comma-separated; default: all). The dataflows of
+    /// the others are not built; every input is still read and checked.
+    #[arg(long, value_delimiter = ',', value_name = "STREAM,...")]
+    pub streams: Vec<String>,
 }
 
 /// One input topic of a market.
@@ -108,6 +112,10 @@ pub(crate) trait Market: Sync {
     /// Output streams joined with reference data (`enrich::as_of`), whose join state is
     /// checkpointed.
     fn joins(&self) -> &'static [&'static str] {
+        &[]
+    }
+    /// Streams of earlier markets this market's dataflows read (built when it is).
+    fn reads(&self) -> &'static [&'static str] {
         &[]
     }
     /// Pages the status server adds for this market (a market view).

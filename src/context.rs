@@ -20,6 +20,19 @@ pub struct JobContext {
     pub emission: Emission,
     /// How keys are spread over workers.
     pub key_groups: KeyGroups,
+    /// Workers per process: worker `i` shares memory with workers `i / n * n ..` of the next `n`.
+    pub local_workers: usize,
+    /// The output streams chosen, when not all of them.
+    pub streams: Option<Arc<ChosenStreams>>,
+}
+
+/// The output streams a job computes when not all of them (`--streams`).
+#[derive(Debug, Default)]
+pub struct ChosenStreams {
+    /// Written to the sinks.
+    pub chosen: std::collections::BTreeSet<String>,
+    /// Built: the chosen ones and those they read.
+    pub built: std::collections::BTreeSet<String>,
 }
 
 /// What an operator does, the first half of its name in the checkpoint layout.
@@ -58,9 +71,25 @@ pub struct OperatorContext {
     pub emission: Emission,
     /// How keys are spread over workers.
     pub key_groups: KeyGroups,
+    /// Workers per process (see [`JobContext::local_workers`]).
+    pub local_workers: usize,
 }
 
 impl JobContext {
+    /// Whether the dataflow of output stream `stream` is to be built.
+    pub fn wants(&self, stream: &str) -> bool {
+        self.streams
+            .as_ref()
+            .is_none_or(|s| s.built.contains(stream))
+    }
+
+    /// Whether output stream `stream` goes to the sinks.
+    pub fn writes(&self, stream: &str) -> bool {
+        self.streams
+            .as_ref()
+            .is_none_or(|s| s.chosen.contains(stream))
+    }
+
     /// The context of the operator `role` for `name` (a market for sources, a stream for
     /// windows and sinks).
     pub fn operator(&self, role: Role, name: &str) -> OperatorContext {
@@ -72,6 +101,7 @@ impl JobContext {
             }),
             emission: self.emission,
             key_groups: self.key_groups,
+            local_workers: self.local_workers,
         }
     }
 }

@@ -346,6 +346,7 @@ mod tests {
                         ckpt: None,
                         emission: crate::context::Emission::default(),
                         key_groups: Default::default(),
+                        local_workers: 1,
                     };
                     let (probe, out) = as_of(r, v, (3_600_000, 86_400_000), ctx).probe();
                     (ri, vi, probe, out.capture())

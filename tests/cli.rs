@@ -33,6 +33,10 @@ fn bad_arguments_and_inputs_are_clear_errors() {
     fails(&["run", "--window", "soon"], "invalid duration 'soon'");
     fails(&["run", "--window", "0s"], "--window must be at least 1ms");
     fails(
+        &["run", "--streams", "binance,trades"],
+        "--streams: there is no output stream 'trades'; the streams are binance, correlations,",
+    );
+    fails(
         &["run", "-n", "2", "-p", "2"],
         "--process 2 is out of range",
     );
@@ -209,6 +213,41 @@ fn simulator_results_do_not_depend_on_worker_count() {
     assert!(read_dead_letters(&one.dir)
         .iter()
         .all(|d| d["reason"] == "late"));
+}
+
+#[test]
+fn chosen_streams_give_the_same_results_and_build_nothing_else() {
+    let tmp = tempfile::tempdir().unwrap();
+    let sim = [
+        "--sim-speed",
+        "0",
+        "--sim-duration",
+        "12m",
+        "--sim-start",
+        "1790000000000",
+    ]
+    .map(String::from);
+    let all = read_results(&run(&tmp.path().join("all"), &sim).dir);
+    let mut args = sim.to_vec();
+    args.extend(["--streams".into(), "binance,updown".into()]);
+    let chosen = run(&tmp.path().join("chosen"), &args);
+    let some = read_results(&chosen.dir);
+    let streams: std::collections::BTreeSet<&str> = some.keys().map(|k| k.0.as_str()).collect();
+    assert_eq!(
+        streams,
+        ["binance", "updown"].into(),
+        "the chosen streams, and nothing else"
+    );
+    let wanted = all
+        .into_iter()
+        .filter(|(k, _)| streams.contains(k.0.as_str()))
+        .collect();
+    assert_same_results(&some, &wanted, "--streams binance,updown vs every stream");
+    assert!(
+        !chosen.stderr.contains("output polymarket_books"),
+        "no window operator for an unchosen stream: {}",
+        chosen.stderr
+    );
 }
 
 #[test]

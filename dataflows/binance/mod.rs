@@ -64,26 +64,27 @@ impl Market for Binance {
             spec,
             source_ctx,
         );
-        let window_ctx = ctx.operator(Role::Window, KlineMetrics::STREAM);
-        let results = windowed::<KlineMetrics>(klines.clone(), spec, window_ctx);
         exports.klines = Some(klines.clone());
-        // A pair's state is only its recent minutes (pruned as it goes): it never expires, so the
-        // close before a quiet stretch of any length still counts.
-        let history = EventTime::MAX;
-        let correlations = ordered_windowed(
-            correlations::PairCorrelation,
-            correlations::minute_closes(klines, spec),
-            spec,
-            history,
-            ctx.operator(Role::Window, correlations::STREAM),
-        );
-        Outputs {
-            results: vec![
-                (KlineMetrics::STREAM, results),
-                (correlations::STREAM, correlations),
-            ],
-            dead,
+        let mut results = Vec::new();
+        if ctx.wants(KlineMetrics::STREAM) {
+            let window_ctx = ctx.operator(Role::Window, KlineMetrics::STREAM);
+            let metrics = windowed::<KlineMetrics>(klines.clone(), spec, window_ctx);
+            results.push((KlineMetrics::STREAM, metrics));
         }
+        if ctx.wants(correlations::STREAM) {
+            // A pair's state is only its recent minutes (pruned as it goes): it never expires,
+            // so the close before a quiet stretch of any length still counts.
+            let history = EventTime::MAX;
+            let correlations_out = ordered_windowed(
+                correlations::PairCorrelation,
+                correlations::minute_closes(klines, spec),
+                spec,
+                history,
+                ctx.operator(Role::Window, correlations::STREAM),
+            );
+            results.push((correlations::STREAM, correlations_out));
+        }
+        Outputs { results, dead }
     }
 }
 

@@ -41,6 +41,10 @@ impl Market for Cross {
         &[updown::STREAM, alerts::STREAM]
     }
 
+    fn reads(&self) -> &'static [&'static str] {
+        &[crate::dataflows::polymarket::tokens::STREAM]
+    }
+
     fn pages(&self) -> &'static [crate::metrics::Page] {
         &[crate::metrics::Page {
             path: "/market",

@@ -98,29 +98,29 @@ impl Market for Polymarket {
         let ms =
             |d: std::time::Duration| d.as_millis().min(u128::from(crate::time::MAX_SPAN_MS)) as u64;
         let (ttl, metadata_ttl) = (ms(settings.book_ttl), ms(settings.metadata_ttl));
-        let token_results =
-            ordered_windowed(TokenMetrics, tokens, spec, ttl, window(tokens::STREAM));
-        exports.tokens = Some(token_results.clone());
+        let mut results = Vec::new();
+        if ctx.wants(BookMetrics::STREAM) {
+            let books = windowed::<BookMetrics>(books, spec, window(BookMetrics::STREAM));
+            results.push((BookMetrics::STREAM, books));
+        }
+        if ctx.wants(TradeMetrics::STREAM) {
+            let trades = windowed::<TradeMetrics>(trades, spec, window(TradeMetrics::STREAM));
+            results.push((TradeMetrics::STREAM, trades));
+        }
+        if ctx.wants(tokens::STREAM) {
+            let token_results =
+                ordered_windowed(TokenMetrics, tokens, spec, ttl, window(tokens::STREAM));
+            exports.tokens = Some(token_results.clone());
+            let joined = as_of(
+                token_results,
+                versions,
+                (ttl, metadata_ttl),
+                ctx.operator(Role::Join, tokens::STREAM),
+            );
+            results.push((tokens::STREAM, joined));
+        }
         Outputs {
-            results: vec![
-                (
-                    BookMetrics::STREAM,
-                    windowed::<BookMetrics>(books, spec, window(BookMetrics::STREAM)),
-                ),
-                (
-                    TradeMetrics::STREAM,
-                    windowed::<TradeMetrics>(trades, spec, window(TradeMetrics::STREAM)),
-                ),
-                (
-                    tokens::STREAM,
-                    as_of(
-                        token_results,
-                        versions,
-                        (ttl, metadata_ttl),
-                        ctx.operator(Role::Join, tokens::STREAM),
-                    ),
-                ),
-            ],
+            results,
             dead: dead.concat(meta_dead),
         }
     }

@@ -51,6 +51,10 @@ const READ_BYTES: usize = 256 << 10;
 /// Chunks read but not yet sequenced, per worker of the job: the reader waits beyond this.
 const IN_FLIGHT_PER_WORKER: u64 = 4;
 
+/// The backlog (chunks outstanding) the other workers of a process reach before a chunk's
+/// owner decodes one itself.
+const OWNER_BACKLOG: u64 = 3;
+
 /// Emptied chunk buffers kept for reuse, per source and worker.
 const POOL: usize = 8;
 
@@ -203,8 +207,13 @@ where
                 .collect()
         })
         .unwrap_or_default();
-    // Decoding goes round-robin to every worker unless the partitions already divide evenly.
-    let spread = peers > 1 && factory.partition_count().is_none_or(|p| p % peers != 0);
+    // Decoding is spread over the workers of this process unless the partitions already divide
+    // evenly among all workers. (Not over the network: sending the raw messages out and the
+    // decoded ones back costs more than decoding them here.)
+    let local = ctx.local_workers.clamp(1, peers);
+    let first_local = index / local * local;
+    let spread = (local > 1 && factory.partition_count().is_none_or(|p| p % peers != 0))
+        .then_some(first_local..first_local + local);
     let shared = Rc::new(RefCell::new(Shared {
         stamp: epoch,
         outstanding: vec![0; peers],
@@ -243,7 +252,7 @@ fn read<'s>(
     factory: std::sync::Arc<dyn ReaderFactory>,
     resume: Vec<ResumePoint>,
     epoch: EventTime,
-    spread: bool,
+    spread: Option<std::ops::Range<usize>>,
     checkpointed: bool,
     shared: Rc<RefCell<Shared>>,
 ) -> StreamVec<'s, EventTime, Chunk> {
@@ -334,13 +343,16 @@ fn read<'s>(
                     continue;
                 }
                 // The worker with the fewest chunks outstanding decodes; the owner, which also
-                // reads and sequences, counts its own twice.
-                let decoder = if spread {
-                    (0..peers)
-                        .min_by_key(|&d| (sh.outstanding[d] << (d == index) as u32, d == index))
-                        .unwrap_or(index)
-                } else {
-                    index
+                // reads and sequences, takes one only when the others have a backlog.
+                let decoder = match &spread {
+                    Some(local) => local
+                        .clone()
+                        .min_by_key(|&d| match d == index {
+                            true => (sh.outstanding[d] + 1) * OWNER_BACKLOG,
+                            false => sh.outstanding[d],
+                        })
+                        .unwrap_or(index),
+                    None => index,
                 };
                 sh.outstanding[decoder] += 1;
                 // Buffers come back from sequencing: growing fresh ones message by message
@@ -829,6 +841,7 @@ mod tests {
                     ckpt: None,
                     emission: crate::window::Emission { trigger: None },
                     key_groups: Default::default(),
+                    local_workers: workers,
                 };
                 let (records, dead) = source(scope, "t", factory, Lines(s), spec, ctx);
                 records.inspect(move |x| {

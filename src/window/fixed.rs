@@ -373,6 +373,7 @@ mod tests {
                         trigger: Some(Duration::ZERO),
                     },
                     key_groups: Default::default(),
+                    local_workers: 1,
                 };
                 let (probe, out) = super::super::windowed::<Sums>(stream, spec, ctx).probe();
                 (input, probe, out.capture())

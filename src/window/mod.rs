@@ -196,6 +196,7 @@ fn operate<'s, S: WindowState>(
         ckpt,
         emission,
         key_groups,
+        ..
     } = ctx;
     let scope = inputs.scope();
     let (worker, peers) = (scope.index(), scope.peers());

@@ -535,6 +535,7 @@ mod tests {
                     ckpt: None,
                     emission: Emission { trigger: None },
                     key_groups: Default::default(),
+                    local_workers: 1,
                 };
                 let out = super::super::ordered_windowed(Steps, stream, spec, 3_600_000, ctx);
                 let (probe, out) = out.probe();
