@@ -16,5 +16,5 @@ command -v inferno-flamegraph >/dev/null || { echo "flamegraph.sh: inferno is no
 data=$(mktemp --suffix=.perf)
 trap 'rm -f "$data"' EXIT
 perf record -F 1999 -g --call-graph dwarf,16384 -o "$data" -- "$bin" "$@" >/dev/null
-perf script -i "$data" 2>/dev/null | inferno-collapse-perf | inferno-flamegraph --title "speed-layer $*" >"$out"
+perf script -i "$data" 2>/dev/null | inferno-collapse-perf | inferno-flamegraph --minwidth 1 --title "speed-layer $*" >"$out"
 echo "wrote $out" >&2

@@ -55,6 +55,9 @@ const IN_FLIGHT_PER_WORKER: u64 = 4;
 /// owner decodes one itself.
 const OWNER_BACKLOG: u64 = 3;
 
+/// How often a source whose partitions are all idle looks at its reader's clock.
+const IDLE_TICK: Duration = Duration::from_millis(1);
+
 /// Emptied chunk buffers kept for reuse, per source and worker.
 const POOL: usize = 8;
 
@@ -382,9 +385,14 @@ fn read<'s>(
             sh.now = r.now();
             sh.reader_done = status == ReadStatus::Done;
             activate(&sh.sequence_activator);
+            // With every partition idle the watermark follows the reader's clock, which moves
+            // without any message to wake this stage: look at it often, or the windows of the
+            // other topics that wait for this one would wait for the next message.
+            let all_idle = sh.flags.iter().all(|f| f.idle || f.done);
             let me = sh.read_activator.as_ref();
             match (status, me) {
                 (ReadStatus::More, Some(a)) => a.activate(),
+                (ReadStatus::Idle(d), Some(a)) if all_idle => a.activate_after(d.min(IDLE_TICK)),
                 (ReadStatus::Idle(d), Some(a)) => a.activate_after(d),
                 (ReadStatus::Done, _) => cap = None,
                 _ => {}
