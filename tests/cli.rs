@@ -181,10 +181,9 @@ fn reads_standard_input() {
     );
 }
 
-#[test]
-fn simulator_results_do_not_depend_on_worker_count() {
-    let tmp = tempfile::tempdir().unwrap();
-    let sim = [
+/// Twelve minutes of simulated feed, as fast as possible.
+fn twelve_minutes() -> Vec<String> {
+    [
         "--sim-speed",
         "0",
         "--sim-duration",
@@ -194,7 +193,14 @@ fn simulator_results_do_not_depend_on_worker_count() {
         "--sim-seed",
         "3",
     ]
-    .map(String::from);
+    .map(String::from)
+    .to_vec()
+}
+
+#[test]
+fn simulator_results_do_not_depend_on_worker_count() {
+    let tmp = tempfile::tempdir().unwrap();
+    let sim = twelve_minutes();
     let one = run(&tmp.path().join("w1"), &sim);
     let mut args = sim.to_vec();
     args.extend(["-w".into(), "2".into()]);
@@ -218,15 +224,7 @@ fn simulator_results_do_not_depend_on_worker_count() {
 #[test]
 fn chosen_streams_give_the_same_results_and_build_nothing_else() {
     let tmp = tempfile::tempdir().unwrap();
-    let sim = [
-        "--sim-speed",
-        "0",
-        "--sim-duration",
-        "12m",
-        "--sim-start",
-        "1790000000000",
-    ]
-    .map(String::from);
+    let sim = twelve_minutes();
     let all = read_results(&run(&tmp.path().join("all"), &sim).dir);
     let mut args = sim.to_vec();
     args.extend(["--streams".into(), "binance,updown".into()]);
