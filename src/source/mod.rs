@@ -3,10 +3,11 @@
 //!
 //! A [`Reader`] owns some partitions of one topic and hands out raw message values. A [`Decoder`]
 //! (supplied by a market dataflow) turns a value into records, ignored events and malformed
-//! records. The [`source`] operator applies the per-partition watermark and lateness rule of
-//! [`crate::time`], stamps records at its capability, sends malformed and late records to a
-//! dead-letter stream, and holds its capability at the minimum watermark of its live partitions,
-//! so the timely frontier is the watermark.
+//! records. The [`source`] (in `operator.rs`: read on a partition's owner, decode on any worker
+//! of its process, sequence back on the owner) applies the per-partition watermark and lateness
+//! rule of [`crate::time`] in partition order, stamps records at its capability, sends malformed
+//! and late records to a dead-letter stream, and holds its capability at the minimum watermark
+//! of its live partitions, so the timely frontier is the watermark.
 
 pub mod file;
 pub mod generated;
