@@ -80,12 +80,13 @@ fn real_broker_run_equals_file_run_on_any_worker_count() {
 
 #[test]
 fn unreachable_broker_and_missing_topic_are_clear_errors() {
-    let port = free_ports(1)[0];
+    // Port 1: nothing listens there, and no broker a concurrent test starts can take it (a port
+    // found free a moment ago can be).
     let out = std::process::Command::new(bin())
         .args([
             "run",
             "--brokers",
-            &format!("127.0.0.1:{port}"),
+            "127.0.0.1:1",
             "--until-end",
             "-X",
             "socket.connection.setup.timeout.ms=2000",
